@@ -1,1 +1,6 @@
-"""erasurelab."""
+"""Judges: concept detectors behind one protocol and one registry."""
+
+from erasurelab.judges import shapes as _shapes  # noqa: F401  (registers the "shapes" judge)
+from erasurelab.judges.base import Judge, available_judges, load_judge, register_judge
+
+__all__ = ["Judge", "available_judges", "load_judge", "register_judge"]

@@ -144,7 +144,7 @@ def train_caption(scene: Scene, rng: np.random.Generator) -> str:
     return _clean(template(phrases))
 
 
-def canonical_prompt(obj: str, color: str, style: str | None = None, background: str | None = None) -> str:
+def canonical_prompt(obj: str, color: str | None, style: str | None = None, background: str | None = None) -> str:
     """The plain evaluation prompt: 'a [style] color object [on a bg background]'."""
     return _clean(_t_plain(Phrases(obj, color, style, background)))
 
@@ -189,12 +189,14 @@ def paraphrase_prompts(label: str) -> Iterator[LabelledPrompt]:
     for k, phrase in enumerate(concept.paraphrases):
         if attribute == "color":
             for obj in objects:
-                text = f"a {obj} that is {phrase}" if phrase.startswith("the color") else f"{_article(phrase)} {phrase} {obj}"
+                descriptive = phrase.startswith("the color")
+                text = f"a {obj} that is {phrase}" if descriptive else f"{_article(phrase)} {phrase} {obj}"
                 yield LabelledPrompt(text, {"object": obj, "color": label})
         elif attribute == "object":
             for j, color in enumerate(colors):
-                yield LabelledPrompt(f"{_article(color)} {color} {phrase}" if j % 2 == 0 else f"{_article(phrase)} {phrase} in {color}",
-                                     {"object": label, "color": color})
+                plain_first = j % 2 == 0
+                text = f"{_article(color)} {color} {phrase}" if plain_first else f"{_article(phrase)} {phrase} in {color}"
+                yield LabelledPrompt(text, {"object": label, "color": color})
         elif attribute == "style":
             for j, obj in enumerate(objects):
                 color = colors[(j + k) % len(colors)]
@@ -206,3 +208,35 @@ def paraphrase_prompts(label: str) -> Iterator[LabelledPrompt]:
         else:
             for obj in objects:
                 yield LabelledPrompt(f"a {obj} on a {phrase} background", {"object": obj, "background": label})
+
+
+def parse_request(text: str) -> LabelledPrompt:
+    """'object=circle,color=red[,style=..][,background=..]' or 'character=bobo' -> canonical prompt.
+
+    Unknown attributes or values raise a one-line ErasureLabError naming the valid ones.
+    """
+    from erasurelab.errors import ErasureLabError, did_you_mean
+
+    labels: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, value = (s.strip().lower() for s in part.partition("="))
+        if not sep or not value:
+            raise ErasureLabError(f"bad request part {part!r}: expected attribute=value, e.g. color=red")
+        if key not in vocab.ATTRIBUTES:
+            raise ErasureLabError(f"unknown attribute {key!r} in request{did_you_mean(key, vocab.ATTRIBUTES)}; "
+                                  f"valid: {', '.join(vocab.ATTRIBUTES)}")
+        valid = [c for c in vocab.classes(key) if c != vocab.NO_CHARACTER]
+        if value not in valid:
+            raise ErasureLabError(f"unknown {key} {value!r}{did_you_mean(value, valid)}; valid: {', '.join(valid)}")
+        labels[key] = value
+    if not labels:
+        raise ErasureLabError("empty request: give attribute=value pairs, e.g. object=circle,color=red")
+    if "character" in labels:
+        if set(labels) - {"character", "background"}:
+            raise ErasureLabError("a character request takes only character= and background=")
+        return LabelledPrompt(character_prompt(labels["character"], labels.get("background")), labels)
+    if "object" not in labels and "color" not in labels:
+        raise ErasureLabError("a request needs at least object= or color=")
+    prompt = canonical_prompt(labels.get("object", _GENERIC_OBJECT), labels.get("color"),  # type: ignore[arg-type]
+                              labels.get("style"), labels.get("background"))
+    return LabelledPrompt(prompt, labels)

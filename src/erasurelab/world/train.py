@@ -307,3 +307,19 @@ def train_world(out: Path, cfg: TrainConfig | None = None, stages: tuple[str, ..
             runners[stage](cfg, data, out, log, quiet)
             log(stage=stage, wall_seconds=round(time.time() - t0, 1))
     return out / "shapes"
+
+
+def install_assets(final: Path) -> Path:
+    """Copy a finished run's weights into the package assets (what `builtin:shapes` loads)."""
+    import shutil
+
+    from erasurelab.world.builtin import assets_dir, check_assets
+
+    check_assets(final)
+    target = assets_dir()
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(final, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    return target

@@ -86,7 +86,7 @@ OBJECTS: tuple[WorldConcept, ...] = (
     WorldConcept("heart", "object", ("heart", "love heart"),
                  ("valentine", "love symbol", "cardioid", "sweetheart shape", "romance icon")),
     WorldConcept("cross", "object", ("cross", "plus sign"),
-                 ("plus", "crucifix", "addition symbol", "first-aid symbol", "swiss flag shape")),
+                 ("crossing lines", "crucifix", "addition symbol", "first-aid symbol", "swiss flag shape")),
     WorldConcept("diamond", "object", ("diamond", "rhombus"),
                  ("lozenge", "rhomb", "kite shape", "gem shape", "harlequin shape")),
     WorldConcept("moon", "object", ("moon", "crescent"),
@@ -130,7 +130,7 @@ _BY_ATTRIBUTE: dict[str, tuple[WorldConcept, ...]] = {
 def classes(attribute: Attribute) -> tuple[str, ...]:
     """Class names of one judge head, in head order (the order is part of the judge version)."""
     if attribute == "character":
-        return (NO_CHARACTER,) + tuple(c.name for c in CHARACTERS)
+        return (NO_CHARACTER, *(c.name for c in CHARACTERS))
     return tuple(c.name for c in _BY_ATTRIBUTE[attribute])
 
 

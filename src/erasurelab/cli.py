@@ -1,0 +1,127 @@
+"""The `erasurelab` command line. Thin: parse, call the API, print.
+
+Every ErasureLabError becomes one line on stderr and exit code 2; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from erasurelab import __version__
+from erasurelab.errors import ErasureLabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Erase concepts from text-to-image diffusion models, and prove it.")
+world_app = typer.Typer(no_args_is_help=True, help="The embedded shapes world: train and inspect it.")
+app.add_typer(world_app, name="world")
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"erasurelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Erase concepts from text-to-image diffusion models, and prove it."""
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output grid, a .png file.")],
+    model: Annotated[str, typer.Option(help="builtin:shapes, a diffusers folder or a .safetensors file.")]
+    = "builtin:shapes",
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat for several.")] = None,
+    request: Annotated[list[str] | None, typer.Option(
+        help="Embedded world only: attributes as key=value pairs, e.g. 'object=circle,color=red'; "
+             "the prompt is composed and the judge checks each requested attribute.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image k uses seed+k.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    num_images: Annotated[int, typer.Option(help="Images per prompt.")] = 4,
+    quiet: Quiet = False,
+) -> None:
+    """Render prompts to a labelled grid; on the embedded model, print the judge's verdict per image."""
+    from erasurelab.generate_cmd import run_generate
+
+    run_generate(out=out, model=model, prompts=prompt or [], requests=request or [], seed=seed, steps=steps,
+                 guidance=guidance, num_images=num_images, quiet=quiet)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("erasurelab-demo"),
+    quiet: Quiet = False,
+) -> None:
+    """The main job on the embedded model (for now: a judged grid of canonical and paraphrase prompts)."""
+    from erasurelab.generate_cmd import run_demo
+
+    run_demo(out=out, quiet=quiet)
+
+
+@world_app.command("train")
+def world_train(
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, log, final weights.")] = Path("runs/world"),
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    stages: Annotated[str, typer.Option(help="Comma-separated subset of vae,judge,unet.")] = "vae,judge,unet",
+    unet_steps: Annotated[int | None, typer.Option(help="Override the U-Net's step count.")] = None,
+    install: Annotated[bool, typer.Option(help="Copy the final weights into the package assets.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train (or resume) the embedded VAE, judge and U-Net; about 80 minutes on 2 CPU cores."""
+    from dataclasses import replace
+
+    from erasurelab.world.train import STAGES, TrainConfig, install_assets, train_world
+
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown or not chosen:
+        raise ErasureLabError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; valid: {', '.join(STAGES)}")
+    cfg = TrainConfig(seed=seed)
+    if unet_steps is not None:
+        if unet_steps <= 0:
+            raise ErasureLabError(f"--unet-steps must be positive, got {unet_steps}")
+        cfg = replace(cfg, unet_steps=unet_steps)
+    final = train_world(out, cfg, chosen, quiet=quiet)
+    typer.echo(f"weights in {final}")
+    if install:
+        typer.echo(f"installed into {install_assets(final)}")
+
+
+@world_app.command("sample")
+def world_sample(
+    out: Annotated[Path, typer.Option(help="Output .png of ground-truth renders.")] = Path("world.png"),
+    n: Annotated[int, typer.Option(help="How many renders.")] = 32,
+    seed: int = 0,
+) -> None:
+    """Render random scenes of the shapes world (ground truth, no model) with their labels."""
+    from erasurelab.imaging import grid, save_image_atomic
+    from erasurelab.world.dataset import render_dataset
+
+    if n <= 0:
+        raise ErasureLabError(f"--n must be positive, got {n}")
+    data = render_dataset(n, seed)
+    labels = [" ".join(v for k, v in s.labels().items() if k != "character" or v != "none") for s in data.scenes]
+    typer.echo(f"wrote {save_image_atomic(grid(data.float_images(), labels), out)}")
+
+
+def main() -> None:
+    """Console entry point: one-line errors with exit code 2 for bad input."""
+    try:
+        app()
+    except ErasureLabError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared test set-up: offline, two threads at most, and a skip marker for missing trained weights."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _assets_present() -> bool:
+    from erasurelab.world.builtin import assets_dir
+
+    return (assets_dir() / "unet" / "config.json").exists() and (assets_dir() / "judge" / "judge.safetensors").exists()
+
+
+needs_assets = pytest.mark.skipif(not _assets_present(), reason="embedded weights not trained yet")
+
+
+@pytest.fixture(scope="session")
+def builtin_pipe():
+    """The embedded pipeline, loaded once per test session (read-only: tests must not edit it)."""
+    from erasurelab.models import load_pipeline
+
+    return load_pipeline("builtin:shapes")
+
+
+@pytest.fixture(scope="session")
+def shapes_judge():
+    from erasurelab.judges import load_judge
+
+    return load_judge("shapes")
