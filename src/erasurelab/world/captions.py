@@ -194,8 +194,9 @@ def paraphrase_prompts(label: str) -> Iterator[LabelledPrompt]:
                 yield LabelledPrompt(text, {"object": obj, "color": label})
         elif attribute == "object":
             for j, color in enumerate(colors):
-                plain_first = j % 2 == 0
-                text = f"{_article(color)} {color} {phrase}" if plain_first else f"{_article(phrase)} {phrase} in {color}"
+                text = f"{_article(color)} {color} {phrase}"
+                if j % 2:
+                    text = f"{_article(phrase)} {phrase} in {color}"
                 yield LabelledPrompt(text, {"object": label, "color": color})
         elif attribute == "style":
             for j, obj in enumerate(objects):
