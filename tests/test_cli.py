@@ -67,7 +67,8 @@ def test_missing_model_folder(tmp_path: Path, capsys) -> None:
 def test_truncated_safetensors_in_a_model_folder(tmp_path: Path, capsys) -> None:
     model = tmp_path / "model"
     (model / "unet").mkdir(parents=True)
-    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                             "unet": ["diffusers", "UNet2DConditionModel"]}))
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
     import torch
 

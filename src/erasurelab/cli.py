@@ -114,8 +114,18 @@ def world_sample(
     typer.echo(f"wrote {save_image_atomic(grid(data.float_images(), labels), out)}")
 
 
+def _quiet_libraries() -> None:
+    """Keep library chatter (optional-backend notices, deprecations) off the user's terminal."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 for bad input."""
+    _quiet_libraries()
     try:
         app()
     except ErasureLabError as exc:
