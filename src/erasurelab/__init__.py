@@ -14,6 +14,22 @@ def __getattr__(name: str) -> object:
         from erasurelab import models
 
         return getattr(models, name)
+    if name == "erase":
+        from erasurelab.api import erase
+
+        return erase
+    if name in {"concept", "ConceptSpec"}:
+        from erasurelab import concepts
+
+        return getattr(concepts, name)
+    if name == "Edit":
+        from erasurelab.edits import Edit
+
+        return Edit
+    if name == "available_methods":
+        from erasurelab.methods import available_methods
+
+        return available_methods
     if name in {"load_judge", "available_judges"}:
         from erasurelab import judges
 
@@ -21,4 +37,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'erasurelab' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "available_judges", "cross_attention_layers", "generate", "load_judge", "load_pipeline"]
+__all__ = ["ConceptSpec", "Edit", "__version__", "available_judges", "available_methods", "concept",
+           "cross_attention_layers", "erase", "generate", "load_judge", "load_pipeline"]

@@ -58,6 +58,45 @@ def generate(
 
 
 @app.command()
+def erase(
+    concept: Annotated[list[str], typer.Option(
+        help="Built-in concept name (e.g. red) or a concept .yaml; repeat for one multi-concept edit.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write (LoRA or edited tensors + manifest.json).")],
+    model: Annotated[str, typer.Option(help="builtin:shapes, a diffusers folder or a .safetensors file.")]
+    = "builtin:shapes",
+    method: Annotated[str, typer.Option(help="A registered method; see `erasurelab methods`.")] = "pure",
+    format: Annotated[str, typer.Option("--format", help="lora (diffusers-loadable) or full (edited tensors).")]
+    = "lora",
+    rank: Annotated[int | None, typer.Option(help="LoRA rank cap for dense (full-rank) edits.")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o",
+                                                     help="Method option key=value, e.g. tau_forget=0.9.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Erase concepts from a model; writes a LoRA (or full edited weights) plus manifest.json."""
+    from erasurelab.api import erase as run_erase
+    from erasurelab.api import parse_options, summary
+    from erasurelab.models import load_pipeline
+
+    if format not in ("lora", "full"):
+        raise ErasureLabError(f"unknown --format {format!r}; valid: lora, full")
+    options = parse_options(option or [])
+    pipe = load_pipeline(model)
+    edit = run_erase(pipe, concept, method, quiet=quiet, **options)
+    typer.echo(summary(edit))
+    typer.echo(f"wrote {edit.save(out, format=format, rank=rank, overwrite=overwrite)}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered erasure methods."""
+    from erasurelab.methods import available_methods, get_method
+
+    for name in available_methods():
+        typer.echo(f"{name:8} {get_method(name).summary}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("erasurelab-demo"),
     quiet: Quiet = False,

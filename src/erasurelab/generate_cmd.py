@@ -11,6 +11,7 @@ import typer
 from erasurelab.errors import ErasureLabError
 from erasurelab.imaging import grid, save_image_atomic
 from erasurelab.models import generate, load_pipeline
+from erasurelab.models.sampling import is_embedded
 from erasurelab.world import captions, vocab
 
 #: Prompts of the demo grid: plain names, paraphrases never seen in training, and a character.
@@ -26,10 +27,6 @@ DEMO_PROMPTS: tuple[captions.LabelledPrompt, ...] = (
     captions.LabelledPrompt("a pink cross", {"object": "cross", "color": "pink"}),
     captions.LabelledPrompt("Bobo on a black background", {"character": "bobo", "background": "black"}),
 )
-
-
-def _is_builtin(pipe: object) -> bool:
-    return getattr(pipe, "erasurelab_source", "").startswith("builtin:")
 
 
 def judge_rows(images: torch.Tensor, items: list[captions.LabelledPrompt], seeds: list[int]) -> list[dict]:
@@ -66,7 +63,7 @@ def render_and_judge(model: str, items: list[captions.LabelledPrompt], num_image
     expanded = [item for item in items for _ in range(num_images)]
     seeds = [seed + k for _ in items for k in range(num_images)]
     images = generate(pipe, [i.prompt for i in expanded], seeds, steps=steps, guidance=guidance, quiet=quiet)
-    if _is_builtin(pipe):
+    if is_embedded(pipe):
         return images, judge_rows(images, expanded, seeds)
     return images, [{"prompt": i.prompt, "seed": s} for i, s in zip(expanded, seeds, strict=True)]
 

@@ -53,6 +53,10 @@ def load_pipeline(spec: str | os.PathLike[str], dtype: Any = None, device: Any =
         if not path.exists():
             raise ErasureLabError(f"model not found: {text} ({_EXPECTED})")
         if path.is_dir():
+            from erasurelab.edits import is_run_folder, load_run
+
+            if is_run_folder(path):  # a saved erasure run: its base model with the edit applied
+                return load_run(path, load_pipeline, dtype=dtype, device=device)
             if config is not None:
                 raise ErasureLabError(f"config= applies to single-file checkpoints only, but {text} is a folder")
             pipe = _load_folder(path, dtype)

@@ -16,9 +16,15 @@ from tqdm.auto import tqdm
 from erasurelab.errors import ErasureLabError
 
 
+def is_embedded(pipe: Any) -> bool:
+    """True for the embedded shapes model, also after an edit was applied to it (a saved run)."""
+    base = getattr(pipe, "erasurelab_base_source", None) or getattr(pipe, "erasurelab_source", "")
+    return str(base).startswith("builtin:")
+
+
 def default_sampling(pipe: Any) -> tuple[int, float]:
     """(steps, guidance) defaults: the embedded world's, or SD's usual 50 / 7.5."""
-    if getattr(pipe, "erasurelab_source", "").startswith("builtin:"):
+    if is_embedded(pipe):
         from erasurelab.world.architecture import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
         return DEFAULT_STEPS, DEFAULT_GUIDANCE

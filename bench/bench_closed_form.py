@@ -1,0 +1,168 @@
+"""Acceptance bench of the closed-form methods (PURE, UCE) on the embedded model.
+
+For each method and each target (red, circle, striped, bobo, and one 3-concept call) it measures,
+with the shapes judge, base model vs edited model:
+  target_anchor      fraction of images showing the target on the spec's forget anchors
+                     (the prompts the edit was built from; --seeds seeds each)
+  target_paraphrase  same on held-out paraphrase prompts (captions.paraphrase_prompts; never anchors)
+  retention          object-and-color-correct rate on canonical prompts that do not name a target
+Then edit time (median of --repeats) and peak memory for 1 and 10 concepts, each in a fresh
+subprocess so its peak resident memory is its own. Prints tables and writes
+bench/results/closed_form.json. Fixed prompts and seeds: two runs give the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from erasurelab.api import erase
+from erasurelab.concepts import concept
+from erasurelab.judges import load_judge
+from erasurelab.models import generate, load_pipeline
+from erasurelab.world import captions
+from erasurelab.world.builtin import weights_hash
+
+from _common import environment, peak_rss_mb, table, write_json
+
+SINGLE = ("red", "circle", "striped", "bobo")
+MULTI = ("red", "circle", "striped")
+#: The 10-concept timing call spans every category.
+TEN = ("red", "blue", "green", "circle", "square", "star", "striped", "dotted", "bobo", "kiki")
+SEED0 = 20_000  # evaluation seeds, disjoint from training and capture seeds
+
+
+def _attribute(label: str) -> str:
+    return concept(label).category
+
+
+def anchor_items(label: str) -> list[captions.LabelledPrompt]:
+    return [captions.LabelledPrompt(p, {_attribute(label): label}) for p in concept(label).forget]
+
+
+def retain_items(targets: tuple[str, ...]) -> list[captions.LabelledPrompt]:
+    """Canonical prompts whose labels name none of the targets (characters: every canonical prompt)."""
+    return [item for item in captions.canonical_suite() if not set(item.labels.values()) & set(targets)]
+
+
+def render(pipe, items: list[captions.LabelledPrompt], seeds: int) -> torch.Tensor:
+    prompts = [i.prompt for i in items for _ in range(seeds)]
+    return generate(pipe, prompts, [SEED0 + k for _ in items for k in range(seeds)], batch_size=64)
+
+
+def target_rate(pipe, judge, label: str, items: list[captions.LabelledPrompt], seeds: int) -> float:
+    return float(judge.present(render(pipe, items, seeds), label).float().mean())
+
+
+def retention(pipe, judge, items: list[captions.LabelledPrompt], seeds: int) -> float:
+    predicted = judge.predict(render(pipe, items, seeds))
+    expanded = [i for i in items for _ in range(seeds)]
+    ok = [p["object"] == i.labels["object"] and p["color"] == i.labels["color"]
+          for p, i in zip(predicted, expanded, strict=True)]
+    return sum(ok) / len(ok)
+
+
+def measure(pipe, judge, targets: tuple[str, ...], args) -> dict:
+    out = {"retention": retention(pipe, judge, retain_items(targets), args.retain_seeds)}
+    for label in targets:
+        out[f"{label}/anchor"] = target_rate(pipe, judge, label, anchor_items(label), args.seeds)
+        out[f"{label}/paraphrase"] = target_rate(pipe, judge, label, list(captions.paraphrase_prompts(label)),
+                                                 args.paraphrase_seeds)
+    return out
+
+
+def edit_summary(edit) -> dict:
+    meta = edit.meta
+    ranks = [r for r in edit.ranks().values() if r is not None]
+    summary = {"tensors": len(edit), "max_rank": max(ranks, default=0), "wall_time_s": meta["wall_time_s"]}
+    if meta["method"] == "pure":
+        summary["k_F"] = [info["k_F"] for info in meta["layers"].values()]
+        summary["k_R"] = [info["k_R"] for info in meta["layers"].values()]
+        summary["noop_layers"] = sum(info["noop"] for info in meta["layers"].values())
+    else:
+        summary["cond_M"] = meta["cond_M"]
+    return summary
+
+
+def timing_worker(method: str, n: int, repeats: int) -> dict:
+    """Edit time (median of repeats) and peak memory of erasing the first n of TEN, in this process."""
+    torch.set_num_threads(2)
+    pipe = load_pipeline("builtin:shapes")
+    loaded = peak_rss_mb()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        erase(pipe, list(TEN[:n]), method)
+        times.append(time.perf_counter() - start)
+    return {"method": method, "concepts": n, "median_s": statistics.median(times), "peak_rss_mb": peak_rss_mb(),
+            "rss_after_load_mb": loaded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="pure,uce")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per anchor prompt")
+    parser.add_argument("--paraphrase-seeds", type=int, default=3, help="seeds per paraphrase prompt")
+    parser.add_argument("--retain-seeds", type=int, default=2, help="seeds per canonical prompt")
+    parser.add_argument("--repeats", type=int, default=3, help="edit-time repeats (median)")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--timing-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.timing_worker:
+        print(json.dumps(timing_worker(args.timing_worker[0], int(args.timing_worker[1]), args.repeats)))
+        return
+
+    torch.set_num_threads(2)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    pipe = load_pipeline("builtin:shapes")
+    judge = load_judge("shapes")
+    runs = [(label,) for label in SINGLE] + [MULTI]
+    rows, results = [], []
+    for targets in runs:
+        print(f"base model on {'+'.join(targets)} ...", flush=True)
+        base = measure(pipe, judge, targets, args)
+        for method in methods:
+            edit = erase(pipe, list(targets), method)
+            edit.apply(pipe)
+            try:
+                edited = measure(pipe, judge, targets, args)
+            finally:
+                edit.revert(pipe)
+            results.append({"targets": list(targets), "method": method, "base": base, "edited": edited,
+                            "edit": edit_summary(edit)})
+            for label in targets:
+                rows.append({"targets": "+".join(targets), "method": method, "concept": label,
+                             "anchor_base": base[f"{label}/anchor"], "anchor_edited": edited[f"{label}/anchor"],
+                             "para_base": base[f"{label}/paraphrase"], "para_edited": edited[f"{label}/paraphrase"],
+                             "retain_base": base["retention"], "retain_edited": edited["retention"],
+                             "edit_s": edit.meta["wall_time_s"]})
+            print(f"  {method}: {json.dumps(edited)}", flush=True)
+    print(table(rows, ["targets", "method", "concept", "anchor_base", "anchor_edited", "para_base", "para_edited",
+                       "retain_base", "retain_edited", "edit_s"]))
+
+    timing = []
+    if not args.skip_timing:
+        for method in methods:
+            for n in (1, 10):
+                out = subprocess.run([sys.executable, __file__, "--timing-worker", method, str(n),
+                                      "--repeats", str(args.repeats)], check=True, capture_output=True, text=True)
+                timing.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(table(timing, ["method", "concepts", "median_s", "peak_rss_mb", "rss_after_load_mb"]))
+
+    payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id,
+               "settings": {"seeds": args.seeds, "paraphrase_seeds": args.paraphrase_seeds,
+                            "retain_seeds": args.retain_seeds, "seed0": SEED0, "repeats": args.repeats},
+               "results": results, "table": rows, "timing": timing}
+    print(f"wrote {write_json('closed_form', payload)}")
+
+
+if __name__ == "__main__":
+    main()

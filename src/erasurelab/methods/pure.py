@@ -1,0 +1,164 @@
+"""PURE: closed-form projection of cross-attention K/V built from U-Net activations (pure.md).
+
+For every `attn2` layer: capture the pooled `to_out[0]` inputs of the unedited model on forget
+anchors (H_F) and retain anchors plus "" (H_R), take energy-rank bases V_F, V_R of their right
+singular vectors, and left-multiply to_k and to_v by E = I − P_F (I − P_R). E removes the part of
+a layer's output that lies in the forget span unless it is also in the retain span. The delta is
+exactly ΔW = B A with B = −V_F and A = V_Fᵀ (I − P_R) W (K and V share B), so it ships as a LoRA.
+All linear algebra runs in float64 (fp16 SVD is inaccurate for near-equal singular values).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from erasurelab.concepts.spec import ConceptSpec, combine
+from erasurelab.edits import Edit, LowRank
+from erasurelab.errors import ErasureLabError
+from erasurelab.methods.base import MethodWarning, check_fraction, check_unwrapped, register_method
+from erasurelab.models.capture import CaptureConfig, capture_activations, stack_rows
+from erasurelab.models.layers import cross_attention_layers
+
+PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
+
+
+@dataclass(frozen=True)
+class PureConfig:
+    """pure.md §4 defaults. projections=("to_v",) is the V-only ablation; latent_size (None: the
+    U-Net's sample_size) lets SDXL users collect at a lower resolution to save time."""
+
+    tau_forget: float = 0.95
+    tau_retain: float = 0.99
+    steps: int = 10
+    guidance: float = 7.5
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3))
+    batch_size: int = 16
+    projections: tuple[str, ...] = PROJECTIONS
+    retain_empty_prompt: bool = True
+    latent_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fraction("tau_forget", self.tau_forget)
+        check_fraction("tau_retain", self.tau_retain)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        projections = (self.projections,) if isinstance(self.projections, str) else tuple(self.projections)
+        if not projections or any(p not in PROJECTIONS for p in projections):
+            raise ErasureLabError(f"projections must be a non-empty subset of {', '.join(PROJECTIONS)}, "
+                                  f"got {', '.join(projections) or '(none)'}")
+        object.__setattr__(self, "projections", projections)
+        self.capture()  # validates the trajectory
+
+    def capture(self) -> CaptureConfig:
+        return CaptureConfig(steps=self.steps, guidance=self.guidance, seeds=self.seeds, batch_size=self.batch_size,
+                             latent_size=self.latent_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The math (pure functions, float64)
+# ---------------------------------------------------------------------------------------------
+
+
+def energy_rank(singular_values: torch.Tensor, tau: float) -> int:
+    """k(τ) = min{k : Σ_{i≤k} σ_i² ≥ τ Σ_i σ_i²}; 0 when there is no energy at all."""
+    check_fraction("tau", tau)
+    energy = singular_values.double() ** 2
+    if energy.numel() == 0 or float(energy.sum()) <= 0.0:
+        return 0
+    cumulative = torch.cumsum(energy, 0)
+    target = tau * cumulative[-1]
+    return int(torch.searchsorted(cumulative, target.unsqueeze(0)).item()) + 1
+
+
+def principal_basis(rows: torch.Tensor, tau: float) -> torch.Tensor:
+    """(d, k) orthonormal basis of the top-k(τ) right singular vectors of rows (n, d); no centring."""
+    rows = rows.double()
+    d = rows.shape[-1]
+    if rows.shape[0] == 0:
+        return torch.zeros(d, 0, dtype=torch.float64)
+    _, s, vh = torch.linalg.svd(rows, full_matrices=False)
+    return vh[:energy_rank(s, tau)].T.contiguous()
+
+
+def edit_operator(v_forget: torch.Tensor, v_retain: torch.Tensor) -> torch.Tensor:
+    """E = I − P_F (I − P_R) for orthonormal bases V_F (d, k_F), V_R (d, k_R)."""
+    d = v_forget.shape[0]
+    eye = torch.eye(d, dtype=torch.float64)
+    p_f = v_forget @ v_forget.T
+    p_r = v_retain @ v_retain.T
+    return eye - p_f @ (eye - p_r)
+
+
+def lora_factors(v_forget: torch.Tensor, v_retain: torch.Tensor,
+                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact factors of E W − W: B = −V_F (d, k_F), A = V_Fᵀ (I − P_R) W (k_F, d_in)."""
+    w = weight.double()
+    a = v_forget.T @ w - (v_forget.T @ v_retain) @ (v_retain.T @ w)
+    return -v_forget, a
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_concepts_active(specs: list[ConceptSpec], forget: list[str], acts: dict[str, torch.Tensor]) -> None:
+    """A concept whose anchors produce no activation in any layer cannot define a subspace."""
+    index = {p: i for i, p in enumerate(forget)}
+    for spec in specs:
+        rows = [index[a] for a in spec.forget if a in index]
+        if not rows:
+            continue
+        energy = sum(float(a[rows].pow(2).sum()) for a in acts.values())
+        if energy == 0.0:
+            raise ErasureLabError(f"concept {spec.name!r}: its anchors give no cross-attention activations "
+                                  "(all zero); check the anchors and the model")
+
+
+@register_method("pure", PureConfig, "PURE: project cross-attention K/V away from the concept's activation subspace")
+def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: bool = True) -> Edit:
+    """PURE edit of every attn2 to_k/to_v; the pipeline itself is not modified."""
+    forget, retain = combine(specs)
+    if config.retain_empty_prompt and "" not in retain:
+        retain.append("")
+    layers = cross_attention_layers(pipe.unet)
+    check_unwrapped(layers)
+    meta: dict[str, Any] = {"anchors": {"forget": forget, "retain": retain}, "layers": {}}
+    if not forget:
+        warnings.warn("PURE: the forget set is empty; the edit is a no-op", MethodWarning, stacklevel=2)
+        return Edit({}, meta)
+    capture = config.capture()
+    forget_acts = capture_activations(pipe, forget, capture, layers, quiet)
+    _check_concepts_active(specs, forget, forget_acts)
+    h_forget = stack_rows(forget_acts)
+    h_retain = stack_rows(capture_activations(pipe, retain, capture, layers, quiet)) if retain else {}
+    deltas: dict[str, LowRank] = {}
+    not_editable = []
+    for layer in layers:
+        v_f = principal_basis(h_forget[layer.name], config.tau_forget)
+        rows_r = h_retain.get(layer.name, torch.zeros(0, layer.inner_dim, dtype=torch.float64))
+        v_r = principal_basis(rows_r, config.tau_retain)
+        info: dict[str, Any] = {"k_F": v_f.shape[1], "k_R": v_r.shape[1], "d": layer.inner_dim, "noop": False}
+        if v_r.shape[1] >= layer.inner_dim:
+            not_editable.append(layer.name)
+            info["noop"] = True
+        elif v_f.shape[1] > 0:
+            for proj in config.projections:
+                linear = getattr(layer.module, proj)
+                b, a = lora_factors(v_f, v_r, linear.weight.detach().cpu())
+                deltas[f"{layer.name}.{proj}.weight"] = LowRank(b, a)
+                # B has orthonormal columns, so ‖ΔW‖_F = ‖A‖_F.
+                info[f"relative_change_{proj}"] = float(a.norm() / linear.weight.detach().double().norm())
+        meta["layers"][layer.name] = info
+    if not_editable:
+        warnings.warn(f"PURE: {len(not_editable)} of {len(layers)} layers not editable (retain basis spans the "
+                      f"whole space, k_R = d), e.g. {not_editable[0]}; lower tau_retain", MethodWarning,
+                      stacklevel=2)
+    changes = [v for info in meta["layers"].values() for k, v in info.items() if k.startswith("relative_change")]
+    if not changes or max(changes) < 1e-12:
+        warnings.warn("PURE: the edit changes nothing (the forget subspace lies inside the retain subspace in "
+                      "every layer)", MethodWarning, stacklevel=2)
+    return Edit(deltas, meta)

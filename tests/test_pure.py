@@ -1,0 +1,284 @@
+"""PURE (pure.md §5): operator algebra, energy rank, exact LoRA factors, and the method on a tiny BERT pipeline."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from erasurelab.api import erase
+from erasurelab.concepts import ConceptSpec, combine, concept
+from erasurelab.errors import ErasureLabError
+from erasurelab.methods import MethodWarning
+from erasurelab.methods.pure import PureConfig, edit_operator, energy_rank, lora_factors, principal_basis
+from erasurelab.models.capture import ToOutInputRecorder, capture_activations, stack_rows
+from erasurelab.models.conditioning import encode
+from erasurelab.models.layers import cross_attention_layers
+from tiny_bert_pipeline import noise_prediction, tiny_bert_pipeline
+
+torch.set_num_threads(1)
+
+FAST = {"steps": 3, "seeds": (0, 1)}
+
+
+def _orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    return q
+
+
+@pytest.fixture(scope="module")
+def frame() -> torch.Tensor:
+    """An orthonormal frame Q (64x12): V_R = Q[:, :7], V_F = Q[:, [0, 7..10]] (one shared direction)."""
+    return _orthonormal(64, 12, 1)
+
+
+@pytest.fixture(scope="module")
+def bases(frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    v_r = frame[:, :7]
+    v_f = torch.cat([frame[:, :1], frame[:, 7:11]], dim=1)
+    return v_f, v_r, edit_operator(v_f, v_r)
+
+
+def test_retain_span_is_kept(bases) -> None:
+    _, v_r, e = bases
+    assert torch.linalg.norm(e @ v_r - v_r) < 1e-10
+
+
+def test_forget_directions_orthogonal_to_retain_are_removed(bases, frame) -> None:
+    _, _, e = bases
+    u = frame[:, 7:11] @ torch.randn(4, 3, dtype=torch.float64)   # in span(V_F), orthogonal to V_R
+    assert torch.linalg.norm(e @ u) < 1e-10
+
+
+def test_directions_orthogonal_to_both_pass_unchanged(bases, frame) -> None:
+    _, _, e = bases
+    x = frame[:, 11:] @ torch.randn(1, 5, dtype=torch.float64)
+    x = x + (torch.eye(64, dtype=torch.float64) - frame @ frame.T) @ torch.randn(64, 5, dtype=torch.float64)
+    assert torch.linalg.norm(e @ x - x) < 1e-10
+
+
+def test_rank_and_optimality(bases) -> None:
+    v_f, v_r, e = bases
+    eye = torch.eye(64, dtype=torch.float64)
+    assert torch.linalg.matrix_rank(e - eye) <= v_f.shape[1]
+    p_f, p_r = v_f @ v_f.T, v_r @ v_r.T
+    assert torch.linalg.norm((e - (eye - p_f)) @ (eye - p_r)) < 1e-10  # differs only on the retain span
+
+
+def test_degenerate_operators_are_identity() -> None:
+    eye = torch.eye(16, dtype=torch.float64)
+    empty = torch.zeros(16, 0, dtype=torch.float64)
+    assert torch.equal(edit_operator(empty, _orthonormal(16, 3, 0)), eye)
+    full = _orthonormal(16, 16, 3)
+    assert torch.linalg.norm(edit_operator(_orthonormal(16, 4, 4), full) - eye) < 1e-10
+
+
+def test_energy_rank_example() -> None:
+    assert energy_rank(torch.tensor([4.0, 2.0, 1.0, 1.0]), 0.9) == 2
+    assert energy_rank(torch.tensor([4.0, 2.0, 1.0, 1.0]), 1.0) == 4
+    assert energy_rank(torch.zeros(3), 0.9) == 0
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
+def test_threshold_outside_unit_interval(tau: float) -> None:
+    with pytest.raises(ErasureLabError, match=r"in \(0, 1\]"):
+        energy_rank(torch.ones(3), tau)
+
+
+def test_principal_basis_is_orthonormal_and_deterministic() -> None:
+    rows = torch.randn(50, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = principal_basis(rows, 0.9)
+    assert torch.allclose(v.T @ v, torch.eye(v.shape[1], dtype=torch.float64), atol=1e-12)
+    assert torch.equal(v, principal_basis(rows.clone(), 0.9))
+
+
+def test_lora_factors_are_exact_in_float32(bases) -> None:
+    v_f, v_r, e = bases
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(5))
+    b, a = lora_factors(v_f, v_r, w)
+    assert b.shape == (64, v_f.shape[1]) and a.shape == (v_f.shape[1], 32)
+    edited = w + b.float() @ a.float()
+    assert torch.linalg.norm(edited.double() - e @ w.double()) / torch.linalg.norm(w.double()) < 1e-6
+
+
+# --- the method on a tiny pipeline ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_bert_pipeline(0)
+
+
+@pytest.fixture(scope="module")
+def red_edit(pipe):
+    return erase(pipe, "red", "pure", **FAST)
+
+
+def test_scope_only_attn2_kv_change_and_revert_is_exact(pipe, red_edit) -> None:
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    red_edit.apply(pipe)
+    try:
+        after = pipe.unet.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed and changed == set(red_edit.deltas)
+        assert all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in changed)
+    finally:
+        red_edit.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+
+
+def test_rank_bounded_by_k_forget_and_logged(red_edit) -> None:
+    for key, entry in red_edit.deltas.items():
+        layer = key.rsplit(".", 2)[0]
+        info = red_edit.meta["layers"][layer]
+        assert entry.rank == info["k_F"] and 0 < info["k_F"] <= info["d"]
+        assert torch.linalg.matrix_rank(entry.delta()) <= info["k_F"]
+
+
+def test_determinism(pipe, red_edit) -> None:
+    again = erase(pipe, "red", "pure", **FAST)
+    for key, entry in red_edit.deltas.items():
+        assert torch.equal(entry.B, again.deltas[key].B) and torch.equal(entry.A, again.deltas[key].A)
+
+
+def test_lora_round_trip_through_diffusers(tmp_path, red_edit) -> None:
+    fresh = tiny_bert_pipeline(0)
+    red_edit.apply(fresh)
+    direct = noise_prediction(fresh)
+    red_edit.revert(fresh)
+    red_edit.save(tmp_path / "run", format="lora")
+    loaded = tiny_bert_pipeline(0)
+    loaded.load_lora_weights(str(tmp_path / "run"))
+    assert torch.allclose(noise_prediction(loaded), direct, atol=1e-4)
+    assert not torch.allclose(noise_prediction(fresh), direct, atol=1e-7)  # the edit does something
+
+
+def test_value_path_identity_v_only(pipe) -> None:
+    """For fixed layer inputs, the V-only edited layer's to_out[0] input equals E h of the unedited layer.
+
+    Exact where every head attends the same way: with one head, or with a one-token context.
+    With several heads and a longer context E mixes head blocks that carry different attention
+    weights, so h -> E h is only approximate there (pure.md §2 states it without that condition).
+    """
+    edit = erase(pipe, "red", "pure", projections=("to_v",), **FAST)
+    assert edit.deltas and all(k.endswith("to_v.weight") for k in edit.deltas)
+    layers = cross_attention_layers(pipe.unet)
+    forget, retain = combine([concept("red")])
+    config = PureConfig(**FAST)
+    h_f = stack_rows(capture_activations(pipe, forget, config.capture(), layers))
+    h_r = stack_rows(capture_activations(pipe, [*retain, ""], config.capture(), layers))
+    operators = {layer.name: edit_operator(principal_basis(h_f[layer.name], config.tau_forget),
+                                           principal_basis(h_r[layer.name], config.tau_retain)) for layer in layers}
+    context = encode(pipe, ["a photo of crimson", "a blue circle"]).embeds
+    gen = torch.Generator().manual_seed(0)
+    inputs = {layer.name: torch.randn(2, 16, layer.module.to_q.in_features, generator=gen) for layer in layers}
+
+    def run(ctx: torch.Tensor, single_head: bool) -> dict[str, torch.Tensor]:
+        heads = {layer.name: layer.module.heads for layer in layers}
+        try:
+            with ToOutInputRecorder(layers) as rec, torch.no_grad():
+                for layer in layers:
+                    layer.module.heads = 1 if single_head else heads[layer.name]
+                    layer.module(inputs[layer.name], encoder_hidden_states=ctx)
+                return {name: t.clone() for name, t in rec.latest.items()}
+        finally:
+            for layer in layers:
+                layer.module.heads = heads[layer.name]
+
+    cases = [(context, True), (context[:, :1], False)]
+    before = [run(ctx, single) for ctx, single in cases]
+    edit.apply(pipe)
+    try:
+        after = [run(ctx, single) for ctx, single in cases]
+    finally:
+        edit.revert(pipe)
+    for b, a in zip(before, after, strict=True):
+        for layer in layers:
+            expected = b[layer.name].double() @ operators[layer.name].T
+            assert torch.allclose(a[layer.name].double(), expected, atol=1e-5)
+            assert not torch.allclose(a[layer.name], b[layer.name], atol=1e-6)  # E is not the identity
+
+
+def test_multi_concept_stacks_forget_and_protects_no_target(pipe) -> None:
+    edit = erase(pipe, ["red", "blue"], "pure", **FAST)
+    forget, retain = edit.meta["anchors"]["forget"], edit.meta["anchors"]["retain"]
+    assert "a photo of red" in forget and "a photo of blue" in forget
+    assert "" in retain and not any("blue" in r or "red" in r for r in retain)
+    assert [c["name"] for c in edit.meta["concepts"]] == ["red", "blue"]
+
+
+def test_empty_forget_set_is_a_noop(pipe) -> None:
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with pytest.warns(MethodWarning, match="empty"):
+        edit = erase(pipe, ConceptSpec("nothing"), "pure", **FAST)
+    assert edit.is_empty
+    edit.apply(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    edit.revert(pipe)
+
+
+def test_full_retain_span_warns_layer_not_editable(pipe) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        edit = erase(pipe, "red", "pure", tau_retain=1.0, **FAST)
+    # tau_retain = 1 keeps every retain direction; the tiny model's retain rows span all 64 dims.
+    assert all(info["noop"] and info["k_R"] == info["d"] for info in edit.meta["layers"].values())
+    assert edit.is_empty
+    assert any("not editable" in str(w.message) and issubclass(w.category, MethodWarning) for w in caught)
+
+
+def test_anchors_without_activations_are_an_error() -> None:
+    dead = tiny_bert_pipeline(1)
+    with torch.no_grad():
+        for layer in cross_attention_layers(dead.unet):
+            layer.module.to_v.weight.zero_()
+    with pytest.raises(ErasureLabError, match="no cross-attention activations"):
+        erase(dead, "red", "pure", **FAST)
+
+
+def test_nan_activations_are_an_error() -> None:
+    broken = tiny_bert_pipeline(1)
+    with torch.no_grad():
+        cross_attention_layers(broken.unet)[0].module.to_v.weight.fill_(float("nan"))
+    with pytest.raises(ErasureLabError, match="NaN"):
+        erase(broken, "red", "pure", **FAST)
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"tau_forget": 0.0}, "tau_forget"), ({"tau_retain": 1.2}, "tau_retain"),
+    ({"tau_forgett": 0.9}, "did you mean: tau_forget"), ({"projections": ("to_q",)}, "projections"),
+])
+def test_bad_options_one_line(pipe, options, needle) -> None:
+    with pytest.raises(ErasureLabError) as info:
+        erase(pipe, "red", "pure", **options)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unmerged_lora_is_refused(tmp_path, red_edit) -> None:
+    red_edit.save(tmp_path / "adapter", format="lora")
+    wrapped = tiny_bert_pipeline(0)
+    wrapped.load_lora_weights(str(tmp_path / "adapter"))
+    with pytest.raises(ErasureLabError, match="unmerged LoRA"):
+        erase(wrapped, "red", "pure", **FAST)
+
+
+def test_sdxl_pure_and_lora_round_trip(tmp_path) -> None:
+    from tiny_pipelines import tiny_sdxl_pipeline
+
+    xl = tiny_sdxl_pipeline(0)
+    edit = erase(xl, "red", "pure", steps=2, seeds=(0,), latent_size=8)
+    assert edit.deltas
+    edit.save(tmp_path / "xl", format="lora")
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctx, _, pooled, _ = xl.encode_prompt(prompt=["a photo of red"], device="cpu", do_classifier_free_guidance=False)
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    edit.apply(xl)
+    with torch.no_grad():
+        direct = xl.unet(x, 500, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+    loaded = tiny_sdxl_pipeline(0)
+    loaded.load_lora_weights(str(tmp_path / "xl"))
+    with torch.no_grad():
+        assert torch.allclose(loaded.unet(x, 500, encoder_hidden_states=ctx, added_cond_kwargs=added).sample,
+                              direct, atol=1e-4)
