@@ -17,15 +17,6 @@ from erasurelab.models import CrossAttentionLayer, cross_attention_layers, proje
 from tiny_pipelines import tiny_sd15_pipeline, tiny_sdxl_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: a training job shares this 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_sd2_unet() -> Any:
     """SD2.x's U-Net differences: linear projections in the transformers, per-block head dims."""
     from diffusers import UNet2DConditionModel

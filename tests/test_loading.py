@@ -20,15 +20,6 @@ from erasurelab.models import is_sdxl_checkpoint, load_pipeline
 from tiny_pipelines import original_sd_state_dict, run, tiny_sd15_pipeline, tiny_sdxl_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: a training job shares this 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory) -> tuple[object, Path]:
     pipe = tiny_sd15_pipeline()

@@ -15,7 +15,7 @@ from erasurelab.methods.pure import PureConfig, edit_operator, energy_rank, lora
 from erasurelab.models.capture import ToOutInputRecorder, capture_activations, stack_rows
 from erasurelab.models.conditioning import encode
 from erasurelab.models.layers import cross_attention_layers
-from tiny_bert_pipeline import noise_prediction, tiny_bert_pipeline
+from tiny_bert_pipeline import assert_lora_round_trip, tiny_bert_pipeline
 
 torch.set_num_threads(1)
 
@@ -144,15 +144,7 @@ def test_determinism(pipe, red_edit) -> None:
 
 
 def test_lora_round_trip_through_diffusers(tmp_path, red_edit) -> None:
-    fresh = tiny_bert_pipeline(0)
-    red_edit.apply(fresh)
-    direct = noise_prediction(fresh)
-    red_edit.revert(fresh)
-    red_edit.save(tmp_path / "run", format="lora")
-    loaded = tiny_bert_pipeline(0)
-    loaded.load_lora_weights(str(tmp_path / "run"))
-    assert torch.allclose(noise_prediction(loaded), direct, atol=1e-4)
-    assert not torch.allclose(noise_prediction(fresh), direct, atol=1e-7)  # the edit does something
+    assert_lora_round_trip(red_edit, tiny_bert_pipeline(0), tmp_path / "run")
 
 
 def test_value_path_identity_v_only(pipe) -> None:

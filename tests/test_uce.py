@@ -21,7 +21,7 @@ from erasurelab.methods.uce import (
 )
 from erasurelab.models.conditioning import last_word_indices
 from erasurelab.models.layers import cross_attention_layers
-from tiny_bert_pipeline import MAX_TOKENS, noise_prediction, tiny_bert_pipeline
+from tiny_bert_pipeline import MAX_TOKENS, assert_lora_round_trip, tiny_bert_pipeline
 
 torch.set_num_threads(1)
 
@@ -183,15 +183,7 @@ def test_without_preservation_erase_tokens_map_to_guide(pipe) -> None:
 
 
 def test_lora_round_trip_through_diffusers(tmp_path, pipe) -> None:
-    edit = erase(pipe, "red", "uce")
-    edit.apply(pipe)
-    direct = noise_prediction(pipe)
-    edit.revert(pipe)
-    edit.save(tmp_path / "run", format="lora")
-    loaded = tiny_bert_pipeline(0)
-    loaded.load_lora_weights(str(tmp_path / "run"))
-    assert torch.allclose(noise_prediction(loaded), direct, atol=1e-4)
-    assert not torch.allclose(noise_prediction(pipe), direct, atol=1e-6)
+    assert_lora_round_trip(erase(pipe, "red", "uce"), pipe, tmp_path / "run")
 
 
 def test_guide_equal_to_concept_gives_empty_edit(pipe) -> None:

@@ -91,8 +91,14 @@ def _save_atomic(obj: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path) -> dict | None:
-    return torch.load(path, weights_only=True) if path.exists() else None
+def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+    """Restore model and optimiser from a stage checkpoint; returns (next step, checkpoint or {})."""
+    if not path.exists():
+        return 0, {}
+    checkpoint = torch.load(path, weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return int(checkpoint["step"]), checkpoint
 
 
 def _steps(stage: str, start: int, total: int, quiet: bool) -> Iterator[int]:
@@ -108,11 +114,7 @@ def train_vae(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet:
     vae = architecture.new_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt_path = out / "checkpoints" / "vae.pt"
-    start = 0
-    if (ckpt := _load_checkpoint(ckpt_path)) is not None:
-        vae.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
+    start, _ = _resume(ckpt_path, vae, opt)
     vae.train()
     for step in _steps("vae", start, cfg.vae_steps, quiet):
         gen, _ = step_generators(cfg.seed, "vae", step)
@@ -181,11 +183,7 @@ def train_judge(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quie
     net = ShapesJudgeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.judge_lr, weight_decay=1e-4)
     ckpt_path = out / "checkpoints" / "judge.pt"
-    start = 0
-    if (ckpt := _load_checkpoint(ckpt_path)) is not None:
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
+    start, _ = _resume(ckpt_path, net, opt)
     net.train()
     for step in _steps("judge", start, cfg.judge_steps, quiet):
         gen, _ = step_generators(cfg.seed, "judge", step)
@@ -243,12 +241,8 @@ def train_unet(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     ckpt_path = out / "checkpoints" / "unet.pt"
-    start = 0
-    if (ckpt := _load_checkpoint(ckpt_path)) is not None:
-        unet.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        ema = ckpt["ema"]
-        start = int(ckpt["step"])
+    start, checkpoint = _resume(ckpt_path, unet, opt)
+    ema = checkpoint.get("ema", ema)
     unet.train()
     for step in _steps("unet", start, cfg.unet_steps, quiet):
         gen, rng = step_generators(cfg.seed, "unet", step)
