@@ -293,14 +293,21 @@ def train_world(out: Path, cfg: TrainConfig | None = None, stages: tuple[str, ..
         raise ValueError(f"{out} holds a run with a different config; use a new --out folder or the same options")
     config_path.write_text(json.dumps(asdict(cfg), indent=2))
     log = _Log(out / "train.log")
-    data = render_dataset(cfg.n_images, cfg.seed, cfg.character_rate, progress=not quiet)
     runners = {"vae": train_vae, "judge": train_judge, "unet": train_unet}
-    for stage in STAGES:
-        if stage in stages:
-            t0 = time.time()
-            runners[stage](cfg, data, out, log, quiet)
-            log(stage=stage, wall_seconds=round(time.time() - t0, 1))
+    todo = [stage for stage in STAGES if stage in stages and not stage_done(out, stage)]
+    if todo:  # rendering costs a minute: only when a stage still has work
+        data = render_dataset(cfg.n_images, cfg.seed, cfg.character_rate, progress=not quiet)
+    for stage in todo:
+        t0 = time.time()
+        runners[stage](cfg, data, out, log, quiet)
+        log(stage=stage, wall_seconds=round(time.time() - t0, 1))
     return out / "shapes"
+
+
+def stage_done(out: Path, stage: str) -> bool:
+    """Whether a stage's final weights exist (its runner would return at once)."""
+    marker = {"vae": "vae/config.json", "judge": "judge/judge.safetensors", "unet": "unet/config.json"}[stage]
+    return (out / "shapes" / marker).exists()
 
 
 def install_assets(final: Path) -> Path:
