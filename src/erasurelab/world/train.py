@@ -7,7 +7,7 @@ Resumability: each stage checkpoints every `checkpoint_every` steps (weights, op
 step) to `out/checkpoints/<stage>.pt`, and every random draw of step s comes from a generator
 seeded by (seed, stage, s). A run that is killed and restarted therefore produces the same
 final weights as one that never stopped. A finished stage leaves its weights under
-`out/shapes/<component>/` and is skipped on the next call.
+`out/shapes/<component>/` and is skipped on the next call (`stage_done`).
 """
 
 from __future__ import annotations
@@ -109,8 +109,6 @@ def _steps(stage: str, start: int, total: int, quiet: bool) -> Iterator[int]:
 
 def train_vae(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet: bool) -> None:
     final = out / "shapes" / "vae"
-    if (final / "config.json").exists():
-        return
     vae = architecture.new_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt_path = out / "checkpoints" / "vae.pt"
@@ -176,8 +174,6 @@ def train_judge(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quie
     from safetensors.torch import save_file
 
     final = out / "shapes" / "judge"
-    if (final / "judge.safetensors").exists():
-        return
     vae = _load_vae(out)
     recon = (reconstruct(vae, data.float_images()) * 255).round().to(torch.uint8)
     net = ShapesJudgeNet()
@@ -223,8 +219,6 @@ def min_snr_weights(scheduler: object, timesteps: torch.Tensor, gamma: float) ->
 
 def train_unet(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet: bool) -> None:
     final = out / "shapes" / "unet"
-    if (final / "config.json").exists():
-        return
     vae = _load_vae(out)
     with torch.no_grad():
         dist_mean, dist_std = [], []
