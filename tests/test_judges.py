@@ -15,7 +15,7 @@ from conftest import needs_assets
 
 def test_registry_lists_shapes_and_rejects_unknown_names() -> None:
     assert "shapes" in available_judges()
-    with pytest.raises(ValueError, match="unknown judge 'nudenett'"):
+    with pytest.raises(ErasureLabError, match="unknown judge 'nudenett'"):
         load_judge("nudenett")
 
 

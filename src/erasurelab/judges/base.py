@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from erasurelab.errors import ErasureLabError, did_you_mean
+
 
 @runtime_checkable
 class Judge(Protocol):
@@ -54,5 +56,6 @@ def available_judges() -> list[str]:
 def load_judge(name: str = "shapes") -> Judge:
     """Instantiate a registered judge; unknown names give a one-line error listing valid ones."""
     if name not in _JUDGES:
-        raise ValueError(f"unknown judge {name!r}; available: {', '.join(available_judges())}")
+        raise ErasureLabError(f"unknown judge {name!r}{did_you_mean(name, _JUDGES)}; "
+                              f"available: {', '.join(available_judges())}")
     return _JUDGES[name]()
