@@ -97,6 +97,53 @@ def methods() -> None:
 
 
 @app.command()
+def attack(
+    concept: Annotated[str, typer.Option(help="Built-in concept name (e.g. red) or a concept .yaml.")],
+    out: Annotated[Path, typer.Option(help="Folder to write: result.json, *.safetensors (learned embedding or "
+                                           "adversarial token ids), images.png.")],
+    attack_name: Annotated[str, typer.Option("--attack", help="A registered attack; see `erasurelab attacks`.")]
+    = "textual-inversion",
+    model: Annotated[str, typer.Option(help="The erased model: a run folder, builtin:shapes, a diffusers folder "
+                                            "or a .safetensors file.")] = "builtin:shapes",
+    reference: Annotated[str | None, typer.Option(help="The unedited model (default: a run folder's base model, "
+                                                       "else --model itself).")] = None,
+    judge: Annotated[str, typer.Option(help="A registered judge.")] = "shapes",
+    seed: Annotated[int, typer.Option(help="Base seed of every render and optimisation draw.")] = 1,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o",
+                                                     help="Attack option key=value, e.g. train_steps=100.")] = None,
+    skip_reference: Annotated[bool, typer.Option(help="Skip the sanity run on the unedited model.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Attack an erased model; writes the adversarial suite, judged images and result.json (ASR, budget)."""
+    from erasurelab.api import parse_options
+    from erasurelab.attacks import get_attack, make_attack_config, run_attack
+    from erasurelab.edits import base_model_spec, is_run_folder
+    from erasurelab.judges import load_judge
+    from erasurelab.models import load_pipeline
+
+    options = parse_options(option or [])
+    make_attack_config(get_attack(attack_name), options)  # bad name/options fail before models load
+    if reference is None:
+        reference = str(base_model_spec(model)) if is_run_folder(model) else model
+    edited = load_pipeline(model)
+    unedited = edited if reference == model else load_pipeline(reference)
+    result = run_attack(attack_name, edited, concept, unedited, load_judge(judge), seed=seed, quiet=quiet,
+                        check_reference=not skip_reference, **options)
+    typer.echo(result.summary())
+    typer.echo(f"wrote {result.save(out, overwrite=overwrite)}")
+
+
+@app.command()
+def attacks() -> None:
+    """List the registered attacks."""
+    from erasurelab.attacks import available_attacks, get_attack
+
+    for name in available_attacks():
+        typer.echo(f"{name:18} {get_attack(name).summary}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("erasurelab-demo"),
     quiet: Quiet = False,

@@ -36,7 +36,7 @@ UNET_CONFIG: dict[str, Any] = dict(
 #: Stable Diffusion's noise schedule, so schedulers and methods see SD-like timesteps.
 SCHEDULE: dict[str, Any] = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="epsilon",
+    prediction_type="epsilon", steps_offset=1,  # StableDiffusionPipeline rewrites any other value to 1
 )
 
 DEFAULT_STEPS = 20
