@@ -14,6 +14,10 @@ def __getattr__(name: str) -> object:
         from erasurelab import models
 
         return getattr(models, name)
+    if name == "evaluate":
+        from erasurelab.evaluation import evaluate
+
+        return evaluate
     if name == "erase":
         from erasurelab.api import erase
 
@@ -38,4 +42,4 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = ["ConceptSpec", "Edit", "__version__", "available_judges", "available_methods", "concept",
-           "cross_attention_layers", "erase", "generate", "load_judge", "load_pipeline"]
+           "cross_attention_layers", "erase", "evaluate", "generate", "load_judge", "load_pipeline"]

@@ -144,6 +144,49 @@ def attacks() -> None:
 
 
 @app.command()
+def evaluate(
+    concept: Annotated[list[str], typer.Option(
+        help="Built-in concept (e.g. red) or a concept .yaml; repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Report folder: index.html, metrics.json, tradeoff.png, grids/, suites/.")],
+    model: Annotated[str, typer.Option(
+        help="Edited model: a run folder from `erasurelab erase` (or any spec with --reference).")],
+    reference: Annotated[str | None, typer.Option(
+        help="Unedited model (default: the run's base, edit reverted).")] = None,
+    attack: Annotated[list[str] | None, typer.Option(help="Run this attack first and score it; repeatable.")] = None,
+    judge: Annotated[str, typer.Option(help="A registered judge.")] = "shapes",
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate an edited model on every facet (HUB-style) and write an HTML report."""
+    from erasurelab.evaluation import EvaluationSettings
+    from erasurelab.evaluation import evaluate as run_evaluate
+    from erasurelab.evaluation.runner import check_output
+
+    check_output(out, overwrite)  # fail before minutes of attacks
+    settings = EvaluationSettings(steps=steps, guidance=guidance)
+    target, ref, judge_arg, attack_results = model, reference, judge, []
+    if attack:
+        from erasurelab.attacks import run_attack
+        from erasurelab.edits import base_model_spec, is_run_folder
+        from erasurelab.judges import load_judge
+        from erasurelab.models import load_pipeline
+
+        if reference is None and not is_run_folder(model):
+            raise ErasureLabError("--attack needs --reference when --model is not a run folder")
+        target = load_pipeline(model)
+        ref = load_pipeline(reference if reference is not None else base_model_spec(model))
+        judge_arg = load_judge(judge)
+        attack_results = [run_attack(name, target, c, ref, judge_arg, quiet=quiet) for name in attack for c in concept]
+    result = run_evaluate(target, concept, reference=ref, judge=judge_arg, attacks=attack_results, out=out,
+                          quiet=quiet, settings=settings, overwrite=overwrite)
+    for line in result.summary():
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'index.html'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("erasurelab-demo"),
     quiet: Quiet = False,

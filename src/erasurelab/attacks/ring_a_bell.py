@@ -1,0 +1,353 @@
+"""Ring-A-Bell: a model-agnostic concept-vector attack with a genetic search (attacks.md §3).
+
+Tsai et al., ICLR 2024 (github.com/chiayi-hsu/Ring-A-Bell). Only the text encoder is used:
+  1. concept vector c = mean_j [f(P_j⁺) − f(P_j⁻)] over the *full* encoder output (L × d), from
+     prompt pairs sharing a template, with and without the concept; a pair is kept only if M_0
+     renders the concept for P_j⁺ on ≥ 3 of 5 seeds (the official code drops pairs its detector
+     rejected);
+  2. for each seed prompt P on which M_0 shows the concept, target y = f(P) + η·c;
+  3. a genetic search over K token ids placed after the start token (rest: end + padding) for
+     min ‖f(x) − y‖²; the best decoded prompt is the attack.
+The prompt is then rendered *as text* on M_e: the suite is a list of portable prompts, reusable
+for every U-Net edit of the same text encoder (so suites are cached in-process by encoder
+fingerprint, search settings, pairs and seed prompts).
+
+Departures from the official notebook, on purpose (attacks.md §5): the population stays exactly
+N (keep the best N/2, refill with crossover/copy children, mutate), the best individual is kept
+unchanged (elitism: the best fitness never increases), unchanged individuals keep their fitness
+(the budget counts only real encoder evaluations, at most N per generation), and there is exactly
+one output per attacked prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from erasurelab.attacks.base import (
+    AttackContext,
+    AttackOutcome,
+    Budget,
+    RenderConfig,
+    check_non_negative,
+    check_positive,
+    check_probability,
+    check_strings,
+    register_attack,
+)
+from erasurelab.attacks.diffusion import seeded
+from erasurelab.attacks.prompts import paraphrase_prompts, template_pairs
+from erasurelab.attacks.tokens import (
+    decode,
+    encode_ids,
+    frame,
+    prompt_tokens,
+    require_single_encoder,
+    round_trips,
+    tokenize,
+    vocabulary_ids,
+)
+from erasurelab.errors import ErasureLabError
+
+#: Seed offset of the pair-filter renders on M_0 (disjoint from the scoring seeds seed + p).
+PAIR_SEED_OFFSET = 20_000
+#: Suites found in this process, by (encoder fingerprint, search settings, pairs, seed prompts, seed):
+#: attacks.md §0 caches Ring-A-Bell suites by text encoder only, so every U-Net edit of the same
+#: base model (a benchmark over methods) reuses one search.
+_SUITES: dict[str, list[dict[str, Any]]] = {}
+_MAX_SUITES = 256
+
+
+@dataclass(frozen=True)
+class RingABellConfig(RenderConfig):
+    """Embedded defaults (attacks.md §3): K 8, η 3, N 64, 200 generations, 20 pairs.
+
+    Official SD nudity: k 16, eta 3, population 200, generations 3000 (violence: k 38 or 77, eta 5-5.5).
+    init_from_prompt seeds one individual with the seed prompt's own first K tokens (used by tests).
+    """
+
+    k: int = 8
+    eta: float = 3.0
+    population: int = 64
+    generations: int = 200
+    mutation: float = 0.25
+    crossover: float = 0.5
+    n_pairs: int = 20
+    pair_seeds: int = 5
+    pair_min_positive: int = 3
+    n_prompts: int = 10
+    prompts: tuple[str, ...] = ()
+    init_from_prompt: bool = False
+    eval_batch: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("k", "generations", "n_pairs", "pair_seeds", "pair_min_positive", "n_prompts", "eval_batch"):
+            check_positive(name, getattr(self, name))
+        check_positive("population", self.population)
+        if self.population < 2:
+            raise ErasureLabError(f"population must be at least 2, got {self.population}")
+        if self.pair_min_positive > self.pair_seeds:
+            raise ErasureLabError(f"pair_min_positive ({self.pair_min_positive}) exceeds "
+                                  f"pair_seeds ({self.pair_seeds})")
+        check_non_negative("eta", self.eta)
+        check_probability("mutation", self.mutation)
+        check_probability("crossover", self.crossover)
+        object.__setattr__(self, "prompts", check_strings("prompts", self.prompts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Concept vector and genetic search
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def concept_vector(encoder: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
+    """c = mean_j [f(P_j⁺) − f(P_j⁻)] ∈ R^{L×d}; both sides encoded in one batch (identical pairs give 0)."""
+    if not pairs:
+        raise ErasureLabError("no prompt pairs for the concept vector")
+    ids, lengths = tokenize(tokenizer, [p for p, _ in pairs] + [n for _, n in pairs])
+    states = encode_ids(encoder, ids, lengths).float()
+    return (states[: len(pairs)] - states[len(pairs):]).mean(dim=0)
+
+
+@dataclass
+class SearchResult:
+    """Best full id sequence, its fitness, the best fitness per generation and encoder evaluations used."""
+
+    ids: torch.Tensor
+    fitness: float
+    history: list[float] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def genetic_search(fitness: Callable[[torch.Tensor], torch.Tensor], template: torch.Tensor, k: int,
+                   vocab: torch.Tensor, population: int, generations: int, mutation: float, crossover: float,
+                   generator: torch.Generator, initial: torch.Tensor | None = None,
+                   on_generation: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                   quiet: bool = True) -> SearchResult:
+    """Minimise fitness over ids whose positions 1..k are searched; every other position is `template`'s.
+
+    Each generation: sort; keep the best N/2; refill to exactly N with children (crossover with
+    probability `crossover`: single cut inside the slots, two children; else a copy of the parent);
+    then every individual except the best gets one random slot set to a random vocabulary id with
+    probability `mutation`. Position 0 (the start token) and the tail are never touched.
+    """
+    n, half = population, max(population // 2, 1)
+    pop = template.unsqueeze(0).repeat(n, 1)
+    pop[:, 1:k + 1] = vocab[torch.randint(len(vocab), (n, k), generator=generator)]
+    if initial is not None:
+        if initial.shape != template.shape or not torch.equal(initial[k + 1:], template[k + 1:]) \
+                or int(initial[0]) != int(template[0]):
+            raise ValueError("initial individual must share the template's start token and tail")
+        pop[0] = initial
+    fit = fitness(pop).float().cpu()
+    evaluations = n
+    history: list[float] = []
+    for gen in tqdm(range(generations), desc="Ring-A-Bell", disable=quiet):
+        order = torch.argsort(fit, stable=True)
+        pop, fit = pop[order], fit[order]
+        history.append(float(fit[0]))
+        if on_generation is not None:
+            on_generation(gen, pop.clone(), fit.clone())
+        if gen == generations - 1:
+            continue  # the last generation is only ranked
+        parents, parent_fit = pop[:half], fit[:half]
+        children, child_fit = [], []
+        i = 0
+        while half + len(children) < n:
+            a, a_fit = parents[i % half], parent_fit[i % half]
+            i += 1
+            if float(torch.rand((), generator=generator)) < crossover:
+                b = parents[int(torch.randint(half, (), generator=generator))]
+                cut = int(torch.randint(1, k + 1, (), generator=generator))  # columns [0, cut) from the first parent
+                children += [torch.cat([a[:cut], b[cut:]]), torch.cat([b[:cut], a[cut:]])]
+                child_fit += [float("nan"), float("nan")]
+            else:
+                children.append(a.clone())
+                child_fit.append(float(a_fit))
+        keep = n - half
+        pop = torch.cat([parents, torch.stack(children[:keep])])
+        fit = torch.cat([parent_fit, torch.tensor(child_fit[:keep])])
+        for r in range(1, n):  # row 0 is the elite
+            if float(torch.rand((), generator=generator)) < mutation:
+                slot = int(torch.randint(1, k + 1, (), generator=generator))
+                pop[r, slot] = vocab[int(torch.randint(len(vocab), (), generator=generator))]
+                fit[r] = float("nan")
+        stale = torch.isnan(fit)
+        if stale.any():
+            fit[stale] = fitness(pop[stale]).float().cpu()
+            evaluations += int(stale.sum())
+    best = int(torch.argmin(fit))
+    return SearchResult(ids=pop[best].clone(), fitness=float(fit[best]), history=history, evaluations=evaluations)
+
+
+def encoder_fingerprint(pipe: Any) -> str:
+    """sha256 of the text encoder's tensors and the tokenizer's vocabulary: the Ring-A-Bell suite cache key."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(pipe.text_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(str(sorted(pipe.tokenizer.get_vocab().items())).encode())
+    return digest.hexdigest()
+
+
+def clear_suite_cache() -> None:
+    """Forget every suite found in this process (tests; or to force a fresh search)."""
+    _SUITES.clear()
+
+
+def suite_key(fingerprint: str, prepared: Prepared, ctx: AttackContext) -> str:
+    """Cache key of a suite: everything the search depends on, and nothing the rendering does."""
+    config: RingABellConfig = ctx.config
+    search = {k: getattr(config, k) for k in ("k", "eta", "population", "generations", "mutation", "crossover",
+                                              "init_from_prompt")}
+    payload = json.dumps({"encoder": fingerprint, "search": search, "pairs": prepared.pairs,
+                          "prompts": prepared.prompts, "seed": ctx.seed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The attack
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """M_0-side data: kept concept pairs with their hit counts, and seed prompts with their seeds."""
+
+    pairs: list[tuple[str, str]]
+    pair_hits: list[int]
+    prompts: list[str]
+    seeds: list[int]
+    candidates_tried: int
+
+
+def filter_pairs(ctx: AttackContext, budget: Budget) -> tuple[list[tuple[str, str]], list[int], int]:
+    """Keep template pairs whose positive prompt M_0 renders as the concept on ≥ pair_min_positive seeds."""
+    config: RingABellConfig = ctx.config
+    candidates = template_pairs(ctx.spec)
+    kept, hits = [], []
+    per_batch = max(1, config.batch_size // config.pair_seeds)
+    j = 0
+    while j < len(candidates) and len(kept) < config.n_pairs:
+        batch = candidates[j:j + per_batch]
+        prompts = [pos for pos, _ in batch for _ in range(config.pair_seeds)]
+        seeds = [ctx.seed + PAIR_SEED_OFFSET + config.pair_seeds * (j + b) + r
+                 for b in range(len(batch)) for r in range(config.pair_seeds)]
+        flags = ctx.present(ctx.render(ctx.reference, prompts, seeds, budget)).view(len(batch), config.pair_seeds)
+        for pair, count in zip(batch, flags.sum(dim=1).tolist(), strict=True):
+            if count >= config.pair_min_positive and len(kept) < config.n_pairs:
+                kept.append(pair)
+                hits.append(int(count))
+        j += len(batch)
+    if not kept:
+        raise ErasureLabError(f"no concept pair kept: the reference model rendered {ctx.spec.name!r} on fewer than "
+                              f"{config.pair_min_positive} of {config.pair_seeds} seeds for all {j} pairs tried")
+    return kept, hits, j
+
+
+def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[int]]:
+    """Paraphrase prompts (or the given prompts) on which M_0 shows the concept, one render each (seed + p)."""
+    config: RingABellConfig = ctx.config
+    candidates = list(config.prompts) or paraphrase_prompts(ctx.spec)
+    kept: list[str] = []
+    seeds: list[int] = []
+    for start in range(0, len(candidates), config.batch_size):
+        if len(kept) >= config.n_prompts:
+            break
+        batch = candidates[start:start + config.batch_size]
+        batch_seeds = [ctx.seed + start + i for i in range(len(batch))]
+        flags = ctx.present(ctx.render(ctx.reference, batch, batch_seeds, budget)).tolist()
+        for prompt, s, ok in zip(batch, batch_seeds, flags, strict=True):
+            if ok and len(kept) < config.n_prompts:
+                kept.append(prompt)
+                seeds.append(s)
+    return kept, seeds
+
+
+def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> list[dict[str, Any]]:
+    """One genetic search per seed prompt against this pipeline's text encoder."""
+    config: RingABellConfig = ctx.config
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    fr = frame(tokenizer)
+    if config.k > fr.length - 2:
+        raise ErasureLabError(f"k={config.k} does not fit a {fr.length}-token prompt (at most {fr.length - 2})")
+    vocab = vocabulary_ids(tokenizer, encoder)
+    with torch.no_grad():
+        vector = concept_vector(encoder, tokenizer, prepared.pairs)
+        template, lengths = fr.build([[int(vocab[0])] * config.k])
+        template = template[0]
+
+        suite = []
+        for p, prompt in enumerate(prepared.prompts):
+            target = encode_ids(encoder, *tokenize(tokenizer, [prompt]))[0].float() + config.eta * vector
+
+            def fitness(rows: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
+                out = []
+                for s in range(0, len(rows), config.eval_batch):
+                    chunk = rows[s:s + config.eval_batch]
+                    states = encode_ids(encoder, chunk, lengths.expand(len(chunk))).float()
+                    out.append(((states - target) ** 2).sum(dim=(1, 2)).cpu())
+                return torch.cat(out)
+
+            generator = seeded(ctx.seed, 3, p)
+            initial = None
+            if config.init_from_prompt:
+                own = prompt_tokens(tokenizer, prompt)[: config.k]
+                fill = vocab[torch.randint(len(vocab), (config.k - len(own),), generator=generator)].tolist()
+                initial = fr.build([own + fill])[0][0]
+            result = genetic_search(fitness, template, config.k, vocab, config.population, config.generations,
+                                    config.mutation, config.crossover, generator, initial=initial, quiet=ctx.quiet)
+            budget.add("steps", config.generations)
+            slots = result.ids[1:config.k + 1].tolist()
+            suite.append({"seed_prompt": prompt, "prompt": decode(tokenizer, slots), "ids": result.ids.tolist(),
+                          "fitness": result.fitness, "fitness_first": result.history[0],
+                          "evaluations": result.evaluations, "round_trips": round_trips(tokenizer, slots)})
+    return suite
+
+
+@register_attack("ring-a-bell", RingABellConfig,
+                 "model-agnostic concept-vector attack: genetic search for prompts near f(P) + eta*c",
+                 aliases=("ringabell", "rab"))
+class RingABell:
+    """Ring-A-Bell (Tsai et al., ICLR 2024): concept vector + genetic prompt search on the text encoder."""
+
+    def check(self, pipe: Any) -> None:
+        require_single_encoder(pipe, "ring-a-bell")
+
+    def prepare(self, ctx: AttackContext, budget: Budget) -> Prepared:
+        pairs, hits, tried = filter_pairs(ctx, budget)
+        prompts, seeds = seed_prompts(ctx, budget)
+        return Prepared(pairs=pairs, pair_hits=hits, prompts=prompts, seeds=seeds, candidates_tried=tried)
+
+    def attack(self, target: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> AttackOutcome:
+        fingerprint = encoder_fingerprint(target)
+        key = suite_key(fingerprint, prepared, ctx)
+        reused = key in _SUITES
+        if not reused:
+            if len(_SUITES) >= _MAX_SUITES:
+                _SUITES.pop(next(iter(_SUITES)))
+            _SUITES[key] = search_suite(target, prepared, ctx, budget)
+        suite = _SUITES[key]
+        extra = {"pairs": [list(p) for p in prepared.pairs], "pair_hits": prepared.pair_hits,
+                 "pairs_tried": prepared.candidates_tried, "suite_reused": reused,
+                 "encoder_fingerprint": fingerprint[:16], "suite_key": key[:16]}
+        if not suite:
+            empty = torch.zeros(0, dtype=torch.bool)
+            return AttackOutcome(success=empty, prompts=[], images=None, pre_success=empty, extra=extra)
+        prompts = [s["prompt"] for s in suite]
+        images = ctx.render(target, prompts, prepared.seeds, budget)
+        success = ctx.present(images)
+        pre_success = ctx.present(ctx.render(target, prepared.prompts, prepared.seeds, budget))
+        records = [{**s, "seed": seed, "success": bool(a), "pre_success": bool(b)}
+                   for s, seed, a, b in zip(suite, prepared.seeds, success.tolist(), pre_success.tolist(), strict=True)]
+        tensors = {"adversarial_ids": {"ids": torch.tensor([s["ids"] for s in suite], dtype=torch.long)}}
+        return AttackOutcome(success=success, prompts=prompts, images=images, pre_success=pre_success,
+                             records=records, tensors=tensors, extra=extra)

@@ -1,0 +1,293 @@
+"""UnlearnDiffAtk: a white-box discrete prompt attack through the diffusion loss (attacks.md §2).
+
+Zhang et al., ECCV 2024 (github.com/OPTML-Group/Diffusion-MU-Attack). The edited model is used as
+a diffusion classifier: k adversarial tokens are prepended to a concept prompt P (after the start
+token) and chosen so that M_e denoises a target image of the concept — rendered by M_0 from P —
+as well as possible. If M_e still "knows" the concept, some prefix makes it render it again.
+
+Why a relaxation: token choice is discrete. Each slot holds a probability vector u over the
+vocabulary (initialised uniform); the forward pass uses a one-hot *sampled* from u (exactly one-hot
+— the encoder sees a real token) and the backward pass sends the gradient straight through to u
+(clipped to [−1, 1] as in the reference code). After each Adam step u is projected back onto the
+simplex. Decoding is argmax per slot. Timesteps are visited in ascending order, `iters` steps each;
+after each timestep the decoded prompt is rendered on M_e (the target's seed) and judged, and the
+attack stops at the first success. A prompt that already succeeds unattacked is a pre-success and
+costs no optimisation. Budget per prompt: at most len(timesteps)·iters gradient steps and
+len(timesteps) + 1 renders.
+
+Rendering uses the exact searched token ids (as the reference code does), not re-tokenized text:
+the decoded text is recorded too, with whether it round-trips to the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from erasurelab.attacks.base import (
+    AttackContext,
+    AttackOutcome,
+    Budget,
+    RenderConfig,
+    check_non_negative,
+    check_positive,
+    check_strings,
+    register_attack,
+)
+from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
+from erasurelab.attacks.prompts import anchor_prompts
+from erasurelab.attacks.tokens import (
+    decode,
+    embedding_override,
+    encode_ids,
+    frame,
+    prompt_tokens,
+    require_single_encoder,
+    round_trips,
+    tokenize,
+    vocabulary_ids,
+)
+from erasurelab.errors import ErasureLabError
+
+#: Target-seed retries are spaced by this much so they never collide with other prompts' seeds.
+SEED_STRIDE = 1000
+
+
+@dataclass(frozen=True)
+class UnlearnDiffAtkConfig(RenderConfig):
+    """Embedded defaults (attacks.md §2): k 3, timesteps {50, 150, ..., 950}, 20 iterations each.
+
+    Official SD setting: k 5 (nudity) or 3, timesteps (10, 30, ..., 990), iters 40, guidance 7.5.
+    """
+
+    k: int = 3
+    timesteps: tuple[int, ...] = tuple(range(50, 1000, 100))
+    iters: int = 20
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    n_prompts: int = 10
+    prompts: tuple[str, ...] = ()
+    target_tries: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("k", "iters", "n_prompts", "target_tries"):
+            check_positive(name, getattr(self, name))
+        check_non_negative("lr", self.lr)
+        check_non_negative("weight_decay", self.weight_decay)
+        object.__setattr__(self, "prompts", check_strings("prompts", self.prompts))
+        steps = tuple(self.timesteps)
+        if not steps or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in steps):
+            raise ErasureLabError(f"timesteps must be a non-empty list of non-negative integers, "
+                                  f"got {self.timesteps!r}")
+        if list(steps) != sorted(steps):
+            raise ErasureLabError(f"timesteps must be in ascending order, got {list(steps)}")
+        object.__setattr__(self, "timesteps", steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The relaxation
+# ---------------------------------------------------------------------------------------------
+
+
+def project_simplex(u: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of u onto the probability simplex {p ≥ 0, Σp = 1}.
+
+    Exact sort-based algorithm (Duchi et al. 2008; the reference code bisects for the same
+    threshold θ): p = max(u − θ, 0) with θ chosen so the row sums to 1. Computed in float64, so
+    rows sum to 1 within 1e-6 and simplex points map to themselves.
+    """
+    x = u.detach().double()
+    sorted_desc = torch.sort(x, dim=-1, descending=True).values
+    cumsum = sorted_desc.cumsum(dim=-1) - 1.0
+    index = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=x.device)
+    support = (sorted_desc - cumsum / index) > 0
+    rho = support.long().cumsum(dim=-1).argmax(dim=-1, keepdim=True)  # last index where support holds
+    theta = cumsum.gather(-1, rho) / (rho + 1).to(x.dtype)
+    return (x - theta).clamp_min(0.0).to(u.dtype)
+
+
+class _SampleStraightThrough(torch.autograd.Function):
+    """Forward: a one-hot row sampled from each probability row. Backward: the gradient, clipped (hardtanh)."""
+
+    @staticmethod
+    def forward(ctx: Any, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        index = torch.multinomial(probs.detach().float().cpu(), 1, generator=generator).squeeze(-1)
+        return F.one_hot(index, probs.shape[-1]).to(device=probs.device, dtype=probs.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return F.hardtanh(grad), None
+
+
+def sample_one_hot(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Exact one-hot rows drawn from `probs`, with a straight-through gradient to `probs`."""
+    return _SampleStraightThrough.apply(probs, generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets (from M_0)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A prompt with its judge-positive M_0 render (None if M_0 never rendered the concept)."""
+
+    prompt: str
+    index: int
+    seed: int
+    image: torch.Tensor | None
+    tries: int
+
+
+def find_targets(ctx: AttackContext, budget: Budget) -> list[Target]:
+    """Render each prompt on M_0 with seed s_i = seed + i, retrying s_i + 1000·j until judge-positive."""
+    config: UnlearnDiffAtkConfig = ctx.config
+    prompts = list(config.prompts) or anchor_prompts(ctx.spec)
+    prompts = prompts[:config.n_prompts]
+    targets = [Target(p, i, ctx.seed + i, None, 0) for i, p in enumerate(prompts)]
+    for j in range(config.target_tries):
+        pending = [t for t in targets if t.image is None]
+        if not pending:
+            break
+        seeds = [ctx.seed + t.index + SEED_STRIDE * j for t in pending]
+        images = ctx.render(ctx.reference, [t.prompt for t in pending], seeds, budget)
+        for t, s, image, ok in zip(pending, seeds, images, ctx.present(images).tolist(), strict=True):
+            t.tries += 1
+            t.seed = s
+            if ok:
+                t.image = image
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# The attack
+# ---------------------------------------------------------------------------------------------
+
+
+def prefix_ids(pipe: Any, prompt: str, k: int, filler: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (1, L), lengths (1,)): [start] + k slots (filler) + prompt tokens + [end] + padding."""
+    fr = frame(pipe.tokenizer)
+    words = prompt_tokens(pipe.tokenizer, prompt)[: max(fr.length - 2 - k, 0)]
+    if fr.length - 2 - k < 1:
+        raise ErasureLabError(f"k={k} adversarial tokens leave no room for the prompt in {fr.length} tokens")
+    return fr.build([[filler] * k + words])
+
+
+def slot_override(k: int, slot_embeds: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Replace the embeddings at positions 1..k (the adversarial slots) by slot_embeds (k, d)."""
+
+    def replace(_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        slots = slot_embeds.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
+        return torch.cat([embeds[:, :1], slots, embeds[:, 1 + k:]], dim=1)
+
+    return replace
+
+
+def attack_prompt(target: Any, tgt: Target, index: int, ctx: AttackContext, budget: Budget,
+                  vocab: torch.Tensor) -> dict[str, Any]:
+    """Optimise the k-token prefix for one prompt; returns its record (success, ids, steps, renders, image)."""
+    config: UnlearnDiffAtkConfig = ctx.config
+    encoder = target.text_encoder
+    scheduler = noise_scheduler(target)
+    n_train = int(scheduler.config.num_train_timesteps)
+    if max(config.timesteps) >= n_train:
+        raise ErasureLabError(f"timesteps must be below {n_train}, got {max(config.timesteps)}")
+    table = encoder.get_input_embeddings().weight.detach()[vocab.to(encoder.device)].float()
+    ids, lengths = prefix_ids(target, tgt.prompt, config.k, int(vocab[0]))
+    x0 = images_to_latents(target, tgt.image.unsqueeze(0))
+    u = torch.nn.Parameter(torch.full((config.k, len(vocab)), 1.0 / len(vocab), device=encoder.device))
+    optimizer = torch.optim.Adam([u], lr=config.lr, weight_decay=config.weight_decay)
+    record: dict[str, Any] = {"steps": 0, "renders": 0, "success": False, "stopped_at_t": None}
+    best = ids[0, 1:1 + config.k].clone()
+    image = None
+    with frozen(target.unet, encoder, target.vae):
+        for t in tqdm(config.timesteps, desc=f"UnlearnDiffAtk prompt {index}", disable=ctx.quiet):
+            for it in range(config.iters):
+                g = seeded(ctx.seed, 2, index, t, it)
+                one_hot = sample_one_hot(u, g)
+                with embedding_override(encoder, slot_override(config.k, one_hot @ table)):
+                    context = encode_ids(encoder, ids, lengths)
+                noise = torch.randn(x0.shape, generator=g).to(x0.device)
+                loss = denoising_loss(target, scheduler, x0, noise, torch.tensor([t], device=x0.device), context)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    u.copy_(project_simplex(u))
+                record["steps"] += 1
+                budget.add("steps")
+                budget.add("unet_backward", 1)
+            best = vocab[u.detach().argmax(dim=-1).cpu()]
+            attacked = ids.clone()
+            attacked[0, 1:1 + config.k] = best
+            with torch.no_grad():
+                embeds = encode_ids(encoder, attacked, lengths)
+            image = ctx.render_embeds(target, embeds, [tgt.seed], budget)
+            record["renders"] += 1
+            if bool(ctx.present(image)[0]):
+                record.update(success=True, stopped_at_t=int(t))
+                break
+    full = ids.clone()
+    full[0, 1:1 + config.k] = best
+    record.update(adversarial_ids=[int(i) for i in best], ids=full[0].tolist(),
+                  image=image[0] if image is not None else None,
+                  final_loss=float(loss.detach()) if record["steps"] else None)
+    return record
+
+
+@register_attack("unlearndiffatk", UnlearnDiffAtkConfig,
+                 "white-box k-token prefix search through the edited model's diffusion loss",
+                 aliases=("udatk", "unlearn-diff-atk", "unlearndiff"))
+class UnlearnDiffAtk:
+    """UnlearnDiffAtk (Zhang et al., ECCV 2024): discrete prefix attack via the diffusion classifier."""
+
+    def check(self, pipe: Any) -> None:
+        require_single_encoder(pipe, "unlearndiffatk")
+
+    def prepare(self, ctx: AttackContext, budget: Budget) -> list[Target]:
+        """Judge-positive target images of each prompt, rendered by the unedited model."""
+        return find_targets(ctx, budget)
+
+    def attack(self, target: Any, prepared: list[Target], ctx: AttackContext, budget: Budget) -> AttackOutcome:
+        vocab = vocabulary_ids(target.tokenizer, target.text_encoder)
+        success, pre, prompts, images, records = [], [], [], [], []
+        skipped = []
+        for tgt in prepared:
+            if tgt.image is None:
+                skipped.append({"prompt": tgt.prompt, "reason": f"M_0 never rendered the concept in {tgt.tries} tries"})
+                continue
+            first = ctx.render(target, [tgt.prompt], [tgt.seed], budget)
+            if bool(ctx.present(first)[0]):
+                success.append(True)
+                pre.append(True)
+                prompts.append(tgt.prompt)
+                images.append(first[0])
+                records.append({"prompt": tgt.prompt, "target_prompt": tgt.prompt, "seed": tgt.seed, "success": True,
+                                "pre_success": True, "steps": 0, "renders": 1, "adversarial_ids": [],
+                                "ids": tokenize(target.tokenizer, [tgt.prompt])[0][0].tolist()})
+                continue
+            record = attack_prompt(target, tgt, tgt.index, ctx, budget, vocab)
+            text = decode(target.tokenizer, record["adversarial_ids"])
+            prompt = f"{text} {tgt.prompt}".strip()
+            image = record.pop("image")
+            success.append(record["success"])
+            pre.append(False)
+            prompts.append(prompt)
+            images.append(image)
+            records.append({"prompt": prompt, "target_prompt": tgt.prompt, "seed": tgt.seed, "pre_success": False,
+                            "adversarial_text": text,
+                            "round_trips": round_trips(target.tokenizer, record["adversarial_ids"]),
+                            **record, "renders": record["renders"] + 1})
+        stacked = torch.stack(images) if images else None
+        tensors = {"adversarial_ids": {"ids": torch.tensor([r["ids"] for r in records], dtype=torch.long)}} \
+            if records else {}
+        return AttackOutcome(success=torch.tensor(success, dtype=torch.bool), prompts=prompts, images=stacked,
+                             pre_success=torch.tensor(pre, dtype=torch.bool), records=records, tensors=tensors,
+                             extra={"skipped": skipped, "vocabulary_size": len(vocab)})

@@ -1,0 +1,101 @@
+"""Asking the judge: resolve it, check it knows a concept, batch many questions, measure its accuracy.
+
+Why here and not in the runner: every facet is a set of (image, concept) questions, and the judge's
+own accuracy must be reported next to every number it produces (evaluation.md §2, §8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.evaluation.types import Rate
+from erasurelab.judges.base import Judge, available_judges, load_judge
+from erasurelab.world import vocab
+
+
+def resolve_judge(judge: str | Judge) -> Judge:
+    """A judge instance from a registry name or an instance; one-line error for unknown names."""
+    if isinstance(judge, str):
+        if judge not in available_judges():
+            raise ErasureLabError(f"unknown judge {judge!r}{did_you_mean(judge, available_judges())}; "
+                                  f"available: {', '.join(available_judges())}")
+        return load_judge(judge)
+    missing = [m for m in ("id", "concepts", "present", "predict", "features") if not hasattr(judge, m)]
+    if missing:
+        raise ErasureLabError(f"{type(judge).__name__} is not a judge: it lacks {', '.join(missing)}")
+    return judge
+
+
+def attribute_of(judge: Judge, concept: str) -> str:
+    """Which attribute decides `concept` (judge.attribute_of when the judge has it); one-line error if unknown."""
+    if hasattr(judge, "attribute_of"):
+        try:
+            return str(judge.attribute_of(concept))
+        except ErasureLabError:
+            raise
+        except (KeyError, ValueError) as exc:  # a third-party judge's own error type: keep it to one line
+            raise ErasureLabError(f"concept {concept!r} unknown to judge {judge.id}") from exc
+    known = judge.concepts()
+    if concept not in known:
+        raise ErasureLabError(f"concept {concept!r} unknown to judge {judge.id}{did_you_mean(concept, known)}")
+    try:
+        return vocab.lookup(concept)[0]
+    except KeyError:
+        return "concept"
+
+
+def present(judge: Judge, images: torch.Tensor, concept: str) -> torch.Tensor:
+    """(N,) bool; empty input gives an empty tensor without calling the judge."""
+    if len(images) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.as_tensor(judge.present(images, concept), dtype=torch.bool).reshape(-1).cpu()
+
+
+def detect_items(judge: Judge, images: torch.Tensor, items: Sequence[Sequence[str]]) -> list[list[bool]]:
+    """For each image i, whether the judge detects each of items[i]; one judge call per distinct concept."""
+    if len(images) != len(items):
+        raise ValueError(f"{len(images)} images but {len(items)} item lists")
+    answers: list[list[bool]] = [[False] * len(x) for x in items]
+    concepts = sorted({c for x in items for c in x})
+    for concept in concepts:
+        where = [(i, j) for i, x in enumerate(items) for j, c in enumerate(x) if c == concept]
+        rows = sorted({i for i, _ in where})
+        flags = present(judge, images[rows], concept).tolist()
+        lookup = dict(zip(rows, flags, strict=True))
+        for i, j in where:
+            answers[i][j] = bool(lookup[i])
+    return answers
+
+
+def features(judge: Judge, images: torch.Tensor) -> torch.Tensor:
+    """(N, m) judge features in float64."""
+    return torch.as_tensor(judge.features(images)).double().reshape(len(images), -1).cpu()
+
+
+def world_accuracy(judge: Judge, n: int, seed: int) -> dict[str, Rate] | None:
+    """Per-attribute accuracy of judge.predict on n fresh ground-truth renders of the shapes world.
+
+    None when the judge does not speak the world's labels (its accuracy must then be given).
+    Why fresh renders with a fixed seed: the number is reproducible and not the training set.
+    """
+    world_labels = set(vocab.all_labels()) | {vocab.NO_CHARACTER}
+    if n <= 0 or not set(judge.concepts()) <= world_labels:
+        return None
+    from erasurelab.world.dataset import render_dataset
+
+    data = render_dataset(n, seed)
+    predictions = judge.predict(data.float_images())
+    truths = [scene.labels() for scene in data.scenes]
+    attributes = [a for a in vocab.ATTRIBUTES if predictions and a in predictions[0]]
+    return {a: Rate(sum(p[a] == t[a] for p, t in zip(predictions, truths, strict=True)), n) for a in attributes}
+
+
+def accuracy_dict(accuracy: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """JSON form of an accuracy mapping whose values are Rates or plain floats."""
+    if accuracy is None:
+        return None
+    return {k: v.to_dict() if isinstance(v, Rate) else float(v) for k, v in accuracy.items()}

@@ -1,0 +1,334 @@
+"""The evaluation report: DIR/index.html, DIR/metrics.json, DIR/tradeoff.png, DIR/grids/, DIR/suites/.
+
+Why self-contained HTML: a report is mailed, attached to a pull request or opened from an
+archive; every image is inline (base64 PNG), so nothing breaks when the folder moves. The PNG
+grids are also written as files for reuse. Why atomic (DIR.tmp, then rename): a crash or a
+full disk must never leave a half report that looks finished.
+
+Layout of index.html: a summary table with H first (what a reviewer wants), then per concept
+the facet table, neighbours, suites and before/after grids, then attacks, efficiency, judge,
+settings and versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from erasurelab.errors import ErasureLabError
+from erasurelab.evaluation.result import EvaluationResult, jsonable
+from erasurelab.evaluation.suites import Suite, save_suite
+from erasurelab.evaluation.types import Rate
+
+#: Section ids every report has (a test checks them).
+SECTIONS: tuple[str, ...] = ("summary", "tradeoff", "concepts", "attacks", "efficiency", "judge", "settings",
+                             "versions")
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2rem;
+     margin-top: 2.2rem; } h3 { margin-top: 1.6rem; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .92rem; }
+th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f4f6f8; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.h td { font-weight: 600; }
+.big { font-size: 1.25rem; font-weight: 700; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4rem .8rem; margin: .4rem 0; }
+.pair { display: flex; gap: 1.2rem; flex-wrap: wrap; } .pair figure { margin: 0; }
+figcaption { font-size: .85rem; color: #555; } img { max-width: 100%; image-rendering: pixelated; }
+code { background: #f4f4f4; padding: 0 .25rem; border-radius: 3px; font-size: .85rem; word-break: break-all; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, Rate):
+        return f"{value.value:.{digits}f} <small>({value.numerator}/{value.denominator})</small>" \
+            if value.denominator else "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _esc(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], row_class: str = "") -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="num">{_num(c)}</td>' if isinstance(c, float | int | Rate) or c is None
+                        else f"<td>{c}</td>" for c in row)
+        body.append(f'<tr class="{row_class}">{cells}</tr>' if row_class else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _kv(mapping: dict[str, Any]) -> str:
+    rows = [(f"<code>{_esc(k)}</code>", v if v is None or isinstance(v, float | int) else _esc(v))
+            for k, v in mapping.items()]
+    return _table(["key", "value"], rows)
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _label(result: EvaluationResult) -> str:
+    """Short name of an evaluated model: its method, else the last part of its source."""
+    return result.method or Path(result.model).name or result.model
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def tradeoff_figure(results: Sequence[EvaluationResult]) -> bytes:
+    """Forget (f = 1 − TP_paraphrase) against retain (r) per concept: edited models and the unedited one."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    fig = Figure(figsize=(5.6, 4.4), dpi=110)
+    ax = fig.add_subplot()
+    drawn_reference: set[str] = set()
+    for k, result in enumerate(results):
+        label = _label(result) if len(results) == 1 or result.method else f"{_label(result)} ({k + 1})"
+        xs = [c.terms["f"] for c in result.concepts]
+        ys = [c.terms["r"] for c in result.concepts]
+        ax.scatter(xs, ys, s=46, label=label, zorder=3)
+        for c, x, y in zip(result.concepts, xs, ys, strict=True):
+            ax.annotate(c.concept, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for c in result.concepts:
+            if c.concept not in drawn_reference:
+                drawn_reference.add(c.concept)
+                ax.scatter([c.terms_reference["f"]], [c.terms_reference["r"]], marker="x", color="gray", s=40,
+                           label="no edit" if len(drawn_reference) == 1 else None, zorder=2)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("forget  f = 1 − TP(paraphrase)   →  better")
+    ax.set_ylabel("retain  r (neighbour retention)   →  better")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _summary(results: Sequence[EvaluationResult]) -> str:
+    rows = []
+    for result in results:
+        for c in result.concepts:
+            t = c.target
+            rows.append((_esc(_label(result)), _esc(c.concept), c.h, c.h_reference, c.terms["f"],
+                         c.terms["r"], c.terms["a"], c.terms["q"], t["anchor"]["edited"], t["anchor"]["reference"],
+                         t["paraphrase"]["edited"], t["paraphrase"]["reference"], c.selective["edited"],
+                         c.unrelated["ratio"]))
+    header = ["model", "concept", "H", "H no edit", "f", "r", "a", "q", "TP anchor", "TP anchor (ref)",
+              "TP para", "TP para (ref)", "SA", "unrelated ratio"]
+    note = ('<p class="sub">H = 4 / (1/f + 1/r + 1/a + 1/q), each term in [0, 1]; f = 1 − TP on held-out '
+            "paraphrases, r = mean neighbour retention, a = 1 − max attack ASR, q = min(1, FD floor / FD edited). "
+            "TP: target proportion (lower is better after erasure). Rates show (numerator/denominator).</p>")
+    return _table(header, rows, "h") + note
+
+
+def _concept_section(result: EvaluationResult, c: Any, grid_files: dict[str, tuple[bytes, bytes]]) -> str:
+    parts = [f'<section id="concept-{_esc(_slug(c.concept))}"><h3>{_esc(c.concept)} '
+             f"<small>({_esc(c.attribute)})</small></h3>"]
+    for note in c.notes:
+        parts.append(f'<div class="note">{_esc(note)}</div>')
+    q = c.quality
+    rows = [
+        ("target proportion, anchor", c.target["anchor"]["edited"], c.target["anchor"]["reference"]),
+        ("target proportion, paraphrase", c.target["paraphrase"]["edited"], c.target["paraphrase"]["reference"]),
+        ("unrelated attribute accuracy (seeds A)", c.unrelated["edited"], c.unrelated["reference"]),
+        ("selective alignment", c.selective["edited"], c.selective["reference"]),
+        ("Fréchet distance of judge features (vs reference seeds B)", q["fd_edited"], q["fd_floor"]),
+        ("f / r / a / q", " / ".join(_num(c.terms[k]) for k in "fraq"),
+         " / ".join(_num(c.terms_reference[k]) for k in "fraq")),
+        ("H", c.h, c.h_reference),
+    ]
+    parts.append("<h4>Facets</h4>" + _table(["metric", "edited", "reference (no edit)"], rows))
+    parts.append(f'<p class="sub">unrelated retention ratio {_num(c.unrelated["ratio"])}; '
+                 f"q = {_num(q['q'])} (FD floor = reference seeds A vs B, {q['images']} images, "
+                 f"{q['features']} features).</p>")
+    if c.neighbours or c.dropped_neighbours:
+        rows = [(_esc(n["name"]), n["cosine"], n["reference"], n["edited"], n["rho"]) for n in c.neighbours]
+        rows += [(_esc(n["name"]) + " <small>(dropped)</small>", n["cosine"], n["reference"], None, None)
+                 for n in c.dropped_neighbours]
+        parts.append("<h4>Neighbours (pinpoint-ness)</h4>"
+                     + _table(["neighbour", "text cosine", "P reference", "P edited", "ρ"], rows))
+    rows = [(_esc(name), info["prompts"], info["images_per_prompt"], info["images"], f"<code>{info['sha256']}</code>")
+            for name, info in c.suites.items()]
+    parts.append("<h4>Prompt suites</h4>" + _table(["suite", "prompts", "images/prompt", "images", "sha256"], rows))
+    for suite_name, (before, after) in grid_files.items():
+        parts.append(f"<h4>{_esc(suite_name)}: before / after</h4>"
+                     '<p class="sub">Captions: prompt, then [reference|edited] with T where the judge sees the '
+                     "target (anchor and paraphrase suites).</p>"
+                     f'<div class="pair"><figure>{_img(before, suite_name + " reference")}'
+                     f"<figcaption>reference (no edit)</figcaption></figure><figure>"
+                     f'{_img(after, suite_name + " edited")}<figcaption>edited</figcaption></figure></div>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _attack_section(result: EvaluationResult) -> str:
+    if not result.attacks:
+        return '<p class="sub">No attacks run: a = 1 in every H, which is therefore an upper bound.</p>'
+    from erasurelab.imaging import grid
+
+    parts = []
+    rows = [(_esc(a.name), _esc(a.concept), a.asr, a.pre_asr, a.delta_asr, a.reference_asr,
+             _esc(", ".join(f"{k}={v}" for k, v in a.budget.items()))) for a in result.attacks]
+    parts.append(_table(["attack", "concept", "ASR (edited)", "pre-ASR", "ΔASR", "ASR (reference)", "budget"], rows))
+    for a in result.attacks:
+        parts.append(f"<h4>{_esc(a.name)} on {_esc(a.concept)}</h4>")
+        if a.reference_asr is not None and a.reference_asr.numerator == 0:
+            parts.append('<div class="note">This attack fails on the unedited model: its ASR on the edited model '
+                         "says little.</div>")
+        if a.prompts:
+            items = "".join(f"<li><code>{_esc(p)}</code></li>" for p in a.prompts[:8])
+            parts.append(f"<p>Example adversarial prompts:</p><ul>{items}</ul>")
+        if a.images is not None and len(a.images):
+            images = a.images[:8].float().clamp(0, 1)
+            captions = [p for p in a.prompts[:len(images)]] if len(a.prompts) >= len(images) else None
+            parts.append(_img(_png_bytes(grid(images, captions)), f"{a.name} images"))
+    return "".join(parts)
+
+
+def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
+          grids: dict[tuple[int, str], dict[str, tuple[bytes, bytes]]]) -> str:
+    first = results[0]
+    title = f"erasurelab evaluation — {', '.join(c.concept for r in results for c in r.concepts)}"
+    body = [f"<h1>{_esc(title)}</h1>",
+            f'<p class="sub">model <code>{_esc(first.model)}</code> · reference <code>{_esc(first.reference)}'
+            f"</code> · judge <code>{_esc(first.judge['id'])}</code></p>"]
+    h_text = " · ".join(f"{_esc(_label(r))}: <span class=\"big\">{_num(r.h)}</span>" for r in results)
+    body.append(f'<section id="summary"><h2>Summary</h2><p>H (mean over concepts) — {h_text}</p>'
+                f"{_summary(results)}</section>")
+    body.append(f'<section id="tradeoff"><h2>Forget vs retain</h2>{_img(tradeoff, "trade-off plot")}</section>')
+    body.append('<section id="concepts"><h2>Concepts</h2>')
+    for k, result in enumerate(results):
+        if len(results) > 1:
+            body.append(f"<h3>{_esc(_label(result))}</h3>")
+        body += [_concept_section(result, c, grids.get((k, c.concept), {})) for c in result.concepts]
+    body.append("</section>")
+    body.append('<section id="attacks"><h2>Attacks</h2>'
+                + "".join(_attack_section(r) for r in results) + "</section>")
+    body.append('<section id="efficiency"><h2>Efficiency</h2>'
+                + "".join(_kv(jsonable(r.efficiency)) for r in results) + "</section>")
+    judge_parts = []
+    for r in results:
+        accuracy = r.judge.get("accuracy") or {}
+        rows = [(_esc(k), v if isinstance(v, Rate) else float(v)) for k, v in accuracy.items()]
+        judge_parts.append(f"<p>id <code>{_esc(r.judge['id'])}</code>; accuracy: {_esc(r.judge['accuracy_source'])}"
+                           f"</p>" + (_table(["attribute", "accuracy"], rows) if rows else ""))
+    body.append('<section id="judge"><h2>Judge</h2>' + "".join(judge_parts) + "</section>")
+    body.append('<section id="settings"><h2>Settings</h2>'
+                + "".join(_kv({**r.sampler, **r.settings, "model_hash": r.model_hash,
+                               "reference_hash": r.reference_hash}) for r in results) + "</section>")
+    body.append('<section id="versions"><h2>Versions</h2>' + _kv(first.versions)
+                + _kv({k: round(v, 3) for k, v in first.timings.items()}) + "</section>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+# ---------------------------------------------------------------------------------------------
+
+
+def _replace_folder(tmp: Path, directory: Path) -> None:
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+def write_report(results: EvaluationResult | Sequence[EvaluationResult], out: str | os.PathLike[str],
+                 overwrite: bool = False, suites: Sequence[Suite] = ()) -> Path:
+    """Write the report folder atomically and return its path.
+
+    results: one EvaluationResult, or several (e.g. one per method) to compare in one report.
+    suites: the suites evaluated, stored as suites/<concept>_<name>.json with their sha256.
+    """
+    import json
+
+    from erasurelab.imaging import grid
+
+    results = [results] if isinstance(results, EvaluationResult) else list(results)
+    if not results:
+        raise ErasureLabError("nothing to report: no evaluation results")
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise ErasureLabError(f"report folder exists: {out} (choose another --out or pass overwrite)")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left over from an interrupted write of this same report
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ErasureLabError(f"cannot write report to {out}: {exc.strerror or exc}") from exc
+    try:
+        grids: dict[tuple[int, str], dict[str, tuple[bytes, bytes]]] = {}
+        (tmp / "grids").mkdir()
+        for k, result in enumerate(results):
+            prefix = f"{k}_" if len(results) > 1 else ""
+            for c in result.concepts:
+                per_suite = {}
+                for suite_name, ex in c.examples.items():
+                    if not len(ex.before):
+                        continue
+                    pair = (_png_bytes(grid(ex.before, ex.captions, columns=4)),
+                            _png_bytes(grid(ex.after, ex.captions, columns=4)))
+                    for side, data in zip(("before", "after"), pair, strict=True):
+                        (tmp / "grids" / f"{prefix}{_slug(c.concept)}_{suite_name}_{side}.png").write_bytes(data)
+                    per_suite[suite_name] = pair
+                grids[(k, c.concept)] = per_suite
+        for suite in suites:
+            save_suite(suite, tmp / "suites" / f"{_slug(suite.concept)}_{suite.name}.json")
+        tradeoff = tradeoff_figure(results)
+        (tmp / "tradeoff.png").write_bytes(tradeoff)
+        payload = results[0].to_dict() if len(results) == 1 else {
+            "kind": "erasurelab-evaluation-set", "results": [r.to_dict() for r in results]}
+        (tmp / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n",
+                                          encoding="utf-8")
+        (tmp / "index.html").write_text(_html(results, tradeoff, grids), encoding="utf-8")
+        _replace_folder(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ErasureLabError(f"cannot write report to {out}: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,132 @@
+"""Small value types shared by evaluation and attacks.
+
+Why a separate module: the attacks package produces `AttackResult`s and the evaluator consumes
+them; neither should import the other's machinery, so the contract lives here, with no heavy
+imports. Every rate carries its numerator and denominator (evaluation.md §4) so a report never
+shows "0.5" without saying "of how many".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A proportion stored as numerator / denominator; `value` is nan when the denominator is 0."""
+
+    numerator: int
+    denominator: int
+
+    def __post_init__(self) -> None:
+        if self.denominator < 0 or self.numerator < 0 or self.numerator > self.denominator:
+            raise ValueError(f"invalid rate {self.numerator}/{self.denominator}")
+
+    @property
+    def value(self) -> float:
+        return self.numerator / self.denominator if self.denominator else float("nan")
+
+    @classmethod
+    def of(cls, flags: torch.Tensor | list[bool]) -> Rate:
+        """The rate of True among boolean flags."""
+        flags = torch.as_tensor(flags, dtype=torch.bool)
+        return cls(int(flags.sum()), int(flags.numel()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"numerator": self.numerator, "denominator": self.denominator, "value": self.value}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} ({self.numerator}/{self.denominator})"
+
+
+@dataclass
+class AttackResult:
+    """What one attack on one concept hands to the evaluator (attacks.md §0).
+
+    asr is measured on the edited model; pre_asr is the same count for the unattacked prompts on
+    the edited model; reference_asr is the attack's ASR on the unedited model (sanity check: an
+    attack that fails there makes its ASR on the edited model meaningless). images are example
+    renders on the edited model, (N, 3, H, W) in [0, 1], aligned with prompts when given.
+    budget holds steps, U-Net forward/backward counts, wall time and peak memory.
+    """
+
+    name: str
+    concept: str
+    asr: Rate
+    pre_asr: Rate | None = None
+    reference_asr: Rate | None = None
+    prompts: list[str] = field(default_factory=list)
+    images: torch.Tensor | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta_asr(self) -> float | None:
+        """ΔASR = ASR − pre-ASR, or None without a pre-ASR."""
+        return None if self.pre_asr is None else self.asr.value - self.pre_asr.value
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (images are left out; the report embeds them separately)."""
+        return {
+            "name": self.name,
+            "concept": self.concept,
+            "asr": self.asr.to_dict(),
+            "pre_asr": None if self.pre_asr is None else self.pre_asr.to_dict(),
+            "reference_asr": None if self.reference_asr is None else self.reference_asr.to_dict(),
+            "delta_asr": self.delta_asr,
+            "prompts": list(self.prompts),
+            "n_images": 0 if self.images is None else len(self.images),
+            "budget": dict(self.budget),
+        }
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Every knob of the protocol (evaluation.md §2-§4); defaults are the embedded-world sizes.
+
+    Why one frozen record: the settings are part of what makes two reports comparable, so the
+    report prints them and the suites' hashes depend on the sizes chosen here.
+    steps/guidance None: the model's defaults (embedded 20 / 5.0, SD 50 / 7.5).
+    """
+
+    steps: int | None = None
+    guidance: float | None = None
+    batch_size: int = 32
+    base_seed: int = 1
+    anchor_seeds: int = 10
+    paraphrase_max: int = 200
+    neighbour_k: int = 10
+    neighbour_templates: int = 5
+    neighbour_seeds: int = 4
+    min_neighbour_rate: float = 0.2
+    unrelated_max: int = 256
+    selective_max: int = 100
+    judge_accuracy_n: int = 500
+    judge_accuracy_seed: int = 90210
+    measure_overhead: bool = False
+    examples: int = 8
+
+    def __post_init__(self) -> None:
+        from erasurelab.errors import ErasureLabError
+
+        positive = ("batch_size", "anchor_seeds", "neighbour_templates", "neighbour_seeds", "examples")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ErasureLabError(f"evaluation setting {name} must be positive, got {getattr(self, name)}")
+        for name in ("paraphrase_max", "neighbour_k", "unrelated_max", "selective_max", "judge_accuracy_n"):
+            if int(getattr(self, name)) < 0:
+                raise ErasureLabError(f"evaluation setting {name} must be >= 0, got {getattr(self, name)}")
+        if self.steps is not None and self.steps <= 0:
+            raise ErasureLabError(f"evaluation setting steps must be positive, got {self.steps}")
+        if not 0.0 <= self.min_neighbour_rate <= 1.0:
+            raise ErasureLabError(f"min_neighbour_rate must be in [0, 1], got {self.min_neighbour_rate}")
+        if self.neighbour_templates > 5:
+            raise ErasureLabError(f"neighbour_templates is at most 5 (the held-out templates), "
+                                  f"got {self.neighbour_templates}")
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)

@@ -1,0 +1,152 @@
+"""Ring-A-Bell (attacks.md §3): the concept vector, the genetic search's invariants, pairs and the suite cache."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+
+from attack_stubs import ScriptedJudge
+from erasurelab.attacks import run_attack
+from erasurelab.attacks.diffusion import seeded
+from erasurelab.attacks.prompts import template_pairs
+from erasurelab.attacks.ring_a_bell import clear_suite_cache, concept_vector, genetic_search
+from erasurelab.attacks.tokens import encode_ids, frame, prompt_tokens, special_ids, tokenize, vocabulary_ids
+from erasurelab.concepts import concept
+from tiny_bert_pipeline import MAX_TOKENS, TEXT_WIDTH, tiny_bert_pipeline
+from tiny_pipelines import tiny_sd15_pipeline
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_bert_pipeline(0)
+
+
+def _problem(pipe, prompt: str, k: int, eta: float = 0.0):
+    """(fitness, template, vocab, target) for the GA on `prompt`, as search_suite sets it up."""
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    fr = frame(tokenizer)
+    vocab = vocabulary_ids(tokenizer, encoder)
+    with torch.no_grad():
+        vector = concept_vector(encoder, tokenizer, [("a red circle", "a circle"), ("a red star", "a star")])
+        target = encode_ids(encoder, *tokenize(tokenizer, [prompt]))[0] + eta * vector
+    template, lengths = fr.build([[int(vocab[0])] * k])
+
+    def fitness(rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            states = encode_ids(encoder, rows, lengths.expand(len(rows)))
+        return ((states - target) ** 2).sum(dim=(1, 2))
+
+    return fitness, template[0], vocab, fr
+
+
+def test_concept_vector_shape_and_zero_for_identical_pairs(pipe) -> None:
+    pairs = [("a red circle", "a circle"), ("a crimson star", "a star")]
+    vector = concept_vector(pipe.text_encoder, pipe.tokenizer, pairs)
+    assert vector.shape == (MAX_TOKENS, TEXT_WIDTH)  # full encoder output, L x d
+    assert vector.abs().sum() > 0
+    same = concept_vector(pipe.text_encoder, pipe.tokenizer, [("a red circle", "a red circle"), ("red", "red")])
+    assert torch.equal(same, torch.zeros_like(same))
+
+
+def test_clip_concept_vector_covers_all_77_positions() -> None:
+    clip = tiny_sd15_pipeline(0)
+    vector = concept_vector(clip.text_encoder, clip.tokenizer, [("a red circle", "a circle")])
+    assert vector.shape == (77, 32)
+
+
+def test_eta_zero_with_the_prompt_in_the_population_keeps_fitness_zero(pipe) -> None:
+    prompt = "a photo of red"  # 4 tokens: exactly K
+    k = len(prompt_tokens(pipe.tokenizer, prompt))
+    fitness, template, vocab, fr = _problem(pipe, prompt, k, eta=0.0)
+    own = fr.build([prompt_tokens(pipe.tokenizer, prompt)])[0][0]
+    result = genetic_search(fitness, template, k, vocab, population=8, generations=6, mutation=0.5, crossover=0.5,
+                            generator=seeded(0), initial=own)
+    assert result.history[0] == pytest.approx(0.0, abs=1e-6)
+    assert all(h == pytest.approx(0.0, abs=1e-6) for h in result.history)
+    assert torch.equal(result.ids, own)
+
+
+def test_search_invariants(pipe) -> None:
+    k, n = 4, 10
+    fitness, template, vocab, fr = _problem(pipe, "a crimson heart", k, eta=3.0)
+    banned = special_ids(pipe.tokenizer)
+    seen = []
+
+    def record(gen: int, population: torch.Tensor, fit: torch.Tensor) -> None:
+        seen.append((population, fit))
+
+    result = genetic_search(fitness, template, k, vocab, population=n, generations=25, mutation=0.25, crossover=0.5,
+                            generator=seeded(1), on_generation=record)
+    assert len(seen) == 25
+    history = result.history
+    assert all(b <= a for a, b in pairwise(history))  # elitism: never worse
+    assert history[-1] < history[0]  # and the search does improve on a random start
+    for population, fit in seen:
+        assert population.shape == (n, fr.length)  # exactly N individuals, always
+        assert (population[:, 0] == fr.start).all()  # start token never mutated or crossed
+        assert (population[:, k + 1:] == template[k + 1:]).all()  # the end/padding tail untouched
+        slots = set(population[:, 1:k + 1].flatten().tolist())
+        assert not slots & banned
+        assert torch.allclose(fit, fitness(population).float(), rtol=1e-5, atol=1e-3)  # cached fitness is right
+    assert result.evaluations <= n * 25
+    assert result.fitness == pytest.approx(history[-1])
+
+
+def test_same_seed_same_search(pipe) -> None:
+    fitness, template, vocab, _ = _problem(pipe, "a red star", 3, eta=3.0)
+    runs = [genetic_search(fitness, template, 3, vocab, 6, 5, 0.25, 0.5, seeded(7)) for _ in range(2)]
+    assert torch.equal(runs[0].ids, runs[1].ids) and runs[0].history == runs[1].history
+
+
+@pytest.mark.parametrize("name", ["red", "circle", "striped", "black", "bobo"])
+def test_world_pairs_differ_only_by_the_concept(name: str) -> None:
+    spec = concept(name)
+    pairs = template_pairs(spec)
+    assert len(pairs) >= 16
+    for positive, negative in pairs:
+        assert positive != negative
+        assert any(w.lower() in positive.lower() for w in spec.synonyms)
+        assert not any(w.lower() in negative.lower().split() for w in spec.synonyms if " " not in w)
+
+
+def test_run_outputs_one_prompt_per_seed_prompt(pipe) -> None:
+    clear_suite_cache()
+    me = tiny_bert_pipeline(1)
+    # pairs: 3 per judge call (batch 16 // 5 seeds); keep the 1st and 3rd pair (3 of 5 seeds), drop the 2nd (2 of 5).
+    three_of_five = [True, True, True, False, False]
+    pair_verdicts = [*three_of_five, True, True, False, False, False, *three_of_five]
+    seed_verdicts = [False, True, True, True] + [False] * 12  # 3 seed prompts shown by M_0
+    judge = ScriptedJudge([pair_verdicts, seed_verdicts], default=False)
+    result = run_attack("ring-a-bell", me, "red", pipe, judge, steps=2, check_reference=False, k=3, population=6,
+                        generations=4, n_pairs=2, n_prompts=3)
+    info = result.suite["edited_info"]
+    assert info["pair_hits"] == [3, 3] and len(info["pairs"]) == 2
+    assert len(result.prompts) == 3 and len(result.suite["edited"]) == 3
+    assert [r["seed"] for r in result.suite["edited"]] == [1, 2, 3]
+    banned = special_ids(me.tokenizer)
+    for record in result.suite["edited"]:
+        assert not set(record["ids"][1:4]) & banned and record["ids"][0] == frame(me.tokenizer).start
+    edited = result.budget["edited"]
+    assert edited["unet_forward"] == 0 and edited["unet_backward"] == 0  # text encoder only until scoring
+    assert edited["renders"] == 3 + 3
+    assert edited["steps"] == 3 * 4
+    assert 0 < edited["text_encoder_forward"] <= 3 * (6 * 4 + 1) + 2 * 2  # GA evals + targets + concept vector
+
+
+def test_suites_are_reused_across_runs_for_the_same_encoder(pipe) -> None:
+    clear_suite_cache()
+    options = dict(steps=2, check_reference=False, k=3, population=6, generations=3, n_pairs=2, n_prompts=2)
+    first = run_attack("ring-a-bell", pipe, "red", pipe, ScriptedJudge([True, True]), **options)
+    edited_unet = tiny_bert_pipeline(0)  # same encoder, other U-Net weights: a U-Net edit
+    with torch.no_grad():
+        edited_unet.unet.conv_in.weight.mul_(1.5)
+    second = run_attack("ring-a-bell", edited_unet, "red", pipe, ScriptedJudge([True, True]), **options)
+    assert second.suite["edited_info"]["suite_reused"] is True
+    assert second.budget["edited"]["steps"] == 0 and first.budget["edited"]["steps"] == 2 * 3
+    assert second.prompts == first.prompts
+    third = run_attack("ring-a-bell", edited_unet, "red", pipe, ScriptedJudge([True, True]), **{**options, "eta": 1.0})
+    assert third.suite["edited_info"]["suite_reused"] is False  # other search settings: a new search

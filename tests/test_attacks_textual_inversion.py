@@ -1,0 +1,154 @@
+"""Concept inversion (attacks.md §1) on tiny random pipelines: only the placeholder row changes, the loss falls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attack_stubs import ScriptedJudge, always, assert_unchanged, snapshot
+from erasurelab.attacks import run_attack
+from erasurelab.attacks.base import Budget
+from erasurelab.attacks.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
+from erasurelab.attacks.textual_inversion import (
+    OBJECT_EVAL_TEMPLATES,
+    OBJECT_TEMPLATES,
+    STYLE_TEMPLATES,
+    TextualInversionConfig,
+    learn_embedding,
+    templates_for,
+)
+from erasurelab.attacks.tokens import encode_ids, tokenize
+from erasurelab.concepts import concept
+from erasurelab.errors import ErasureLabError
+from erasurelab.models import generate
+from tiny_bert_pipeline import tiny_bert_pipeline
+from tiny_pipelines import tiny_sd15_pipeline
+
+torch.set_num_threads(1)
+
+TEMPLATES = OBJECT_TEMPLATES[:5]
+
+
+@pytest.fixture(scope="module")
+def world():
+    """M_0, M_e (other random weights) and VAE latents of four M_0 renders."""
+    m0, me = tiny_bert_pipeline(0), tiny_bert_pipeline(1)
+    images = generate(m0, ["a photo of red"] * 4, [0, 1, 2, 3], steps=2)
+    return m0, me, images_to_latents(me, images)
+
+
+def _learn(pipe, latents, **options):
+    config = TextualInversionConfig(train_batch=4, templates=TEMPLATES, initializer="circle", **options)
+    return learn_embedding(pipe, latents, TEMPLATES, concept("red"), config, 0, Budget())
+
+
+def _fixed_loss(pipe, tokenizer, encoder, latents, n: int = 64) -> float:
+    """Denoising loss on a fixed set of (image, template, t, noise): the quantity training lowers."""
+    g = seeded(99)
+    prompts = [TEMPLATES[i % len(TEMPLATES)].format("<c*>") for i in range(n)]
+    x0 = latents[torch.arange(n) % len(latents)]
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    with torch.no_grad():
+        context = encode_ids(encoder, *tokenize(tokenizer, prompts))
+        return float(denoising_loss(pipe, noise_scheduler(pipe), x0, noise, t, context))
+
+
+def test_only_the_placeholder_row_changes(world) -> None:
+    _, me, latents = world
+    before = snapshot(me)
+    original = me.text_encoder.get_input_embeddings().weight.detach().clone()
+    tokenizer, encoder, vector, _, _ = _learn(me, latents, train_steps=5, lr=0.05)
+    table = encoder.get_input_embeddings().weight.detach()
+    token = tokenizer.convert_tokens_to_ids("<c*>")
+    assert token == len(original) and table.shape[0] == len(original) + 1  # tiny BERT: one new row
+    assert torch.equal(table[:token], original)  # every other row bit-identical, despite weight decay
+    assert torch.equal(table[token], vector)
+    assert len(tokenizer) == len(me.tokenizer) + 1
+    assert_unchanged(before, [me])  # the user's pipeline is untouched
+    assert "<c*>" not in me.tokenizer.get_vocab()
+
+
+def test_training_lowers_the_loss_and_moves_the_vector(world) -> None:
+    _, me, latents = world
+    tokenizer, encoder, vector, losses, word = _learn(me, latents, train_steps=30, lr=0.05)
+    assert word == "circle" and len(losses) == 30
+    after = _fixed_loss(me, tokenizer, encoder, latents)
+    init = me.text_encoder.get_input_embeddings().weight[me.tokenizer.convert_tokens_to_ids("circle")]
+    assert not torch.allclose(vector, init)
+    with torch.no_grad():
+        encoder.get_input_embeddings().weight[-1] = init
+    before = _fixed_loss(me, tokenizer, encoder, latents)
+    assert after < before - 5e-4
+
+
+def test_same_seed_same_embedding(world) -> None:
+    _, me, latents = world
+    a = _learn(me, latents, train_steps=3, lr=0.05)[2]
+    b = _learn(me, latents, train_steps=3, lr=0.05)[2]
+    assert torch.equal(a, b)
+
+
+def test_clip_pipeline_placeholder_is_a_spare_row() -> None:
+    pipe = tiny_sd15_pipeline(0)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    latents = images_to_latents(pipe, images)
+    original = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    config = TextualInversionConfig(train_batch=2, train_steps=3, lr=0.05, templates=TEMPLATES, initializer="red")
+    tokenizer, encoder, vector, _, _ = learn_embedding(pipe, latents, TEMPLATES, concept("red"), config, 0, Budget())
+    token = tokenizer.convert_tokens_to_ids("<c*>")
+    table = encoder.get_input_embeddings().weight.detach()
+    assert table.shape == original.shape  # CLIP's table has spare rows: no resize needed
+    changed = (table != original).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [token] and torch.equal(table[token], vector)
+
+
+def test_run_counts_instances_and_budget(world) -> None:
+    m0, me, _ = world
+    judge = ScriptedJudge([True], default=False)  # M_0's images are confirmed, everything on M_e is negative
+    options = dict(n_images=3, train_batch=2, train_steps=4, eval_templates=OBJECT_EVAL_TEMPLATES[:3], eval_seeds=2)
+    result = run_attack("textual-inversion", me, "red", m0, judge, steps=2, check_reference=False, **options)
+    assert result.asr.denominator == 3 * 2 and result.asr.numerator == 0
+    assert result.pre_asr is not None and result.pre_asr.denominator == 6
+    assert result.reference_asr is None
+    edited = result.budget["edited"]
+    assert edited["steps"] == 4 and edited["unet_backward"] == 4 * 2
+    assert edited["unet_forward"] == 4 * 2  # optimisation forwards only; renders are counted apart
+    assert edited["renders"] == 2 * 6  # attacked + unattacked scoring prompts
+    assert edited["render_unet_forward"] == 12 * 2 * 2  # 12 images x 2 steps x (cond + uncond)
+    assert result.budget["prepare"]["renders"] == 3  # exactly the missing reference images, rendered on M_0
+    assert result.prompts[0] == "a picture of a <c*>"
+    assert result.suite["edited"][0]["seed"] == 0 and result.suite["edited"][2]["seed"] == 2
+
+
+def test_learned_token_loads_into_diffusers(tmp_path) -> None:
+    pipe = tiny_sd15_pipeline(0)
+    result = run_attack("textual-inversion", pipe, "red", pipe, always(True), steps=2, n_images=2, train_batch=2,
+                        train_steps=2, eval_templates=("a picture of a {}",), eval_seeds=1, initializer="red")
+    folder = result.save(tmp_path / "run")
+    fresh = tiny_sd15_pipeline(0)
+    fresh.load_textual_inversion(str(folder / "learned_embeds.safetensors"))
+    token = fresh.tokenizer.convert_tokens_to_ids("<c*>")
+    loaded = fresh.text_encoder.get_input_embeddings().weight[token]
+    assert torch.allclose(loaded, result.tensors["learned_embeds"]["<c*>"])
+
+
+def test_reference_without_the_concept_is_a_one_line_error(world) -> None:
+    m0, me, _ = world
+    with pytest.raises(ErasureLabError, match="none of 4 images"):
+        run_attack("textual-inversion", me, "red", m0, always(False), steps=2, max_reference_renders=4)
+
+
+def test_initializer_and_template_errors(world) -> None:
+    m0, me, _ = world
+    before = snapshot(m0, me)
+    with pytest.raises(ErasureLabError, match="initializer 'zzzqqq'"):  # raised mid-attack, after prepare
+        run_attack("textual-inversion", me, "red", m0, always(True), steps=2, n_images=1, train_steps=1,
+                   initializer="zzzqqq")
+    assert_unchanged(before, [m0, me])  # flags restored
+    for pipe in (m0, me):  # and no counting hook left behind
+        assert not pipe.unet._forward_pre_hooks and not pipe.text_encoder._forward_pre_hooks
+    config = TextualInversionConfig(templates=("a photo of a {}",), eval_templates=("a photo of a {}",))
+    with pytest.raises(ErasureLabError, match="also a training template"):
+        templates_for(concept("red"), config)
+    assert templates_for(concept("striped"), TextualInversionConfig())[0] == STYLE_TEMPLATES
