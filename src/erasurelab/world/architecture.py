@@ -69,12 +69,16 @@ def load_text_encoder() -> tuple[Any, Any]:
 
     offline()
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
         encoder = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.model_max_length = TOKEN_LENGTH
     encoder.config.use_attention_mask = True
     encoder.requires_grad_(False).eval()
