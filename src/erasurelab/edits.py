@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from erasurelab.errors import ErasureLabError, did_you_mean
-from erasurelab.runinfo import file_sha256, library_versions, write_json_atomic
+from erasurelab.runinfo import file_sha256, library_versions, replace_folder, write_json_atomic
 
 FORMATS: tuple[str, ...] = ("lora", "full")
 MANIFEST = "manifest.json"
@@ -386,7 +385,7 @@ class Edit:
 
                 save_file(state, str(tmp / FULL_WEIGHTS), metadata={"format": "pt", "kind": MANIFEST_KIND})
             write_json_atomic(tmp / MANIFEST, self._manifest(tmp, format, rank, ranks, errors))
-            _replace_folder(tmp, directory)
+            replace_folder(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -511,19 +510,6 @@ def load_run(directory: str | Path, loader: Any, **load_kwargs: Any) -> Any:
     pipe.erasurelab_source = str(directory)
     pipe.erasurelab_edit = edit
     return pipe
-
-
-def _replace_folder(tmp: Path, directory: Path) -> None:
-    """Move the finished tmp folder into place; an existing folder is swapped out, then removed."""
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

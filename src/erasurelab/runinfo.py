@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -56,3 +57,19 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_folder(tmp: Path, directory: Path) -> Path:
+    """Move a finished tmp folder into place, so readers never see a half-written output.
+
+    An existing folder is swapped out first and removed only once the new one is in place.
+    """
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+    return directory

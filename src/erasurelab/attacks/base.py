@@ -35,7 +35,7 @@ import torch
 from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.evaluation.types import AttackResult, Rate
-from erasurelab.runinfo import library_versions, peak_rss_mb, write_json_atomic
+from erasurelab.runinfo import library_versions, peak_rss_mb, replace_folder, write_json_atomic
 
 #: Below this ASR on the unedited model the attack "does not work" and the report says so.
 REFERENCE_MIN_ASR = 0.5
@@ -357,15 +357,7 @@ class AttackRun(AttackResult):
             captions = [("+ " if f else "- ") + p if f is not None else p
                         for p, f in zip(self.prompts, flags + [None] * (len(self.prompts) - len(flags)), strict=True)]
             save_image_atomic(grid(self.images, captions[:len(self.images)]), tmp / "images.png")
-        if directory.exists():  # swap: the old folder is removed only once the new one is in place
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-        return directory
+        return replace_folder(tmp, directory)
 
 
 # ---------------------------------------------------------------------------------------------

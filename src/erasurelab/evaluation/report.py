@@ -26,6 +26,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.result import EvaluationResult, jsonable
 from erasurelab.evaluation.suites import Suite, save_suite
 from erasurelab.evaluation.types import Rate
+from erasurelab.runinfo import replace_folder
 
 #: Section ids every report has (a test checks them).
 SECTIONS: tuple[str, ...] = ("summary", "tradeoff", "concepts", "attacks", "efficiency", "judge", "settings",
@@ -263,18 +264,6 @@ def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
 # ---------------------------------------------------------------------------------------------
 
 
-def _replace_folder(tmp: Path, directory: Path) -> None:
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
-
-
 def write_report(results: EvaluationResult | Sequence[EvaluationResult], out: str | os.PathLike[str],
                  overwrite: bool = False, suites: Sequence[Suite] = ()) -> Path:
     """Write the report folder atomically and return its path.
@@ -324,7 +313,7 @@ def write_report(results: EvaluationResult | Sequence[EvaluationResult], out: st
         (tmp / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n",
                                           encoding="utf-8")
         (tmp / "index.html").write_text(_html(results, tradeoff, grids), encoding="utf-8")
-        _replace_folder(tmp, out)
+        replace_folder(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ErasureLabError(f"cannot write report to {out}: {exc.strerror or exc}") from exc
