@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import resource
-import tempfile
 from pathlib import Path
+
+from erasurelab.runinfo import peak_rss_mb  # noqa: F401  (re-exported for the benches)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,11 +21,6 @@ def environment() -> dict:
             "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -36,10 +30,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_json(name: str, payload: dict) -> Path:
+    from erasurelab.runinfo import write_json_atomic
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(RESULTS / f"{name}.json", payload)

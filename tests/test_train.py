@@ -68,7 +68,7 @@ def test_vae_scaling_factor_normalises_latents(tmp_path: Path) -> None:
     final = train_world(tmp_path, TINY, stages=("vae",), quiet=True)
     vae = AutoencoderKL.from_pretrained(final / "vae")
     data = render_dataset(TINY.n_images, TINY.seed, TINY.character_rate)
-    latents = train.encode_latents(vae, data, sample=False) * vae.config.scaling_factor
+    latents = train.encode_posteriors(vae, data)[0] * vae.config.scaling_factor
     assert latents.std().item() == pytest.approx(1.0, rel=1e-3)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.imaging import grid, save_image_atomic
 from erasurelab.models import generate, load_pipeline
 from erasurelab.models.sampling import is_embedded
+from erasurelab.runinfo import write_json_atomic
 from erasurelab.world import captions, vocab
 
 #: Prompts of the demo grid: plain names, paraphrases never seen in training, and a character.
@@ -88,9 +88,7 @@ def run_demo(out: Path, quiet: bool) -> None:
                                        quiet=quiet)
     out.mkdir(parents=True, exist_ok=True)
     save_image_atomic(grid(images, [_verdict(r) for r in rows], columns=8), out / "grid.png")
-    tmp = out / "verdicts.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(out / "verdicts.json")
+    write_json_atomic(out / "verdicts.json", rows)
     for item in items:
         mine = [r for r in rows if r["prompt"] == item.prompt]
         typer.echo(f"{item.prompt!r:48} judged right on {sum(r['ok'] for r in mine)}/{len(mine)}  "

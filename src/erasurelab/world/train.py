@@ -134,7 +134,7 @@ def train_vae(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet:
         if (step + 1) % cfg.checkpoint_every == 0:
             _save_atomic({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, ckpt_path)
     vae.eval()
-    latents = encode_latents(vae, data, sample=False)
+    latents, _ = encode_posteriors(vae, data)
     scaling = float(1.0 / latents.flatten().std())
     vae.register_to_config(scaling_factor=scaling)
     log(stage="vae", done=True, scaling_factor=round(scaling, 4))
@@ -142,14 +142,14 @@ def train_vae(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet:
 
 
 @torch.no_grad()
-def encode_latents(vae: torch.nn.Module, data: WorldDataset, sample: bool, batch: int = 512) -> torch.Tensor:
-    """Posterior means (or samples) of every image, unscaled."""
-    chunks = []
+def encode_posteriors(vae: torch.nn.Module, data: WorldDataset, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, unscaled (the U-Net resamples from them each step)."""
+    means, stds = [], []
     for start in range(0, len(data), batch):
-        x = data.float_images(slice(start, start + batch)) * 2 - 1
-        dist = vae.encode(x).latent_dist
-        chunks.append(dist.sample() if sample else dist.mean)
-    return torch.cat(chunks)
+        dist = vae.encode(data.float_images(slice(start, start + batch)) * 2 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
 
 
 @torch.no_grad()
@@ -220,13 +220,7 @@ def min_snr_weights(scheduler: object, timesteps: torch.Tensor, gamma: float) ->
 def train_unet(cfg: TrainConfig, data: WorldDataset, out: Path, log: _Log, quiet: bool) -> None:
     final = out / "shapes" / "unet"
     vae = _load_vae(out)
-    with torch.no_grad():
-        dist_mean, dist_std = [], []
-        for start in range(0, len(data), 512):
-            dist = vae.encode(data.float_images(slice(start, start + 512)) * 2 - 1).latent_dist
-            dist_mean.append(dist.mean)
-            dist_std.append(dist.std)
-    lat_mean, lat_std = torch.cat(dist_mean), torch.cat(dist_std)
+    lat_mean, lat_std = encode_posteriors(vae, data)
     scaling = vae.config.scaling_factor
     encoder, tokenizer = architecture.load_text_encoder()
     noise_scheduler = architecture.train_scheduler()
