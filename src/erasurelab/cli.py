@@ -188,13 +188,20 @@ def evaluate(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("erasurelab-demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs: runs/<method>/ and report/.")]
+    = Path("erasurelab-demo"),
+    concept: Annotated[str, typer.Option(help="Built-in concept to erase.")] = "circle",
+    method: Annotated[list[str] | None, typer.Option(help="Method to compare; repeatable (default: pure, uce).")]
+    = None,
+    attack: Annotated[str, typer.Option(help="Attack run on every erased model ('none' to skip).")]
+    = "ring-a-bell",
     quiet: Quiet = False,
 ) -> None:
-    """The main job on the embedded model (for now: a judged grid of canonical and paraphrase prompts)."""
-    from erasurelab.generate_cmd import run_demo
+    """The main job on the embedded model: erase a concept with PURE and UCE, attack, evaluate, report."""
+    from erasurelab.demo import DEMO_METHODS, run_demo
 
-    run_demo(out=out, quiet=quiet)
+    run_demo(out=out, concept_name=concept, methods=method or DEMO_METHODS,
+             attack=None if attack.lower() == "none" else attack, quiet=quiet, echo=typer.echo)
 
 
 @world_app.command("train")

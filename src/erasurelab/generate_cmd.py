@@ -1,4 +1,4 @@
-"""What `erasurelab generate` and `erasurelab demo` do, kept apart from argument parsing."""
+"""What `erasurelab generate` does, kept apart from argument parsing."""
 
 from __future__ import annotations
 
@@ -11,22 +11,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.imaging import grid, save_image_atomic
 from erasurelab.models import generate, load_pipeline
 from erasurelab.models.sampling import is_embedded
-from erasurelab.runinfo import write_json_atomic
 from erasurelab.world import captions, vocab
-
-#: Prompts of the demo grid: plain names, paraphrases never seen in training, and a character.
-DEMO_PROMPTS: tuple[captions.LabelledPrompt, ...] = (
-    captions.LabelledPrompt("a red circle", {"object": "circle", "color": "red"}),
-    captions.LabelledPrompt("a striped blue star on a white background",
-                            {"object": "star", "color": "blue", "style": "striped", "background": "white"}),
-    captions.LabelledPrompt("a dotted yellow heart", {"object": "heart", "color": "yellow", "style": "dotted"}),
-    captions.LabelledPrompt("an outlined green triangle on a gray background",
-                            {"object": "triangle", "color": "green", "style": "outlined", "background": "gray"}),
-    captions.LabelledPrompt("a scarlet moon", {"object": "moon", "color": "red"}),
-    captions.LabelledPrompt("a purple disk", {"object": "circle", "color": "purple"}),
-    captions.LabelledPrompt("a pink cross", {"object": "cross", "color": "pink"}),
-    captions.LabelledPrompt("Bobo on a black background", {"character": "bobo", "background": "black"}),
-)
 
 
 def judge_rows(images: torch.Tensor, items: list[captions.LabelledPrompt], seeds: list[int]) -> list[dict]:
@@ -80,18 +65,3 @@ def run_generate(out: Path, model: str, prompts: list[str], requests: list[str],
     for row, label in zip(rows, labels, strict=True):
         typer.echo(f"{row['prompt']!r:50} seed {row['seed']:<4} {label if judged else ''}")
     typer.echo(f"wrote {out}")
-
-
-def run_demo(out: Path, quiet: bool) -> None:
-    items = list(DEMO_PROMPTS)
-    images, rows = render_and_judge("builtin:shapes", items, num_images=4, seed=0, steps=None, guidance=None,
-                                       quiet=quiet)
-    out.mkdir(parents=True, exist_ok=True)
-    save_image_atomic(grid(images, [_verdict(r) for r in rows], columns=8), out / "grid.png")
-    write_json_atomic(out / "verdicts.json", rows)
-    for item in items:
-        mine = [r for r in rows if r["prompt"] == item.prompt]
-        typer.echo(f"{item.prompt!r:48} judged right on {sum(r['ok'] for r in mine)}/{len(mine)}  "
-                   f"({_verdict(mine[0])})")
-    total = sum(r["ok"] for r in rows)
-    typer.echo(f"all requested attributes rendered in {total}/{len(rows)} images; grid: {out / 'grid.png'}")

@@ -329,7 +329,8 @@ def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Im
 def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, judge: Any = "shapes",
              attacks: Sequence[AttackResult] | None = None, out: str | os.PathLike[str] | None = None,
              quiet: bool = True, *, settings: EvaluationSettings | None = None,
-             judge_accuracy: Mapping[str, Any] | None = None, overwrite: bool = False) -> EvaluationResult:
+             judge_accuracy: Mapping[str, Any] | None = None, overwrite: bool = False,
+             cache: RenderCache | None = None) -> EvaluationResult:
     """Evaluate an edited model against its reference on every facet, for one or more concepts.
 
     model: the edited pipeline, or a model spec (a run folder from `erasurelab erase`, ...).
@@ -364,7 +365,12 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     known = set(judge_obj.concepts())
     all_suites = [build_suites(s, model_pipe, known, settings, method_anchors(s, manifest_concepts))
                   for s in spec_list]
-    cache = RenderCache(settings.steps, settings.guidance, settings.batch_size, quiet)
+    if cache is None:
+        cache = RenderCache(settings.steps, settings.guidance, settings.batch_size, quiet)
+    elif (cache.steps, cache.guidance) != (settings.steps, settings.guidance):
+        raise ErasureLabError(f"the shared render cache samples with steps={cache.steps}, guidance={cache.guidance} "
+                              f"but the settings ask for steps={settings.steps}, guidance={settings.guidance}")
+    rendered_before, hits_before = cache.rendered, cache.hits
     timings: dict[str, float] = {}
 
     # 1. Reference: every suite (its neighbour rates decide which neighbours count).
@@ -416,8 +422,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
                                         if latency_edit is not None and latency_ref else None)
     efficiency["latency_edited_s"], efficiency["latency_reference_s"] = latency_edit, latency_ref
     timings["total_s"] = time.perf_counter() - started
-    timings["images_rendered"] = float(cache.rendered)
-    timings["cache_hits"] = float(cache.hits)
+    timings["images_rendered"] = float(cache.rendered - rendered_before)
+    timings["cache_hits"] = float(cache.hits - hits_before)
     scheduler = getattr(model_pipe, "scheduler", None)
     result = EvaluationResult(
         model=model_label, reference=ref.label, method=efficiency.get("method"), model_hash=model_key,

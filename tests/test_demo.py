@@ -1,0 +1,49 @@
+"""`erasurelab demo`: erase, evaluate and report end to end on the embedded model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import erasurelab.demo as demo
+from erasurelab.errors import ErasureLabError
+from erasurelab.evaluation import EvaluationSettings
+
+from conftest import needs_assets
+from test_cli import _assert_one_line_error, run_cli
+
+
+def test_unknown_method_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--method", "purr", "--quiet"], capsys)
+    _assert_one_line_error(code, err, "purr")
+    assert not (tmp_path / "d").exists()
+
+
+def test_unknown_attack_fails_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ErasureLabError, match="ring-a-dong"):
+        demo.run_demo(tmp_path / "d", methods=("uce",), attack="ring-a-dong", echo=lambda *_: None)
+    assert not (tmp_path / "d").exists()
+
+
+@needs_assets
+@pytest.mark.slow
+def test_demo_erases_and_reports(tmp_path: Path, monkeypatch) -> None:
+    """UCE on red with a small protocol: the concept drops, the report and the run folder are written."""
+    small = EvaluationSettings(anchor_seeds=2, paraphrase_max=8, neighbour_k=2, neighbour_templates=1,
+                               neighbour_seeds=1, unrelated_max=8, selective_max=4, judge_accuracy_n=16,
+                               batch_size=64, examples=2)
+    monkeypatch.setattr(demo, "demo_settings", lambda: small)
+    lines: list[str] = []
+    (result,) = demo.run_demo(tmp_path / "d", concept_name="red", methods=("uce",), attack=None, quiet=True,
+                              echo=lines.append)
+    anchor = result.concept("red").target["anchor"]
+    assert anchor["edited"].value < anchor["reference"].value
+    assert result.method == "uce"
+    report = tmp_path / "d" / "report"
+    assert (report / "index.html").is_file()
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["concepts"][0]["concept"] == "red"
+    assert json.loads((tmp_path / "d" / "runs" / "uce" / "manifest.json").read_text())["method"] == "uce"
+    assert any(line.startswith("uce") for line in lines) and lines[-1].startswith("report: ")
