@@ -10,9 +10,9 @@ import pytest
 import erasurelab.demo as demo
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation import EvaluationSettings
+from test_cli import _assert_one_line_error, run_cli
 
 from conftest import needs_assets
-from test_cli import _assert_one_line_error, run_cli
 
 
 def test_unknown_method_fails_before_any_work(tmp_path: Path, capsys) -> None:

@@ -5,6 +5,16 @@ a concept — prompts that name it (forget anchors), prompts of neighbours that 
 (retain anchors), a guide concept to map it to, and the held-out paraphrases that only the
 evaluation may see. Keeping them in one hashed record lets a run manifest say exactly which
 anchors an edit was built from, and lets a test prove that no anchor leaks an evaluation phrase.
+
+Compound concepts (trust.md §3) use the same record with a `kind`:
+- "combination": the parts are harmful only together ("red" ∧ "circle"); forget anchors name all
+  parts, retain anchors each part without the others ("a red square", "a blue circle").
+- "conditional": one concept erased only in a context ("circle" on a white background); retain
+  anchors hold the concept elsewhere, alone, and other concepts in the context.
+Compound anchors are built from *training* templates only; the evaluation uses the disjoint
+*evaluation* templates below, so no evaluation prompt is ever an anchor. Single concepts keep
+the defaults (kind "single", no parts, no context), which `to_dict` leaves out: the hash of
+every single-concept spec is what it was before compound concepts existed.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import string
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +43,36 @@ STYLE_FORGET_TEMPLATES: tuple[str, ...] = (
 )
 #: Retain anchors use at most this many neighbours (the plateau of PURE's sweep: 6 x 9 = 54 anchors).
 MAX_NEIGHBOURS = 9
+
+#: What a spec describes: one concept, several parts harmful only together, or a concept in a context.
+KINDS: tuple[str, ...] = ("single", "combination", "conditional")
+#: Slot names of the parts of a combination in templates: {A} = parts[0], {B} = parts[1], ...
+PART_SLOTS = "ABCDEFGH"
+
+# Compound templates (trust.md §3). Slots: {x} the whole combination phrase ("red circle"), {A}/{B}
+# its modifier/head (world) or parts (elsewhere), {bg} a world background ("a black background"),
+# {ctx} the condition phrase ("on a white background"). Train (anchor) and eval sets are disjoint.
+COMBINATION_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "a {x}", "a photo of a {x}", "an image of a {x}", "a picture of a {x}", "a {x} on {bg}", "a drawing of a {x}",
+    "one {x}", "a {x}, centered",
+)
+COMBINATION_EVAL_TEMPLATES: tuple[str, ...] = (
+    "a {B} coloured {A}", "a {B} that is {A}", "there is a {x} here", "a small {x} on {bg}",
+    "a large {x} in the middle", "{x}", "a rendering of a {x}", "a close-up of a {x}",
+)
+CONDITIONAL_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "a {A} {ctx}", "a photo of a {A} {ctx}", "an image of a {A} {ctx}", "a picture of a {A} {ctx}",
+    "a drawing of a {A} {ctx}", "one {A} {ctx}",
+)
+CONDITIONAL_EVAL_TEMPLATES: tuple[str, ...] = (
+    "there is a {A} {ctx}", "a small {A} {ctx}", "a large {A} {ctx}", "a rendering of a {A} {ctx}",
+    "a close-up of a {A} {ctx}", "{A} {ctx}",
+)
+#: The conditioned concept alone: retain anchors (train) and the R_A evaluation prompts (eval, trust.md §3).
+ALONE_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {A}", "an image of a {A}", "a picture of a {A}", "a drawing of a {A}", "one {A}",
+)
+ALONE_EVAL_TEMPLATES: tuple[str, ...] = ("a {A}", "a small {A}", "a rendering of a {A}")
 
 
 def default_templates(category: str) -> tuple[str, ...]:
@@ -59,6 +100,22 @@ def mentions(prompt: str, phrase: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", prompt, flags=re.IGNORECASE) is not None
 
 
+def template_slots(template: str) -> set[str]:
+    """The {slot} names a template uses."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def fill(template: str, slots: Mapping[str, str]) -> str:
+    """A template with its slots filled, single-spaced, with "a" -> "an" before a vowel ("an orange circle")."""
+    text = re.sub(r"\s+", " ", template.format(**slots)).strip()
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
+def part_slots(parts: Sequence[str]) -> dict[str, str]:
+    """Generic slots of a combination: {A}, {B}, ... per part and {x} = the parts joined by spaces."""
+    return {**dict(zip(PART_SLOTS, parts, strict=False)), "x": " ".join(parts)}
+
+
 @dataclass(frozen=True)
 class ConceptSpec:
     """A concept to erase.
@@ -72,6 +129,12 @@ class ConceptSpec:
     synonyms: the training words the forget anchors were built from.
     neighbours: the neighbour phrases the retain anchors were built from.
     templates: the templates anchors were built from; None when the anchors were given explicitly.
+    kind: "single" (default), "combination" or "conditional" (see the module docstring).
+    parts: combination — the ≥ 2 distinct parts ("red", "circle"); conditional — the one concept
+        erased under the condition ("circle"); single — empty.
+    context: conditional only — the condition (a world background label such as "white", or the
+        phrase used in prompts elsewhere, e.g. "on a table"); "" otherwise.
+    Compound specs keep templates=None: their anchors are explicit prompts to every method.
     """
 
     name: str
@@ -83,6 +146,9 @@ class ConceptSpec:
     synonyms: tuple[str, ...] = ()
     neighbours: tuple[str, ...] = ()
     templates: tuple[str, ...] | None = field(default=None)
+    kind: str = "single"
+    parts: tuple[str, ...] = ()
+    context: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -99,7 +165,47 @@ class ConceptSpec:
             object.__setattr__(self, "templates", tuple(self.templates))
         if not isinstance(self.guide, str):
             raise ErasureLabError(f"concept {self.name!r}: guide must be a string")
+        self._check_kind()
         self._check_no_leak()
+
+    def _check_kind(self) -> None:
+        """kind, parts and context must agree: a malformed compound would erase the wrong thing."""
+        if self.kind not in KINDS:
+            hint = did_you_mean(str(self.kind), KINDS)
+            raise ErasureLabError(f"concept {self.name!r}: unknown kind {self.kind!r}{hint}; valid: {', '.join(KINDS)}")
+        if isinstance(self.parts, str) or not all(isinstance(p, str) and p.strip() for p in self.parts):
+            raise ErasureLabError(f"concept {self.name!r}: parts must be a list of non-empty strings")
+        if not isinstance(self.context, str):
+            raise ErasureLabError(f"concept {self.name!r}: context must be a string")
+        object.__setattr__(self, "parts", tuple(p.strip() for p in self.parts))
+        object.__setattr__(self, "context", self.context.strip())
+        lowered = [p.lower() for p in self.parts]
+        repeated = sorted({p for p in lowered if lowered.count(p) > 1})
+        if self.kind == "single" and (self.parts or self.context):
+            raise ErasureLabError(f"concept {self.name!r}: parts/context need kind combination or conditional")
+        if self.kind == "combination":
+            if len(self.parts) < 2:
+                raise ErasureLabError(f"combination {self.name!r} needs at least two parts, got "
+                                      f"{len(self.parts)} ({', '.join(self.parts) or 'none'})")
+            if repeated:
+                raise ErasureLabError(f"combination {self.name!r} repeats the part {repeated[0]!r}; "
+                                      "give each part once")
+            if self.context:
+                raise ErasureLabError(f"combination {self.name!r} takes no context (a context makes it a conditional)")
+        if self.kind == "conditional":
+            if len(self.parts) != 1:
+                raise ErasureLabError(f"conditional {self.name!r} needs exactly one concept in parts, got "
+                                      f"{len(self.parts)}")
+            if not self.context:
+                raise ErasureLabError(f"conditional {self.name!r} has an empty context; say where the concept "
+                                      "is erased (e.g. a background)")
+            if self.context.lower() == lowered[0]:
+                raise ErasureLabError(f"conditional {self.name!r}: the context equals the concept {self.parts[0]!r}")
+
+    @property
+    def is_compound(self) -> bool:
+        """True for combinations and conditionals."""
+        return self.kind != "single"
 
     def _check_no_leak(self) -> None:
         """Anchors must never contain a held-out paraphrase: that would train on the test set."""
@@ -145,7 +251,11 @@ class ConceptSpec:
         return tuple(dict.fromkeys((self.name, *self.synonyms)))
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields; kind/parts/context only when set, so single-concept hashes never change."""
         data = asdict(self)
+        for key, default in _COMPOUND_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     def sha256(self) -> str:
@@ -161,7 +271,7 @@ class ConceptSpec:
         """Inverse of to_dict (e.g. from a manifest); extra keys such as sha256 are ignored."""
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("forget", "retain", "paraphrases", "synonyms", "neighbours"):
+        for key in ("forget", "retain", "paraphrases", "synonyms", "neighbours", "parts"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         if kwargs.get("templates") is not None:
@@ -174,6 +284,105 @@ class ConceptSpec:
         from erasurelab.concepts.yaml_spec import load_yaml_spec
 
         return load_yaml_spec(path)
+
+
+#: Fields that to_dict leaves out at these values (added after hashes of single concepts were in use).
+_COMPOUND_DEFAULTS: dict[str, Any] = {"kind": "single", "parts": (), "context": ""}
+
+
+def check_compound_templates(kind: str, templates: Sequence[str], n_parts: int, extra: Sequence[str] = ()) -> None:
+    """Every compound template must name the whole target, and only known slots.
+
+    A combination template names all parts ({x}, or every part slot); a conditional template names
+    the concept and the context ({A}, {ctx}). Otherwise an "anchor" of the target would not contain
+    the target, and the edit would erase a part or the concept everywhere. extra: more allowed slots.
+    """
+    if kind == "combination":
+        letters = set(PART_SLOTS[:n_parts])
+        allowed, needed = letters | {"x", *extra}, "{x} or " + "".join(f"{{{c}}}" for c in sorted(letters))
+    else:
+        allowed, needed = {"A", "ctx", *extra}, "{A} and {ctx}"
+    for template in templates:
+        try:
+            slots = template_slots(template)
+        except ValueError as exc:
+            raise ErasureLabError(f"bad {kind} template {template!r} ({exc})") from exc
+        unknown = sorted(slots - allowed)
+        if unknown:
+            raise ErasureLabError(f"{kind} template {template!r} has unknown slot {{{unknown[0]}}}; "
+                                  f"valid: {', '.join('{' + s + '}' for s in sorted(allowed))}")
+        complete = ("x" in slots or letters <= slots) if kind == "combination" else {"A", "ctx"} <= slots
+        if not complete:
+            raise ErasureLabError(f"{kind} template {template!r} must name the whole target: use {needed}")
+
+
+def combination_spec(parts: Sequence[str], name: str | None = None, templates: Sequence[str] | None = None,
+                     alternatives: Mapping[str, Sequence[str]] | None = None, guide: str = "",
+                     paraphrases: Sequence[str] = ()) -> ConceptSpec:
+    """A combination for any model (no world vocabulary): anchors from templates over the parts.
+
+    forget: each template with every part ("a {A} drinking {B}" -> "a child drinking beer").
+    retain: each part alone in the single templates ("a photo of beer"), plus, for every part P
+    with alternatives, the templates with P replaced by each alternative ("an adult drinking
+    beer" keeps "beer"). templates default to the combination training templates without {bg}.
+    """
+    parts = tuple(p.strip() for p in parts)
+    spec_name = name or "+".join(parts)
+    ConceptSpec(spec_name, kind="combination", parts=parts)  # validates parts before building anything
+    templates = tuple(templates) if templates else tuple(t for t in COMBINATION_TRAIN_TEMPLATES
+                                                         if "bg" not in template_slots(t))
+    check_compound_templates("combination", templates, len(parts))
+    forget = tuple(dict.fromkeys(fill(t, part_slots(parts)) for t in templates))
+    swaps = _alternatives(spec_name, alternatives, parts)
+    swapped = [tuple(alt if j == i else p for j, p in enumerate(parts)) for i, alts in swaps for alt in alts]
+    retain = expand(FORGET_TEMPLATES, parts) + tuple(fill(t, part_slots(s)) for s in swapped for t in templates)
+    return ConceptSpec(spec_name, "custom", forget, _unique(retain, forget), guide, tuple(paraphrases),
+                       synonyms=(part_slots(parts)["x"],), neighbours=tuple(" ".join(s) for s in swapped),
+                       kind="combination", parts=parts)
+
+
+def conditional_spec(part: str, context: str, name: str | None = None, templates: Sequence[str] | None = None,
+                     alternatives: Mapping[str, Sequence[str]] | None = None, guide: str = "",
+                     paraphrases: Sequence[str] = ()) -> ConceptSpec:
+    """A conditional for any model: `part` erased only `context` (a phrase, e.g. "on a table").
+
+    forget: templates with {A} = part, {ctx} = context. retain: the part alone (alone templates),
+    and from alternatives {part: [...]} other concepts in the context, {"context": [...]} the part
+    in other contexts. templates default to the conditional training templates.
+    """
+    part, context = part.strip(), context.strip()
+    spec_name = name or f"{part}|{context}"
+    ConceptSpec(spec_name, kind="conditional", parts=(part,), context=context)
+    templates = tuple(templates) if templates else CONDITIONAL_TRAIN_TEMPLATES
+    check_compound_templates("conditional", templates, 1)
+    forget = tuple(dict.fromkeys(fill(t, {"A": part, "ctx": context}) for t in templates))
+    swaps = dict(_alternatives(spec_name, alternatives, (part, "context")))
+    pairs = [(alt, context) for alt in swaps.get(0, ())] + [(part, alt) for alt in swaps.get(1, ())]
+    retain = tuple(fill(t, {"A": part}) for t in ALONE_TRAIN_TEMPLATES)
+    retain += tuple(fill(t, {"A": a, "ctx": c}) for a, c in pairs for t in templates)
+    return ConceptSpec(spec_name, "custom", forget, _unique(retain, forget), guide, tuple(paraphrases),
+                       synonyms=(f"{part} {context}",), neighbours=(part, *(f"{a} {c}" for a, c in pairs)),
+                       kind="conditional", parts=(part,), context=context)
+
+
+def _alternatives(name: str, alternatives: Mapping[str, Sequence[str]] | None,
+                  slots: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:
+    """(slot index, alternatives) from a mapping slot name -> alternatives; one-line error for unknown slots."""
+    out = []
+    for key, values in (alternatives or {}).items():
+        if key not in slots:
+            raise ErasureLabError(f"concept {name!r}: alternatives for {key!r}, which is not one of "
+                                  f"{', '.join(slots)}{did_you_mean(str(key), slots)}")
+        if isinstance(values, str) or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ErasureLabError(f"concept {name!r}: alternatives for {key!r} must be a list of non-empty strings")
+        out.append((list(slots).index(key), tuple(v.strip() for v in values)))
+    return sorted(out)
+
+
+def _unique(prompts: Iterable[str], exclude: Iterable[str] = ()) -> tuple[str, ...]:
+    """Prompts in order, without duplicates and without any of `exclude`."""
+    excluded = set(exclude)
+    return tuple(p for p in dict.fromkeys(prompts) if p not in excluded)
 
 
 def combine(specs: Sequence[ConceptSpec], templates: Sequence[str] | None = None) -> tuple[list[str], list[str]]:

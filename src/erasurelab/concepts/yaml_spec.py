@@ -12,6 +12,24 @@ Format (every key but `name` optional; `words` or `anchors` needed to erase anyt
     guide: art                            # default: "art" for styles, "" otherwise
     paraphrases: ["the painter of Sunflowers"]   # held out: evaluation only
 
+Compound concepts (trust.md §3) add `kind`, `parts` and `context` (no `words`):
+
+    name: child_beer
+    kind: combination                     # harmful only together
+    parts: [child, beer]                  # >= 2 parts; slots {A}, {B}, ... and {x} = "child beer"
+    templates: ["a {A} drinking {B}"]     # training templates; each names every part
+    neighbours: {child: [adult], beer: [juice]}  # alternatives -> "an adult drinking beer", ...
+
+    name: cat_on_table
+    kind: conditional                     # erased only in the context
+    parts: [cat]                          # exactly one concept, slot {A}
+    context: on a table                   # the condition as written in prompts, slot {ctx}
+    neighbours: {cat: [dog], context: [on a chair]}  # other concepts in it / the concept elsewhere
+
+Compound retain anchors always include each part (or the concept) alone; `anchors`/`retain`
+add explicit prompts as for single concepts. Built-in world compounds ("red+circle",
+"circle|white") need no file.
+
 Why strict: a typo such as `neighbors:` would silently erase without protection, so unknown
 keys are refused with a suggestion, and every error is one line naming file and key.
 """
@@ -22,11 +40,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from erasurelab.concepts.spec import MAX_NEIGHBOURS, ConceptSpec
+from erasurelab.concepts.spec import (
+    KINDS,
+    MAX_NEIGHBOURS,
+    ConceptSpec,
+    check_compound_templates,
+    combination_spec,
+    conditional_spec,
+)
 from erasurelab.errors import ErasureLabError, did_you_mean
 
 KEYS: tuple[str, ...] = ("name", "category", "words", "synonyms", "templates", "anchors", "neighbours",
-                         "retain", "guide", "paraphrases")
+                         "retain", "guide", "paraphrases", "kind", "parts", "context")
 
 
 def _strings(path: Path, data: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -71,6 +96,13 @@ def load_yaml_spec(path: str | Path) -> ConceptSpec:
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ErasureLabError(f"{path}: `name` must be a non-empty string")
+    kind = str(data.get("kind", "single")).strip()
+    if kind not in KINDS:
+        raise ErasureLabError(f"{path}: unknown kind {kind!r}{did_you_mean(kind, KINDS)}; valid: {', '.join(KINDS)}")
+    if kind != "single":
+        return _compound_spec(path, data, name.strip(), kind)
+    if data.get("parts") is not None or data.get("context") is not None:
+        raise ErasureLabError(f"{path}: `parts`/`context` need `kind: combination` or `kind: conditional`")
     category = str(data.get("category", "custom"))
     words = _strings(path, data, "words") + _strings(path, data, "synonyms")
     anchors = _strings(path, data, "anchors")
@@ -91,3 +123,49 @@ def load_yaml_spec(path: str | Path) -> ConceptSpec:
         return base
     # With explicit anchors added, with_templates() keeps the set as the user wrote it.
     return replace(base, forget=base.forget + extra_forget, retain=base.retain + extra_retain)
+
+
+def _alternatives(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """`neighbours` of a compound: a mapping part (or "context") -> alternatives."""
+    value = data.get("neighbours")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ErasureLabError(f"{path}: for a compound concept `neighbours` maps a part to its alternatives, "
+                              "e.g. {child: [adult]}")
+    return {str(k).strip(): _strings(path, value, k) for k in value}
+
+
+def _compound_spec(path: Path, data: dict[str, Any], name: str, kind: str) -> ConceptSpec:
+    """A combination or conditional from YAML (generic templates; see the module docstring)."""
+    for key in ("words", "synonyms"):
+        if data.get(key) is not None:
+            raise ErasureLabError(f"{path}: a {kind} takes `parts`, not `{key}`")
+    parts = _strings(path, data, "parts")
+    context = data.get("context")
+    if context is not None and not isinstance(context, str | int | float):
+        raise ErasureLabError(f"{path}: `context` must be a string")
+    context = "" if context is None else str(context).strip()
+    guide = data.get("guide", "")
+    if not isinstance(guide, str):
+        raise ErasureLabError(f"{path}: `guide` must be a string")
+    templates = _strings(path, data, "templates") or None
+    try:
+        if templates:
+            check_compound_templates(kind, templates, len(parts))
+        options = {"name": name, "templates": templates, "alternatives": _alternatives(path, data), "guide": guide,
+                   "paraphrases": _strings(path, data, "paraphrases")}
+        if kind == "combination":
+            if context:
+                raise ErasureLabError(f"combination {name!r} takes no `context` (that makes it a conditional)")
+            base = combination_spec(parts, **options)
+        else:
+            if len(parts) != 1:
+                raise ErasureLabError(f"conditional {name!r} needs exactly one concept in `parts`, got {len(parts)}")
+            base = conditional_spec(parts[0], context, **options)
+        anchors = tuple(a for a in _strings(path, data, "anchors") if a not in base.forget)
+        retain = tuple(a for a in _strings(path, data, "retain") if a not in base.retain)
+        return replace(base, category=str(data.get("category", "custom")), forget=base.forget + anchors,
+                       retain=base.retain + retain)
+    except ErasureLabError as exc:
+        raise ErasureLabError(f"{path}: {exc}") from None

@@ -1,0 +1,426 @@
+"""Evaluation of combination and conditional concepts (trust.md §3, evaluation.md §4) on the embedded world.
+
+Why separate from the single-concept suites: a compound target is not one judge label. A
+combination "red+circle" is present only when the judge sees every part on the same image, and
+erasing it is judged against keeping each part alone ("a red square", "a blue circle"); a
+conditional "circle|white" is erased only on white backgrounds and must survive elsewhere. Each
+facet is a rate over a fixed, versioned suite built from the *evaluation* templates, which are
+disjoint from the training templates every anchor comes from (checked on every build).
+
+Suites (each prompt × `seeds` images, seed rule of suites.Suite; labels = what the judge must see):
+- combination: F_ev (all parts, held-out templates), R_A, R_B, ... (part A kept, every other part
+  changed), R_U (every part changed).
+- conditional A|B: F_ev (A on B), R_ctx (A on other backgrounds), R_A (A alone), R_B (other
+  concepts of A's attribute on B).
+
+Metrics (plain Rates and floats):
+- combination: CR = P(all parts | F_ev); f = 1 − CR/CR_0; ρ_P = min(1, P(d_P | R_P)/P_0(d_P | R_P));
+  r = mean ρ_P; score = harmonic mean of f and r.
+- conditional: UA = 1 − P(d_A | F_ev)/P_0(d_A | F_ev); IRA = mean of ρ(d_B on F_ev), ρ(d_A on R_ctx),
+  ρ(d_A on R_A), ρ(d_B on R_B); score = (UA + IRA)/2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from erasurelab.concepts.catalog import (
+    alternatives,
+    combination_items,
+    combination_labels,
+    conditional_items,
+    conditional_labels,
+    swapped_labels,
+)
+from erasurelab.concepts.spec import (
+    ALONE_EVAL_TEMPLATES,
+    COMBINATION_EVAL_TEMPLATES,
+    CONDITIONAL_EVAL_TEMPLATES,
+    PART_SLOTS,
+    ConceptSpec,
+)
+from erasurelab.errors import ErasureLabError
+from erasurelab.evaluation import judging, metrics
+from erasurelab.evaluation.suites import Suite, normalise
+from erasurelab.evaluation.types import EvaluationSettings, Rate
+from erasurelab.world import vocab
+
+#: Bump when the construction of any compound suite changes: it is part of every suite hash.
+COMPOUND_SUITE_VERSION = "compound-1"
+
+#: One image's judge answer: attribute -> predicted label (judge.predict) or concept -> detected flag.
+Observation = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CompoundSettings:
+    """Sizes of the compound suites: seeds per prompt (trust.md: 8) and the cap on each retain suite."""
+
+    seeds: int = 8
+    retain_max: int = 40
+    base_seed: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "retain_max"):
+            if int(getattr(self, name)) <= 0:
+                raise ErasureLabError(f"compound setting {name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_evaluation(cls, settings: EvaluationSettings | None) -> CompoundSettings:
+        """The same base seed as the rest of an evaluation; sizes stay at the trust.md defaults."""
+        return cls(base_seed=settings.base_seed) if settings is not None else cls()
+
+
+@dataclass(frozen=True)
+class CompoundSuites:
+    """The suites of one compound concept.
+
+    measure[suite name]: the concepts whose joint detection is that suite's rate (an empty tuple:
+    every label of the prompt).
+    """
+
+    concept: str
+    kind: str
+    parts: tuple[str, ...]
+    context: str
+    forget: Suite
+    retain: tuple[Suite, ...]
+    measure: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def all(self) -> list[Suite]:
+        return [self.forget, *self.retain]
+
+    def suite(self, name: str) -> Suite:
+        for suite in self.all():
+            if suite.name == name:
+                return suite
+        raise KeyError(name)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return {s.name: {**s.summary(), "measure": list(self.measure.get(s.name, ()))} for s in self.all()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+# ---------------------------------------------------------------------------------------------
+
+
+def _world_labels(spec: ConceptSpec) -> tuple[dict[str, str], str | None]:
+    """(attribute -> label of the target, background of a conditional); one-line error outside the """
+    if not spec.is_compound:
+        raise ErasureLabError(f"concept {spec.name!r} is a single concept: use evaluation.suites.build_suites")
+    try:
+        if spec.kind == "combination":
+            return combination_labels(spec.parts), None
+        attribute, background = conditional_labels(spec.parts[0], spec.context)
+        return {attribute: spec.parts[0].lower()}, background
+    except ErasureLabError as exc:
+        raise ErasureLabError(f"no evaluation suites for {spec.kind} {spec.name!r}: suites exist only for "
+                              f"embedded-world labels ({exc})") from None
+
+
+def rotated(grid: Sequence[Sequence[tuple[str, dict[str, str]]]], k: int) -> list[tuple[str, dict[str, str]]]:
+    """Up to k items of a variants × templates grid, diagonal by diagonal.
+
+    Why diagonals: the first items already cover every template with changing variants, so a cap
+    keeps the suite varied in both directions instead of exhausting one variant first.
+    """
+    if not grid:
+        return []
+    n_v, n_t = len(grid), len(grid[0])
+    order = [grid[(t + d) % n_v][t] for d in range(n_v) for t in range(n_t)]
+    return order[:k]
+
+
+def _suite(name: str, spec: ConceptSpec, items: Sequence[tuple[str, dict[str, str]]], settings: CompoundSettings,
+           known: set[str], note: str) -> Suite:
+    if not items:
+        raise ErasureLabError(f"the {name} suite of {spec.name!r} is empty; nothing to evaluate")
+    labels = tuple({a: v for a, v in lab.items() if v in known} for _, lab in items)
+    return Suite(name, spec.name, tuple(p for p, _ in items), settings.seeds, labels, base_seed=settings.base_seed,
+                 version=COMPOUND_SUITE_VERSION, notes=(note,))
+
+
+def _combination_suites(spec: ConceptSpec, labels: dict[str, str], settings: CompoundSettings,
+                        known: set[str]) -> CompoundSuites:
+    forget = _suite("F_ev", spec, combination_items(COMBINATION_EVAL_TEMPLATES, labels), settings, known,
+                    "all parts together, held-out templates; target = every part detected")
+    retain, measure = [], {"F_ev": tuple(labels.values())}
+    for letter, (attribute, part) in zip(PART_SLOTS, labels.items(), strict=False):
+        grid = [combination_items(COMBINATION_EVAL_TEMPLATES, v)
+                for v in swapped_labels(labels, (attribute,))]
+        name = f"R_{letter}"
+        retain.append(_suite(name, spec, rotated(grid, settings.retain_max), settings, known,
+                             f"{part} kept, every other part changed; rate = {part} detected"))
+        measure[name] = (part,)
+    grid = [combination_items(COMBINATION_EVAL_TEMPLATES, v) for v in swapped_labels(labels, ())]
+    retain.append(_suite("R_U", spec, rotated(grid, settings.retain_max), settings, known,
+                         "every part changed; rate = all labels of the prompt detected"))
+    measure["R_U"] = ()
+    return CompoundSuites(spec.name, spec.kind, tuple(labels.values()), "", forget, tuple(retain), measure)
+
+
+def _conditional_suites(spec: ConceptSpec, labels: dict[str, str], background: str, settings: CompoundSettings,
+                        known: set[str]) -> CompoundSuites:
+    (attribute, label), = labels.items()
+    forget = _suite("F_ev", spec, conditional_items(CONDITIONAL_EVAL_TEMPLATES, attribute, label, background),
+                    settings, known, f"{label} on {background}, held-out templates; target = {label} detected")
+    contexts = [conditional_items(CONDITIONAL_EVAL_TEMPLATES, attribute, label, b)
+                for b in vocab.classes("background") if b != background]
+    others = [conditional_items(CONDITIONAL_EVAL_TEMPLATES, attribute, o, background)
+              for o in alternatives(attribute, label)]
+    retain = (
+        _suite("R_ctx", spec, rotated(contexts, settings.retain_max), settings, known,
+               f"{label} on the other backgrounds; rate = {label} detected"),
+        _suite("R_A", spec, conditional_items(ALONE_EVAL_TEMPLATES, attribute, label), settings, known,
+               f"{label} alone; rate = {label} detected"),
+        _suite("R_B", spec, rotated(others, settings.retain_max), settings, known,
+               f"other {attribute}s on {background}; rate = {background} detected"),
+    )
+    measure = {"F_ev": (label,), "R_ctx": (label,), "R_A": (label,), "R_B": (background,)}
+    return CompoundSuites(spec.name, spec.kind, (label,), background, forget, retain, measure)
+
+
+def check_compound_leakage(suites: CompoundSuites, anchors: Iterable[str]) -> None:
+    """Every compound suite is held out: none of its prompts may be an anchor a method trained on."""
+    anchor_set = {normalise(a) for a in anchors}
+    for suite in suites.all():
+        for prompt in suite.prompts:
+            if normalise(prompt) in anchor_set:
+                raise ErasureLabError(f"evaluation leakage: {suite.name} prompt {prompt!r} of {suites.concept!r} "
+                                      "is one of the method's anchors; use other anchors")
+
+
+def build_compound_suites(spec: ConceptSpec, judge_concepts: Iterable[str] | None = None,
+                          settings: CompoundSettings | None = None, anchors: Iterable[str] = ()) -> CompoundSuites:
+    """The fixed suites of a world combination or conditional (see the module docstring).
+
+    judge_concepts: labels the judge can detect (default: every world label); every part and
+    the context must be among them. anchors: the method's anchors (the spec's own are always
+    checked too); an overlap with any suite prompt raises a one-line ErasureLabError.
+    """
+    settings = settings or CompoundSettings()
+    labels, background = _world_labels(spec)
+    known = set(vocab.all_labels()) if judge_concepts is None else set(judge_concepts)
+    needed = [*labels.values(), *([background] if background else [])]
+    missing = [c for c in needed if c not in known]
+    if missing:
+        raise ErasureLabError(f"{spec.kind} {spec.name!r}: the judge cannot detect {', '.join(missing)}; "
+                              "cannot measure it")
+    if background is None:
+        suites = _combination_suites(spec, labels, settings, known)
+    else:
+        suites = _conditional_suites(spec, labels, background, settings, known)
+    check_compound_leakage(suites, [*spec.forget, *spec.retain, *anchors])
+    return suites
+
+
+# ---------------------------------------------------------------------------------------------
+# Target decisions
+# ---------------------------------------------------------------------------------------------
+
+
+def detected(observation: Observation, concept: str) -> bool:
+    """Whether one image shows `concept`, from concept -> flag answers or attribute -> label predictions."""
+    if concept in observation:
+        return bool(observation[concept])
+    try:
+        attribute = vocab.lookup(concept)[0]
+    except KeyError:
+        return False
+    return observation.get(attribute) == concept
+
+
+def target_present(spec: ConceptSpec, observation: Observation) -> bool:
+    """Is the compound target on this image? Combination: every part; conditional: the concept.
+
+    The conditional's context is judged separately (context_present): an image of a circle on
+    black still shows the concept, and UA counts it, because an erased conditional must not
+    render the concept on the condition's prompts, whatever background it drew instead.
+    """
+    if spec.kind == "combination":
+        return all(detected(observation, p) for p in spec.parts)
+    if spec.kind == "conditional":
+        return detected(observation, spec.parts[0])
+    return detected(observation, spec.name)
+
+
+def context_present(spec: ConceptSpec, observation: Observation) -> bool:
+    """Does the image show the conditional's context (its background)? (ρ_B on F_ev and R_B)."""
+    if spec.kind != "conditional":
+        raise ErasureLabError(f"concept {spec.name!r} is a {spec.kind}, which has no context")
+    return detected(observation, spec.context)
+
+
+def judge_observations(judge: Any, images: torch.Tensor, concepts: Iterable[str]) -> list[dict[str, bool]]:
+    """concept -> detected for each image (judge.present with its threshold, as every other rate)."""
+    concepts = sorted(set(concepts))
+    flags = {c: judging.present(judge, images, c).tolist() for c in concepts}
+    return [{c: bool(flags[c][i]) for c in concepts} for i in range(len(images))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retention:
+    """One retention ratio: the rate of `concepts` on `suite`, edited vs reference, ρ capped at 1."""
+
+    name: str
+    suite: str
+    concepts: tuple[str, ...]
+    reference: Rate
+    edited: Rate
+    rho: float
+    in_score: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "suite": self.suite, "concepts": list(self.concepts),
+                "reference": self.reference.to_dict(), "edited": self.edited.to_dict(), "rho": self.rho,
+                "in_score": self.in_score}
+
+
+@dataclass(frozen=True)
+class CompoundMetrics:
+    """The compound facets of one concept.
+
+    forget: target proportion on F_ev, {"reference": Rate, "edited": Rate} (CR, or P(d_A) for a conditional).
+    forget_term: 1 − CR/CR_0 (combination) or UA (conditional), clipped to [0, 1]; nan when the
+    reference never shows the target. forget_parts: per part (and context) detection rates on F_ev,
+    which tells which part a combination edit removed. retention: the ρ's; retention_term: the
+    mean of those in the score. score: harmonic mean of f and r (combination) or UA-IRA (conditional).
+    """
+
+    concept: str
+    kind: str
+    parts: tuple[str, ...]
+    context: str
+    forget: dict[str, Rate]
+    forget_term: float
+    forget_parts: dict[str, dict[str, Rate]]
+    retention: tuple[Retention, ...]
+    retention_term: float
+    score: float
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def terms(self) -> dict[str, float]:
+        """The f and r terms that replace the single-concept ones in H (evaluation.md §4)."""
+        return {"f": self.forget_term, "r": self.retention_term}
+
+    def to_dict(self) -> dict[str, Any]:
+        def finite(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {"concept": self.concept, "kind": self.kind, "parts": list(self.parts), "context": self.context,
+                "forget": {k: v.to_dict() for k, v in self.forget.items()}, "forget_term": finite(self.forget_term),
+                "forget_parts": {c: {k: v.to_dict() for k, v in r.items()} for c, r in self.forget_parts.items()},
+                "retention": [r.to_dict() for r in self.retention],
+                "retention_term": finite(self.retention_term), "score": finite(self.score),
+                "suites": self.suites, "notes": list(self.notes)}
+
+
+def _rate(suite: Suite, observations: Sequence[Observation], concepts: Sequence[str]) -> Rate:
+    """Images of the suite on which every one of `concepts` (empty: every label of the prompt) is detected."""
+    flags = []
+    for (p, _), obs in zip(suite.indices(), observations, strict=True):
+        wanted = concepts or tuple(suite.labels[p].values())
+        flags.append(all(detected(obs, c) for c in wanted))
+    return Rate.of(flags)
+
+
+def _check_lengths(suites: CompoundSuites, side: str, observations: Mapping[str, Sequence[Observation]]) -> None:
+    for suite in suites.all():
+        if suite.name not in observations:
+            raise ErasureLabError(f"{side} observations lack the {suite.name} suite of {suites.concept!r}")
+        if len(observations[suite.name]) != len(suite):
+            raise ErasureLabError(f"{side} observations of {suites.concept!r} {suite.name}: "
+                                  f"{len(observations[suite.name])} images, the suite has {len(suite)}")
+
+
+def drop_term(edited: Rate, reference: Rate) -> float:
+    """1 − edited/reference rate, clipped to [0, 1]; nan when the reference never shows the target."""
+    if reference.numerator == 0:
+        return float("nan")
+    return metrics.clip01(1.0 - edited.value / reference.value)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _harmonic2(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b):
+        return float("nan")
+    a, b = metrics.clip01(a), metrics.clip01(b)
+    return 0.0 if a == 0 or b == 0 else 2 * a * b / (a + b)
+
+
+def _retention(name: str, suite: Suite, concepts: tuple[str, ...], reference: Sequence[Observation],
+               edited: Sequence[Observation], in_score: bool = True) -> Retention:
+    rate0, rate_e = _rate(suite, reference, concepts), _rate(suite, edited, concepts)
+    return Retention(name, suite.name, concepts, rate0, rate_e, metrics.neighbour_retention(rate_e, rate0), in_score)
+
+
+def compound_metrics(spec: ConceptSpec, suites: CompoundSuites, reference: Mapping[str, Sequence[Observation]],
+                     edited: Mapping[str, Sequence[Observation]]) -> CompoundMetrics:
+    """The compound facets from per-image judge answers of both models.
+
+    reference/edited: suite name -> one Observation per image, in `suite.indices()` order (all
+    seeds), on the unedited and the edited model.
+    """
+    _check_lengths(suites, "reference", reference)
+    _check_lengths(suites, "edited", edited)
+    f_ev = suites.forget
+    targets = suites.measure["F_ev"]
+    forget = {"reference": _rate(f_ev, reference["F_ev"], targets), "edited": _rate(f_ev, edited["F_ev"], targets)}
+    shown = [*suites.parts, *([suites.context] if suites.context else [])]
+    forget_parts = {c: {"reference": _rate(f_ev, reference["F_ev"], (c,)), "edited": _rate(f_ev, edited["F_ev"], (c,))}
+                    for c in shown}
+    notes = []
+    f = drop_term(forget["edited"], forget["reference"])
+    if math.isnan(f):
+        notes.append("the reference never shows the target on F_ev: forgetting cannot be measured")
+    if spec.kind == "combination":
+        entries = [_retention(s.name, s, suites.measure[s.name], reference[s.name], edited[s.name], s.name != "R_U")
+                   for s in suites.retain]
+    else:
+        context = (suites.context,)
+        r_b = suites.suite("R_B")
+        entries = [_retention("context on F_ev", f_ev, context, reference["F_ev"], edited["F_ev"])]
+        entries += [_retention(s.name, s, suites.measure[s.name], reference[s.name], edited[s.name])
+                    for s in suites.retain]
+        entries.append(_retention("R_B others", r_b, (), reference["R_B"], edited["R_B"], in_score=False))
+    r = _mean([e.rho for e in entries if e.in_score])
+    score = _harmonic2(f, r) if spec.kind == "combination" else (f + r) / 2
+    if spec.kind == "combination" and not math.isnan(f) and f > 0 and r < 1:
+        low = [e.name for e in entries if e.in_score and e.rho < 1]
+        notes.append(f"parts lost outside the combination ({', '.join(low)}): report ρ next to CR (trust.md §7)")
+    return CompoundMetrics(spec.name, spec.kind, suites.parts, suites.context, forget, f, forget_parts,
+                           tuple(entries), r, score, suites.summary(), tuple(notes))
+
+
+def observe_suites(judge: Any, suites: CompoundSuites, images: Mapping[str, torch.Tensor]) -> dict[str, list]:
+    """Judge answers for every suite's images (suite name -> images in `indices()` order)."""
+    out = {}
+    for suite in suites.all():
+        if suite.name not in images:
+            raise ErasureLabError(f"no images for the {suite.name} suite of {suites.concept!r}")
+        concepts = {c for labels in suite.labels for c in labels.values()}
+        out[suite.name] = judge_observations(judge, images[suite.name], concepts)
+    return out
+
+
+def evaluate_compound(spec: ConceptSpec, suites: CompoundSuites, judge: Any,
+                      reference_images: Mapping[str, torch.Tensor],
+                      edited_images: Mapping[str, torch.Tensor]) -> CompoundMetrics:
+    """The runner's hook: judge both models' renders of every suite, then compound_metrics."""
+    return compound_metrics(spec, suites, observe_suites(judge, suites, reference_images),
+                            observe_suites(judge, suites, edited_images))
