@@ -30,7 +30,11 @@ UNET_CONFIG: dict[str, Any] = dict(
     block_out_channels=(64, 128), layers_per_block=2,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=TEXT_WIDTH, attention_head_dim=32, norm_num_groups=16,
+    cross_attention_dim=TEXT_WIDTH, norm_num_groups=16,
+    # diffusers' `attention_head_dim` is the number of heads for UNet2DConditionModel (a known
+    # misnomer): 4 heads of width 32, like SD's 8 heads of 40-160. Narrow heads (32 x 4) break
+    # projection edits of the attention output, which mix head blocks (see docs/architecture.md).
+    attention_head_dim=4,
 )
 
 #: Stable Diffusion's noise schedule, so schedulers and methods see SD-like timesteps.
