@@ -6,6 +6,7 @@ attacks, and bad inputs (one-line errors, checked before rendering, no report fo
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -273,3 +274,22 @@ def _assert_close(a, b) -> None:
         assert a == pytest.approx(b, rel=1e-2, abs=1e-6)
     else:
         assert a == b
+
+
+# -- Compound concepts ------------------------------------------------------------------------------------------
+
+
+def test_conditional_is_evaluated_on_its_own_suites(pipe, edited_pipe, tmp_path) -> None:
+    """A conditional concept gets forget in its context and retention ρ's, in the result, JSON and report."""
+    result = evaluate(edited_pipe, ["red|white", "blue"], reference=pipe, judge=StubJudge(), settings=SMALL,
+                      out=tmp_path / "report")
+    assert [c.concept for c in result.concepts] == ["blue"]
+    (conditional,) = result.compound
+    assert conditional.kind == "conditional" and conditional.context == "white"
+    assert conditional.forget["reference"].denominator > 0
+    assert len(conditional.retention) >= 3 and all(0.0 <= r.rho <= 1.0 for r in conditional.retention
+                                                   if r.rho == r.rho)
+    assert any(line.startswith(f"{conditional.concept} (conditional)") for line in result.summary())
+    metrics_json = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics_json["compound"][0]["concept"] == conditional.concept
+    assert 'id="compound-' in (tmp_path / "report" / "index.html").read_text()

@@ -11,7 +11,14 @@ from erasurelab.api import erase
 from erasurelab.concepts import ConceptSpec, combine, concept
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods import MethodWarning
-from erasurelab.methods.pure import PureConfig, edit_operator, energy_rank, lora_factors, principal_basis
+from erasurelab.methods.pure import (
+    PureConfig,
+    centred_rows,
+    edit_operator,
+    energy_rank,
+    lora_factors,
+    principal_basis,
+)
 from erasurelab.models.capture import ToOutInputRecorder, capture_activations, stack_rows
 from erasurelab.models.conditioning import encode
 from erasurelab.models.layers import cross_attention_layers
@@ -101,6 +108,39 @@ def test_lora_factors_are_exact_in_float32(bases) -> None:
     assert b.shape == (64, v_f.shape[1]) and a.shape == (v_f.shape[1], 32)
     edited = w + b.float() @ a.float()
     assert torch.linalg.norm(edited.double() - e @ w.double()) / torch.linalg.norm(w.double()) < 1e-6
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_retain_strength_interpolates_to_the_forget_only_projector(bases, alpha: float) -> None:
+    """α = 0 gives I − P_F, α = 1 PURE's operator; the LoRA factors stay exact for every α."""
+    v_f, v_r, e_pure = bases
+    eye = torch.eye(64, dtype=torch.float64)
+    e = edit_operator(v_f, v_r, alpha)
+    expected = (1 - alpha) * (eye - v_f @ v_f.T) + alpha * e_pure
+    assert torch.allclose(e, expected, atol=1e-12)
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    b, a = lora_factors(v_f, v_r, w, alpha)
+    assert torch.allclose(w + b @ a, e @ w, atol=1e-10)
+    shared = v_f[:, 0]  # in both spans: kept by PURE, removed by the forget-only projector
+    assert torch.linalg.norm(e @ shared) == pytest.approx(alpha, abs=1e-10)
+
+
+def test_centred_rows_remove_what_forget_and_retain_share() -> None:
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(1, 2, 3, 16, generator=g, dtype=torch.float64)  # per (seed, step)
+    concept_dir = torch.randn(16, generator=g, dtype=torch.float64)
+    retain = common + 0.1 * torch.randn(5, 2, 3, 16, generator=g, dtype=torch.float64)
+    forget = common + concept_dir
+    rows = centred_rows(forget, retain)
+    assert rows.shape == (6, 16)
+    cos = torch.nn.functional.cosine_similarity(rows, concept_dir.expand_as(rows), dim=1)
+    assert bool((cos > 0.95).all())
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "x"])
+def test_retain_strength_outside_unit_interval(value) -> None:
+    with pytest.raises(ErasureLabError, match="retain_strength"):
+        PureConfig(retain_strength=value)
 
 
 # --- the method on a tiny pipeline ---------------------------------------------------------
@@ -274,3 +314,18 @@ def test_sdxl_pure_and_lora_round_trip(tmp_path) -> None:
     with torch.no_grad():
         assert torch.allclose(loaded.unet(x, 500, encoder_hidden_states=ctx, added_cond_kwargs=added).sample,
                               direct, atol=1e-4)
+
+
+def test_centre_needs_retain_anchors(pipe) -> None:
+    lonely = ConceptSpec(name="red", category="color", forget=("a photo of red",))
+    with pytest.raises(ErasureLabError, match="retain"):
+        erase(pipe, lonely, "pure", centre=True, retain_empty_prompt=False, **FAST)
+
+
+def test_centred_edit_is_exact_low_rank_and_differs_from_plain(pipe, red_edit) -> None:
+    centred = erase(pipe, "red", "pure", centre=True, retain_strength=0.0, **FAST)
+    assert set(centred.deltas) == set(red_edit.deltas)
+    for key, delta in centred.deltas.items():
+        assert delta.rank <= centred.meta["layers"][key.rsplit(".", 2)[0]]["k_F"]
+    assert any(not torch.allclose(centred.dense(k), red_edit.dense(k)) for k in centred.deltas)
+

@@ -22,6 +22,10 @@ from erasurelab.errors import ErasureLabError
 
 DEMO_CONCEPT = "circle"
 DEMO_METHODS: tuple[str, ...] = ("pure", "uce")
+#: Method options of the demo. PURE's spec operator cancels its own edit on the embedded model (the
+#: target's activation direction lies in its same-category neighbours' span; docs/architecture.md),
+#: so the demo runs the centred forget basis without retain cancellation.
+DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {"pure": {"centre": True, "retain_strength": 0.0}}
 DEMO_ATTACK = "ring-a-bell"
 #: The attack's budget in the demo (the attack's own defaults are for `erasurelab attack`).
 DEMO_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
@@ -90,8 +94,9 @@ def run_demo(out: Path, concept_name: str = DEMO_CONCEPT, methods: Sequence[str]
     cache = RenderCache(settings.steps, settings.guidance, settings.batch_size, quiet)
     results = []
     for method in methods:
-        echo(f"[{method}] erasing {spec.name!r} ...")
-        edit = erase(pipe, spec, method, quiet=quiet)
+        options_m = DEMO_METHOD_OPTIONS.get(method, {})
+        echo(f"[{method}] erasing {spec.name!r}" + (f" with {options_m}" if options_m else "") + " ...")
+        edit = erase(pipe, spec, method, quiet=quiet, **options_m)
         edit.save(out / "runs" / method, format="lora", overwrite=True)
         edit.apply(pipe)
         pipe.erasurelab_edit = edit

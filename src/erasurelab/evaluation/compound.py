@@ -72,8 +72,12 @@ class CompoundSettings:
 
     @classmethod
     def from_evaluation(cls, settings: EvaluationSettings | None) -> CompoundSettings:
-        """The same base seed as the rest of an evaluation; sizes stay at the trust.md defaults."""
-        return cls(base_seed=settings.base_seed) if settings is not None else cls()
+        """The same base seed as the rest of an evaluation; sizes at the trust.md defaults, shrunk with the
+        protocol (seeds <= anchor_seeds, retain suites <= unrelated_max prompts) so small settings stay small."""
+        if settings is None:
+            return cls()
+        return cls(seeds=max(1, min(cls.seeds, settings.anchor_seeds)),
+                   retain_max=max(1, min(cls.retain_max, settings.unrelated_max)), base_seed=settings.base_seed)
 
 
 @dataclass(frozen=True)

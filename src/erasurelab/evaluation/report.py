@@ -198,6 +198,24 @@ def _concept_section(result: EvaluationResult, c: Any, grid_files: dict[str, tup
     return "".join(parts)
 
 
+def _compound_section(result: EvaluationResult) -> str:
+    """Combinations and conditionals: forget on F_ev, each part's detection, and every retention ρ."""
+    parts = []
+    for m in result.compound:
+        parts.append(f'<section id="compound-{_esc(_slug(m.concept))}"><h3>{_esc(m.concept)} '
+                     f"<small>({_esc(m.kind)})</small></h3>")
+        parts += [f'<div class="note">{_esc(note)}</div>' for note in m.notes]
+        rows = [("target on its prompts (F_ev)", m.forget["edited"], m.forget["reference"])]
+        rows += [(f"part {_esc(name)} detected on F_ev", r["edited"], r["reference"])
+                 for name, r in m.forget_parts.items()]
+        rows += [(f"retention {_esc(r.name)} ({_esc(r.suite)}), ρ = {_num(r.rho)}", r.edited, r.reference)
+                 for r in m.retention]
+        rows.append(("forget term / retention term / score",
+                     f"{_num(m.forget_term)} / {_num(m.retention_term)} / {_num(m.score)}", ""))
+        parts.append(_table(["metric", "edited", "reference (no edit)"], rows) + "</section>")
+    return "".join(parts)
+
+
 def _attack_section(result: EvaluationResult) -> str:
     if not result.attacks:
         return '<p class="sub">No attacks run: a = 1 in every H, which is therefore an upper bound.</p>'
@@ -225,7 +243,9 @@ def _attack_section(result: EvaluationResult) -> str:
 def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
           grids: dict[tuple[int, str], dict[str, tuple[bytes, bytes]]]) -> str:
     first = results[0]
-    title = f"erasurelab evaluation — {', '.join(c.concept for r in results for c in r.concepts)}"
+    names = dict.fromkeys([c.concept for r in results for c in r.concepts] + [m.concept for r in results
+                                                                              for m in r.compound])
+    title = f"erasurelab evaluation — {', '.join(names)}"
     body = [f"<h1>{_esc(title)}</h1>",
             f'<p class="sub">model <code>{_esc(first.model)}</code> · reference <code>{_esc(first.reference)}'
             f"</code> · judge <code>{_esc(first.judge['id'])}</code></p>"]
@@ -238,6 +258,7 @@ def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
         if len(results) > 1:
             body.append(f"<h3>{_esc(_label(result))}</h3>")
         body += [_concept_section(result, c, grids.get((k, c.concept), {})) for c in result.concepts]
+        body.append(_compound_section(result))
     body.append("</section>")
     body.append('<section id="attacks"><h2>Attacks</h2>'
                 + "".join(_attack_section(r) for r in results) + "</section>")

@@ -108,6 +108,7 @@ class EvaluationResult:
     settings: dict[str, Any]
     efficiency: dict[str, Any]
     concepts: list[ConceptResult]
+    compound: list[Any] = field(default_factory=list)
     attacks: list[AttackResult] = field(default_factory=list, repr=False)
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -136,6 +137,10 @@ class EvaluationResult:
             para = c.target["paraphrase"]
             lines.append(f"{c.concept}: H {fmt(c.h)} (no edit {fmt(c.h_reference)}); {terms}; "
                          f"TP paraphrase {para['edited']} vs {para['reference']} unedited")
+        for m in self.compound:
+            rhos = " ".join(f"rho[{r.name}]={fmt(r.rho)}" for r in m.retention)
+            lines.append(f"{m.concept} ({m.kind}): score {fmt(m.score)}; target {m.forget['edited']} vs "
+                         f"{m.forget['reference']} unedited; {rhos}")
         return lines
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -147,6 +152,7 @@ class EvaluationResult:
             "kind": RESULT_KIND, "version": RESULT_VERSION, "model": self.model, "reference": self.reference,
             "method": self.method, "model_hash": self.model_hash, "reference_hash": self.reference_hash,
             "judge": self.judge, "sampler": self.sampler, "settings": self.settings, "efficiency": self.efficiency,
-            "h_mean": self.h, "concepts": self.metrics(), "attacks": [a.to_dict() for a in self.attacks],
+            "h_mean": self.h, "concepts": self.metrics(),
+            "compound": [c.to_dict() for c in self.compound], "attacks": [a.to_dict() for a in self.attacks],
             "versions": self.versions, "timings": self.timings,
         })

@@ -24,7 +24,7 @@ import torch
 
 from erasurelab.concepts import ConceptSpec
 from erasurelab.errors import ErasureLabError
-from erasurelab.evaluation import judging, metrics
+from erasurelab.evaluation import compound, judging, metrics
 from erasurelab.evaluation.efficiency import edit_cost, median_latency
 from erasurelab.evaluation.rendering import (
     RenderCache,
@@ -351,6 +351,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     spec_list = resolve_concepts(specs)
     if not spec_list:
         raise ErasureLabError("no concept to evaluate: give at least one concept")
+    compound_specs = [s for s in spec_list if s.is_compound]  # combinations / conditionals: own suites
+    spec_list = [s for s in spec_list if not s.is_compound]
     judge_obj = judging.resolve_judge(judge)
     attributes = {s.name: judging.attribute_of(judge_obj, s.name) for s in spec_list}
     for s in spec_list:
@@ -365,6 +367,9 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     known = set(judge_obj.concepts())
     all_suites = [build_suites(s, model_pipe, known, settings, method_anchors(s, manifest_concepts))
                   for s in spec_list]
+    compound_settings = compound.CompoundSettings.from_evaluation(settings)
+    compound_suites = [compound.build_compound_suites(s, known, compound_settings,
+                                                      method_anchors(s, manifest_concepts)) for s in compound_specs]
     if cache is None:
         cache = RenderCache(settings.steps, settings.guidance, settings.batch_size, quiet)
     elif (cache.steps, cache.guidance) != (settings.steps, settings.guidance):
@@ -382,6 +387,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
         steps, guidance = cache.sampling(ref_pipe)
         for suites in all_suites:
             ref_images.append({s.name: _render(cache, ref_pipe, ref_key, s, s.indices()) for s in suites.all()})
+        ref_compound = [{x.name: _render(cache, ref_pipe, ref_key, x, x.indices()).images for x in cs.all()}
+                        for cs in compound_suites]
         if settings.measure_overhead:
             latency_ref = median_latency(ref_pipe, steps, guidance)
     timings["render_reference_s"] = time.perf_counter() - t0
@@ -400,6 +407,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     for suites, kept in zip(all_suites, kept_lists, strict=True):
         pairs = _edited_pairs(suites, set(kept))
         edit_images.append({s.name: _render(cache, model_pipe, model_key, s, pairs[s.name]) for s in suites.all()})
+    edit_compound = [{x.name: _render(cache, model_pipe, model_key, x, x.indices()).images for x in cs.all()}
+                     for cs in compound_suites]
     latency_edit = median_latency(model_pipe, steps, guidance) if settings.measure_overhead else None
     timings["render_edited_s"] = time.perf_counter() - t0
 
@@ -408,6 +417,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     results = [_concept_result(spec, suites, r, e, n_ref, kept, judge_obj, attack_list, settings)
                for spec, suites, r, e, n_ref, kept in zip(spec_list, all_suites, ref_images, edit_images,
                                                          neighbour_refs, kept_lists, strict=True)]
+    compound_results = [compound.evaluate_compound(s, cs, judge_obj, r, e) for s, cs, r, e in
+                        zip(compound_specs, compound_suites, ref_compound, edit_compound, strict=True)]
     if judge_accuracy is not None:
         accuracy, source = dict(judge_accuracy), "given"
     else:
@@ -434,11 +445,13 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
                  "base_seed": settings.base_seed, "seed_rule": "base_seed + n_rep*p + r",
                  "device": str(getattr(model_pipe, "device", "cpu")), "processes": world_size(),
                  "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
-        settings=settings.to_dict(), efficiency=efficiency, concepts=results, attacks=attack_list,
+        settings=settings.to_dict(), efficiency=efficiency, concepts=results, compound=compound_results,
+        attacks=attack_list,
         versions=library_versions(), timings=timings)
     if out_path is not None and is_main_process():
         from erasurelab.evaluation.report import write_report
 
         result.report = write_report(result, out_path, overwrite=overwrite,
-                                     suites=[s for suites in all_suites for s in suites.all()])
+                                     suites=[s for suites in all_suites for s in suites.all()]
+                                     + [x for cs in compound_suites for x in cs.all()])
     return result

@@ -29,7 +29,17 @@ PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
 @dataclass(frozen=True)
 class PureConfig:
     """pure.md §4 defaults. projections=("to_v",) is the V-only ablation; latent_size (None: the
-    U-Net's sample_size) lets SDXL users collect at a lower resolution to save time."""
+    U-Net's sample_size) lets SDXL users collect at a lower resolution to save time.
+
+    Two knobs beyond the spec (defaults keep the spec's operator exactly):
+    centre: build the forget basis from forget activations minus the retain mean at the same
+    (latent seed, sampler step), so the shared template and timestep components drop out and the
+    basis holds what is specific to the concept. Needs retain anchors.
+    retain_strength α in [0, 1]: E = I − P_F (I − α P_R). α = 1 is PURE; α < 1 lets the edit also
+    remove the part of the forget directions that neighbours share. Why: when concepts of one
+    category are linear mixtures of each other in activation space (the embedded model's colours),
+    the target's direction lies inside the neighbours' span and α = 1 cancels the edit.
+    """
 
     tau_forget: float = 0.95
     tau_retain: float = 0.99
@@ -40,8 +50,12 @@ class PureConfig:
     projections: tuple[str, ...] = PROJECTIONS
     retain_empty_prompt: bool = True
     latent_size: int | None = None
+    centre: bool = False
+    retain_strength: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.retain_strength, int | float) or not 0.0 <= float(self.retain_strength) <= 1.0:
+            raise ErasureLabError(f"retain_strength must be in [0, 1], got {self.retain_strength!r}")
         check_fraction("tau_forget", self.tau_forget)
         check_fraction("tau_retain", self.tau_retain)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -83,21 +97,31 @@ def principal_basis(rows: torch.Tensor, tau: float) -> torch.Tensor:
     return vh[:energy_rank(s, tau)].T.contiguous()
 
 
-def edit_operator(v_forget: torch.Tensor, v_retain: torch.Tensor) -> torch.Tensor:
-    """E = I − P_F (I − P_R) for orthonormal bases V_F (d, k_F), V_R (d, k_R)."""
+def edit_operator(v_forget: torch.Tensor, v_retain: torch.Tensor, retain_strength: float = 1.0) -> torch.Tensor:
+    """E = I − P_F (I − α P_R) for orthonormal bases V_F (d, k_F), V_R (d, k_R); α = 1 is PURE."""
     d = v_forget.shape[0]
     eye = torch.eye(d, dtype=torch.float64)
     p_f = v_forget @ v_forget.T
     p_r = v_retain @ v_retain.T
-    return eye - p_f @ (eye - p_r)
+    return eye - p_f @ (eye - retain_strength * p_r)
 
 
-def lora_factors(v_forget: torch.Tensor, v_retain: torch.Tensor,
-                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact factors of E W − W: B = −V_F (d, k_F), A = V_Fᵀ (I − P_R) W (k_F, d_in)."""
+def lora_factors(v_forget: torch.Tensor, v_retain: torch.Tensor, weight: torch.Tensor,
+                 retain_strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact factors of E W − W: B = −V_F (d, k_F), A = V_Fᵀ (I − α P_R) W (k_F, d_in)."""
     w = weight.double()
-    a = v_forget.T @ w - (v_forget.T @ v_retain) @ (v_retain.T @ w)
+    a = v_forget.T @ w - retain_strength * (v_forget.T @ v_retain) @ (v_retain.T @ w)
     return -v_forget, a
+
+
+def centred_rows(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
+    """Forget rows minus the retain mean at the same (seed, step): (P_F, S, T, d) -> (P_F·S·T, d).
+
+    Why per (seed, step): the pooled activation drifts strongly along the trajectory, so a global
+    mean would leave the timestep direction as the top "concept" direction.
+    """
+    mean = retain.double().mean(dim=0, keepdim=True)
+    return (forget.double() - mean).reshape(-1, forget.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,8 +157,12 @@ def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: b
     capture = config.capture()
     forget_acts = capture_activations(pipe, forget, capture, layers, quiet)
     _check_concepts_active(specs, forget, forget_acts)
-    h_forget = stack_rows(forget_acts)
-    h_retain = stack_rows(capture_activations(pipe, retain, capture, layers, quiet)) if retain else {}
+    retain_acts = capture_activations(pipe, retain, capture, layers, quiet) if retain else {}
+    if config.centre and not retain:
+        raise ErasureLabError("PURE centre=True needs retain anchors (their mean is subtracted)")
+    h_forget = ({name: centred_rows(acts, retain_acts[name]) for name, acts in forget_acts.items()}
+                if config.centre else stack_rows(forget_acts))
+    h_retain = stack_rows(retain_acts)
     deltas: dict[str, LowRank] = {}
     not_editable = []
     for layer in layers:
@@ -142,13 +170,13 @@ def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: b
         rows_r = h_retain.get(layer.name, torch.zeros(0, layer.inner_dim, dtype=torch.float64))
         v_r = principal_basis(rows_r, config.tau_retain)
         info: dict[str, Any] = {"k_F": v_f.shape[1], "k_R": v_r.shape[1], "d": layer.inner_dim, "noop": False}
-        if v_r.shape[1] >= layer.inner_dim:
+        if config.retain_strength == 1.0 and v_r.shape[1] >= layer.inner_dim:
             not_editable.append(layer.name)
             info["noop"] = True
         elif v_f.shape[1] > 0:
             for proj in config.projections:
                 linear = getattr(layer.module, proj)
-                b, a = lora_factors(v_f, v_r, linear.weight.detach().cpu())
+                b, a = lora_factors(v_f, v_r, linear.weight.detach().cpu(), config.retain_strength)
                 deltas[f"{layer.name}.{proj}.weight"] = LowRank(b, a)
                 # B has orthonormal columns, so ‖ΔW‖_F = ‖A‖_F.
                 info[f"relative_change_{proj}"] = float(a.norm() / linear.weight.detach().double().norm())
