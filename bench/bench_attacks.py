@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from erasurelab.api import erase
+from bench_closed_form import VARIANTS, run_erase
 from erasurelab.attacks import available_attacks, run_attack
 from erasurelab.judges import load_judge
 from erasurelab.models import load_pipeline
@@ -36,7 +36,7 @@ from erasurelab.world.builtin import weights_hash
 from _common import environment, peak_rss_mb, table, write_json
 
 CONCEPTS = ("red", "circle", "striped", "bobo")
-METHODS = ("pure", "uce")
+METHODS = ("pure", "pure-centred", "uce")
 SEED = 1  # evaluation.md: base seed 1
 #: --quick budgets: about a tenth of the embedded defaults.
 QUICK = {
@@ -65,7 +65,7 @@ def row(result, concept: str, attack: str, model: str, reference_asr) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attacks", default=",".join(available_attacks()))
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"any of {', '.join(VARIANTS)}; '' = none")
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--quick", action="store_true", help="reduced budgets (see QUICK)")
     parser.add_argument("--threads", type=int, default=2)
@@ -81,7 +81,7 @@ def main() -> None:
     rows, results = [], []
     start = time.perf_counter()
     for concept in concepts:
-        edits = {method: erase(reference, concept, method) for method in methods}
+        edits = {method: run_erase(reference, (concept,), method) for method in methods}
         for attack in attacks:
             options = QUICK.get(attack, {}) if args.quick else {}
             print(f"{attack} on {concept}: unedited model ...", flush=True)

@@ -45,5 +45,19 @@ def test_demo_erases_and_reports(tmp_path: Path, monkeypatch) -> None:
     assert (report / "index.html").is_file()
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["concepts"][0]["concept"] == "red"
-    assert json.loads((tmp_path / "d" / "runs" / "uce" / "manifest.json").read_text())["method"] == "uce"
+    assert json.loads((tmp_path / "d" / "runs" / "uce-red" / "manifest.json").read_text())["method"] == "uce"
     assert any(line.startswith("uce") for line in lines) and lines[-1].startswith("report: ")
+
+
+def test_bench_refuses_unknown_concepts_before_any_work(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["bench", "--out", str(tmp_path / "b"), "--concept", "rde", "--quiet"], capsys)
+    _assert_one_line_error(code, err, "rde")
+    assert not (tmp_path / "b").exists()
+
+
+def test_markdown_table_has_every_column() -> None:
+    records = [{"method": "uce", "concept": "red", "tp_anchor": 0.125, "asr": None},
+               {"method": "pure", "concept": "red", "tp_anchor": 0.5, "asr": 0.25}]
+    lines = demo.markdown(records).splitlines()
+    assert lines[0] == "| method | concept | tp_anchor | asr |"
+    assert lines[2] == "| uce | red | 0.125 | n/a |" and lines[3] == "| pure | red | 0.500 | 0.250 |"

@@ -204,6 +204,22 @@ def demo(
              attack=None if attack.lower() == "none" else attack, quiet=quiet, echo=typer.echo)
 
 
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Folder: bench.md, bench.json, report/, runs/<method>-<concept>/.")],
+    concept: Annotated[list[str] | None, typer.Option(help="Built-in concept; repeatable (default: red, circle, "
+                                                           "striped, bobo).")] = None,
+    method: Annotated[list[str] | None, typer.Option(help="Method; repeatable (default: pure, uce).")] = None,
+    attack: Annotated[str, typer.Option(help="Attack run on every erased model ('none' to skip).")] = "none",
+    quiet: Quiet = False,
+) -> None:
+    """Methods x concepts on the embedded model: every metric and timing as markdown + JSON, and a report."""
+    from erasurelab.demo import BENCH_CONCEPTS, DEMO_METHODS, run_bench
+
+    run_bench(out=out, concepts=concept or BENCH_CONCEPTS, methods=method or DEMO_METHODS,
+              attack=None if attack.lower() == "none" else attack, quiet=quiet, echo=typer.echo)
+
+
 @world_app.command("train")
 def world_train(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, log, final weights.")] = Path("runs/world"),
