@@ -342,6 +342,9 @@ class Edit:
                     B, A, err = entry.B.double(), entry.A.double(), 0.0
                 else:
                     B, A, err = compress_low_rank(entry.B, entry.A, max_rank=rank)
+            elif len(entry.shape) != 2:  # fine-tuned biases, norms and convolutions have no LoRA form
+                raise ErasureLabError(f"{key} is a {len(entry.shape)}-D tensor and a LoRA holds only 2-D weight "
+                                      "deltas: save this edit with format='full'")
             else:
                 B, A, err = dense_to_low_rank(entry.delta(base_weights.get(key)), rank)
             if B.shape[1] == 0:

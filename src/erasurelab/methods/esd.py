@@ -1,0 +1,247 @@
+"""ESD: Erasing Concepts from Diffusion Models by negative-guidance fine-tuning (esd.md).
+
+The trained U-Net ε_θ, conditioned on a forget anchor c, learns to predict what the original ε_*
+predicts under negative classifier-free guidance away from c:
+    y = ε_*(x_t, t, e_∅) − η·[ε_*(x_t, t, e_c) − ε_*(x_t, t, e_∅)],   L = mean (ε_θ(x_t, t, e_c) − y)².
+η is stored in the paper's convention (the 2025 script's `negative_guidance` ng is η + 1).
+
+Variants (parameter subsets, esd.md §2): x = every `attn2` parameter (styles), u = everything but
+`attn2`, time_embedding, conv_norm_out, conv_out (objects, nudity), x-strict = attn2 to_k/to_v,
+all = every parameter. Where x_t comes from (`sample_with`): see the engine's docstring
+(`erasurelab.methods.finetune`); the default `pool` caches frozen-model DDIM trajectories once.
+Multi-concept and multi-anchor runs cycle the forget anchors across steps (esd.md §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from erasurelab.concepts.spec import ConceptSpec, combine
+from erasurelab.edits import Edit
+from erasurelab.errors import ErasureLabError
+from erasurelab.methods.base import config_dict, register_method
+from erasurelab.methods.finetune import (
+    STREAM_POOL,
+    STREAM_TRAIN,
+    Cond,
+    FineTuner,
+    check_count,
+    check_number,
+    ddim_scheduler,
+    denoise,
+    encode_empty,
+    encode_prompts,
+    forget_pairs,
+    noise_mse,
+    retain_term,
+    select_parameters,
+    start_noise,
+    step_generator,
+)
+from erasurelab.models.sampling import is_embedded
+
+VARIANTS: tuple[str, ...] = ("x", "u", "x-strict", "all")
+SAMPLE_WITH: tuple[str, ...] = ("pool", "trained", "frozen")
+#: (SD-1.x, embedded) defaults of esd.md §4.
+LR = (1e-5, 1e-4)
+STEPS = (1000, 300)
+SAMPLE_STEPS = (50, 20)
+#: Trajectories drawn for the pool per batch of the sampler (memory bound only).
+POOL_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class EsdConfig:
+    """esd.md §4 defaults; None means "the spec's default for this model" (SD-1.x or the embedded one).
+
+    variant: x | u | x-strict | all (also "esd-x", ...); None: x for style concepts, u otherwise.
+    eta: negative guidance η (paper convention). lr: Adam learning rate (1e-5 SD, 1e-4 embedded).
+    steps: iterations (1000 SD, 300 embedded). batch_size: 1. sample_steps: DDIM steps of the x_t
+    sampler (50 SD, 20 embedded). start_guidance: CFG while sampling x_t (3.0).
+    sample_with: pool (default, cached frozen trajectories) | trained | frozen (fresh per step).
+    pool_size: trajectories in the pool. retain_weight: weight of an optional preservation term on
+    the retain anchors (0: plain ESD). seed: every random draw. checkpoint_dir/every: resumable runs.
+    """
+
+    variant: str | None = None
+    eta: float = 1.0
+    lr: float | None = None
+    steps: int | None = None
+    batch_size: int = 1
+    sample_steps: int | None = None
+    start_guidance: float = 3.0
+    sample_with: str = "pool"
+    pool_size: int = 32
+    retain_weight: float = 0.0
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.variant is not None:
+            variant = str(self.variant).strip().lower().removeprefix("esd-")
+            if variant not in VARIANTS:
+                raise ErasureLabError(f"unknown ESD variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+            object.__setattr__(self, "variant", variant)
+        if self.sample_with not in SAMPLE_WITH:
+            raise ErasureLabError(f"unknown sample_with {self.sample_with!r}; valid: {', '.join(SAMPLE_WITH)}")
+        check_number(self, "lr")
+        check_number(self, "eta", strict=False)
+        check_number(self, "retain_weight", strict=False)
+        check_number(self, "start_guidance", strict=False)
+        for name in ("steps", "sample_steps", "batch_size", "pool_size", "checkpoint_every"):
+            check_count(self, name)
+
+    def resolve(self, pipe: Any, specs: list[ConceptSpec]) -> dict[str, Any]:
+        """Concrete settings for this model: the config with every None replaced by its spec default."""
+        k = 1 if is_embedded(pipe) else 0
+        variant = self.variant or ("x" if specs and all(s.category == "style" for s in specs) else "u")
+        return {**config_dict(self), "variant": variant, "lr": self.lr if self.lr is not None else LR[k],
+                "steps": self.steps if self.steps is not None else STEPS[k],
+                "sample_steps": self.sample_steps if self.sample_steps is not None else SAMPLE_STEPS[k]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The math
+# ---------------------------------------------------------------------------------------------
+
+
+def esd_target(eps_concept: torch.Tensor, eps_empty: torch.Tensor, eta: float) -> torch.Tensor:
+    """y = ε_∅ − η (ε_c − ε_∅) (esd.md §2)."""
+    return eps_empty - eta * (eps_concept - eps_empty)
+
+
+def eta_from_negative_guidance(negative_guidance: float) -> float:
+    """The 2025 script's target ε_c − ng (ε_c − ε_∅) equals the paper's with η = ng − 1."""
+    return float(negative_guidance) - 1.0
+
+
+def negative_guidance_from_eta(eta: float) -> float:
+    return float(eta) + 1.0
+
+
+def subset_name(variant: str) -> str:
+    return f"esd-{variant}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class EsdTrainer:
+    """One ESD step per call; x_t from the pool or from a fresh partial trajectory."""
+
+    def __init__(self, tuner: FineTuner, forget: Cond, empty: Cond, retain: Cond | None,
+                 settings: dict[str, Any]) -> None:
+        self.tuner, self.forget, self.empty, self.retain = tuner, forget, empty, retain
+        self.s = settings
+        self.scheduler = ddim_scheduler(tuner.pipe, settings["sample_steps"])
+        self.pool: torch.Tensor | None = None
+        if settings["sample_with"] == "pool":
+            self.pool = self.build_pool()
+
+    # -- x_t ------------------------------------------------------------------------------------
+    def build_pool(self) -> torch.Tensor:
+        """(pool_size, N, C, H, W): every latent of each frozen-model trajectory; trajectory j uses anchor j mod n."""
+        s, unet = self.s, self.tuner.unet
+        chunks = []
+        for start in range(0, s["pool_size"], POOL_CHUNK):
+            idx = list(range(start, min(start + POOL_CHUNK, s["pool_size"])))
+            noise = torch.cat([start_noise(unet, self.scheduler, step_generator(s["seed"], STREAM_POOL, j))
+                               for j in idx])
+            cond = self.forget.take([j % len(self.forget) for j in idx])
+            trajectory = denoise(self.tuner.frozen, self.scheduler, noise, cond, self.empty, s["start_guidance"],
+                                 s["sample_steps"], record=True)
+            chunks.append(trajectory.transpose(0, 1))
+        return torch.cat(chunks)
+
+    def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(x_t, t per sample, forget-anchor index per sample) for this step, from its own generator."""
+        s, n = self.s, len(self.forget)
+        generator = step_generator(s["seed"], STREAM_TRAIN, step)
+        timesteps = self.scheduler.timesteps
+        if self.pool is not None:
+            traj = torch.randint(0, self.pool.shape[0], (s["batch_size"],), generator=generator)
+            index = torch.randint(0, self.pool.shape[1], (s["batch_size"],), generator=generator)
+            x_t = self.pool[traj, index]
+            return x_t, timesteps[index.to(timesteps.device)], [int(j) % n for j in traj]
+        i = int(torch.randint(0, len(timesteps), (1,), generator=generator))
+        prompts = [(step * s["batch_size"] + b) % n for b in range(s["batch_size"])]
+        noise = start_noise(self.tuner.unet, self.scheduler, generator, s["batch_size"])
+        model = self.tuner.predict if s["sample_with"] == "trained" else self.tuner.frozen
+        with torch.no_grad():
+            x_t = denoise(model, self.scheduler, noise, self.forget.take(prompts), self.empty,
+                          s["start_guidance"], i)
+        return x_t, timesteps[i].expand(s["batch_size"]), prompts
+
+    # -- loss -----------------------------------------------------------------------------------
+    def loss(self, x_t: torch.Tensor, t: torch.Tensor, prompts: list[int]) -> torch.Tensor:
+        """mean (ε_θ(x_t, t, e_c) − sg[y])² with y from the frozen weights."""
+        cond = self.forget.take(prompts)
+        n = x_t.shape[0]
+        with torch.no_grad():
+            both = self.tuner.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([cond, self.empty.repeat(n)]))
+            eps_c, eps_0 = both.chunk(2)
+            target = esd_target(eps_c, eps_0, self.s["eta"])
+        return noise_mse(self.tuner.predict(x_t, t, cond), target)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        x_t, t, prompts = self.sample(step)
+        erase = self.loss(x_t, t, prompts)
+        loss, logs = erase, {"esd": erase.item()}
+        if self.s["retain_weight"] > 0:
+            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.s["seed"])
+            if keep is not None:
+                loss = loss + self.s["retain_weight"] * keep
+                logs["retain"] = keep.item()
+        self.tuner.step(loss)
+        return {"loss": loss.item(), **logs}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {}  # everything ESD draws is a function of (seed, step); the pool is rebuilt exactly
+
+    def load_state(self, state: Any, tensors: Any) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+# ---------------------------------------------------------------------------------------------
+
+
+def setup(pipe: Any, specs: list[ConceptSpec], config: EsdConfig,
+          quiet: bool = True) -> tuple[FineTuner, dict[str, Any], list[str], list[str]]:
+    """The engine for an ESD run (not yet entered) with resolved settings and the prompts it uses."""
+    settings = config.resolve(pipe, specs)
+    forget = [anchor for anchor, _ in forget_pairs(specs)]
+    _, retain = combine(specs)
+    names = select_parameters(pipe.unet, subset_name(settings["variant"]))
+    key = {"method": "esd", **{k: v for k, v in settings.items() if k not in ("steps", "checkpoint_dir",
+                                                                               "checkpoint_every")},
+           "forget": forget, "retain": retain}
+    tuner = FineTuner(pipe, names, settings["lr"], settings["seed"], quiet, config.checkpoint_dir,
+                      config.checkpoint_every, key)
+    return tuner, settings, forget, retain
+
+
+def make_trainer(tuner: FineTuner, settings: dict[str, Any], forget: list[str], retain: list[str]) -> EsdTrainer:
+    pipe = tuner.pipe
+    retain_cond = encode_prompts(pipe, retain) if retain and settings["retain_weight"] > 0 else None
+    return EsdTrainer(tuner, encode_prompts(pipe, forget), encode_empty(pipe), retain_cond, settings)
+
+
+@register_method("esd", EsdConfig, "ESD: negative-guidance fine-tuning of the U-Net (Gandikota et al., ICCV 2023)")
+def erase_esd(pipe: Any, specs: list[ConceptSpec], config: EsdConfig, quiet: bool = True) -> Edit:
+    """ESD fine-tuning; returns the trained − original deltas and leaves `pipe` unmodified."""
+    tuner, settings, forget, retain = setup(pipe, specs, config, quiet)
+    with tuner:
+        trainer = make_trainer(tuner, settings, forget, retain)
+        tuner.run(trainer, settings["steps"], desc=f"ESD-{settings['variant']}")
+        meta = {"settings": settings, "subset": subset_name(settings["variant"]), "forget": forget,
+                "retain": retain if settings["retain_weight"] > 0 else [],
+                "negative_guidance_2025": negative_guidance_from_eta(settings["eta"])}
+        return tuner.edit(meta)
