@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--retain-seeds", type=int, default=2, help="seeds per canonical prompt")
     parser.add_argument("--repeats", type=int, default=3, help="edit-time repeats (median)")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true", help="timing runs only (closed_form_timing.json)")
     parser.add_argument("--timing-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.timing_worker:
@@ -140,6 +141,8 @@ def main() -> None:
     judge = load_judge("shapes")
     singles = args.targets.split(",") if args.targets else SINGLE
     runs = [(label,) for label in singles] + ([MULTI] if not args.targets else [])
+    if args.timing_only:
+        runs = []
     rows, results = [], []
     for targets in runs:
         print(f"base model on {'+'.join(targets)} ...", flush=True)
@@ -176,7 +179,7 @@ def main() -> None:
                "settings": {"seeds": args.seeds, "paraphrase_seeds": args.paraphrase_seeds,
                             "retain_seeds": args.retain_seeds, "seed0": SEED0, "repeats": args.repeats},
                "results": results, "table": rows, "timing": timing}
-    print(f"wrote {write_json('closed_form', payload)}")
+    print(f"wrote {write_json('closed_form_timing' if args.timing_only else 'closed_form', payload)}")
 
 
 if __name__ == "__main__":
