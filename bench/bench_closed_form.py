@@ -45,6 +45,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pure-centred": ("pure", {"centre": True, "retain_strength": 0.0}),
     "pure-centred-half": ("pure", {"centre": True, "retain_strength": 0.5}),
     "uce": ("uce", {}),
+    "esd-x": ("esd", {"variant": "x"}),
+    "esd-u": ("esd", {"variant": "u"}),
+    "trust": ("trust", {}),
 }
 
 
@@ -95,8 +98,9 @@ def edit_summary(edit) -> dict:
         summary["k_F"] = [info["k_F"] for info in meta["layers"].values()]
         summary["k_R"] = [info["k_R"] for info in meta["layers"].values()]
         summary["noop_layers"] = sum(info["noop"] for info in meta["layers"].values())
-    else:
-        summary["cond_M"] = meta["cond_M"]
+    for key in ("cond_M", "touched_fraction", "variant", "steps"):
+        if key in meta or key in meta.get("config", {}):
+            summary[key] = meta.get(key, meta.get("config", {}).get(key))
     return summary
 
 
@@ -128,6 +132,7 @@ def main() -> None:
     parser.add_argument("--retain-seeds", type=int, default=2, help="seeds per canonical prompt")
     parser.add_argument("--repeats", type=int, default=3, help="edit-time repeats (median)")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--output", default="closed_form", help="results file name under bench/results/")
     parser.add_argument("--timing-only", action="store_true", help="timing runs only (closed_form_timing.json)")
     parser.add_argument("--timing-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,7 +184,7 @@ def main() -> None:
                "settings": {"seeds": args.seeds, "paraphrase_seeds": args.paraphrase_seeds,
                             "retain_seeds": args.retain_seeds, "seed0": SEED0, "repeats": args.repeats},
                "results": results, "table": rows, "timing": timing}
-    print(f"wrote {write_json('closed_form_timing' if args.timing_only else 'closed_form', payload)}")
+    print(f"wrote {write_json(args.output + ('_timing' if args.timing_only else ''), payload)}")
 
 
 if __name__ == "__main__":
