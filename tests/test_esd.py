@@ -13,7 +13,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.methods import esd
 from erasurelab.methods import finetune as ft
 from erasurelab.methods.esd import EsdConfig
-from tiny_bert_pipeline import assert_lora_round_trip, tiny_bert_pipeline
+from tiny_bert_pipeline import assert_lora_round_trip, same_state, tiny_bert_pipeline, unet_state
 from tiny_pipelines import tiny_sdxl_pipeline
 
 from conftest import needs_assets
@@ -27,14 +27,6 @@ FAST = dict(steps=3, pool_size=2, sample_steps=3, lr=1e-3)
 @pytest.fixture
 def pipe():
     return tiny_bert_pipeline(0)
-
-
-def _state(pipe):
-    return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- the math --------------------------------------------------------------------------------------
@@ -155,7 +147,7 @@ def test_variant_names_and_defaults(pipe):
 
 @pytest.mark.parametrize("variant", ["x", "u"])
 def test_training_touches_only_the_subset_and_leaves_the_pipeline_unmodified(pipe, variant):
-    before = _state(pipe)
+    before = unet_state(pipe)
     subset = set(ft.select_parameters(pipe.unet, f"esd-{variant}"))
     tuner, settings, forget, retain = esd.setup(pipe, [SPEC], EsdConfig(variant=variant, **FAST))
     with tuner:
@@ -163,10 +155,10 @@ def test_training_touches_only_the_subset_and_leaves_the_pipeline_unmodified(pip
         during = dict(pipe.unet.named_parameters())
         assert all(torch.equal(during[n], before[n]) for n in before if n not in subset)
         assert any(not torch.equal(during[n], before[n]) for n in subset)
-    assert _same(_state(pipe), before)
+    assert same_state(unet_state(pipe), before)
     edit = el.erase(pipe, SPEC, "esd", variant=variant, **FAST)
     assert edit.deltas and set(edit.deltas) <= subset
-    assert _same(_state(pipe), before)
+    assert same_state(unet_state(pipe), before)
     assert edit.meta["method"] == "esd" and edit.meta["subset"] == f"esd-{variant}"
     assert len(edit.meta["loss"]) == 3
 
@@ -210,9 +202,9 @@ def test_edit_round_trips_through_full_weights(pipe, tmp_path):
     fresh = tiny_bert_pipeline(0)
     loaded.apply(fresh)
     edit.apply(pipe)
-    assert _same(_state(fresh), _state(pipe))
+    assert same_state(unet_state(fresh), unet_state(pipe))
     edit.revert(pipe)
-    assert _same(_state(pipe), _state(tiny_bert_pipeline(0)))
+    assert same_state(unet_state(pipe), unet_state(tiny_bert_pipeline(0)))
 
 
 def test_lora_export_needs_two_dimensional_deltas(pipe, tmp_path):
@@ -225,10 +217,10 @@ def test_lora_export_needs_two_dimensional_deltas(pipe, tmp_path):
 
 def test_runs_on_sdxl_conditioning():
     pipe = tiny_sdxl_pipeline(0)
-    before = _state(pipe)
+    before = unet_state(pipe)
     edit = el.erase(pipe, SPEC, "esd", variant="x-strict", steps=2, pool_size=1, sample_steps=2, lr=1e-3)
     assert edit.deltas and all(".attn2.to_" in k for k in edit.deltas)
-    assert _same(_state(pipe), before)
+    assert same_state(unet_state(pipe), before)
 
 
 # --- end to end on the embedded model ---------------------------------------------------------------

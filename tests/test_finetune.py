@@ -10,17 +10,13 @@ from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods import finetune as ft
-from tiny_bert_pipeline import tiny_bert_pipeline
+from tiny_bert_pipeline import tiny_bert_pipeline, unet_state
 from tiny_pipelines import tiny_sd15_pipeline
 
 
 @pytest.fixture
 def pipe():
     return tiny_bert_pipeline(0)
-
-
-def _state(pipe):
-    return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
 
 
 def _inputs(pipe, n=2, seed=0):
@@ -110,7 +106,7 @@ def test_frozen_predictions_equal_the_original_model_while_training(pipe):
 
 
 def test_pipeline_is_restored_even_when_training_fails(pipe):
-    before = _state(pipe)
+    before = unet_state(pipe)
     pipe.unet.train()
     flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
     x, t, cond = _inputs(pipe)
@@ -118,7 +114,7 @@ def test_pipeline_is_restored_even_when_training_fails(pipe):
                                                                  lr=1e-2) as tuner:
         tuner.step(ft.noise_mse(tuner.predict(x, t, cond), torch.zeros_like(x)))
         raise RuntimeError("boom")
-    after = _state(pipe)
+    after = unet_state(pipe)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert pipe.unet.training
     assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == flags

@@ -16,7 +16,7 @@ from erasurelab.methods import finetune as ft
 from erasurelab.methods import trust
 from erasurelab.methods.base import MethodWarning
 from erasurelab.methods.trust import TrustConfig
-from tiny_bert_pipeline import tiny_bert_pipeline
+from tiny_bert_pipeline import same_state, tiny_bert_pipeline, unet_state
 
 from conftest import needs_assets
 
@@ -28,14 +28,6 @@ FAST = dict(steps=3, n_forget=2, sample_steps=3, batch_size=2, saliency_prompts=
 @pytest.fixture
 def pipe():
     return tiny_bert_pipeline(0)
-
-
-def _state(pipe):
-    return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _expected_fraction(pipe, fraction):
@@ -157,7 +149,7 @@ def test_refresh_period_sets_how_often_the_mask_is_estimated(pipe):
 
 @pytest.mark.parametrize("variant", ["csr", "cip"])
 def test_every_update_stays_inside_the_current_mask(pipe, variant):
-    before = _state(pipe)
+    before = unet_state(pipe)
     tuner, settings, pairs, retain = trust.setup(pipe, [SPEC], TrustConfig(variant=variant, mask_fraction=0.05,
                                                                            **FAST))
     with tuner:
@@ -173,7 +165,7 @@ def test_every_update_stays_inside_the_current_mask(pipe, variant):
             assert torch.equal(param.detach()[~trainer.union[name]], before[name][~trainer.union[name]])
         current = dict(pipe.unet.named_parameters())
         assert all(torch.equal(current[n], before[n]) for n in before if n not in tuner.params)
-    assert _same(_state(pipe), before)
+    assert same_state(unet_state(pipe), before)
 
 
 def test_csr_weight_is_calibrated_at_initialisation(pipe):
@@ -232,18 +224,18 @@ def test_resume_gives_the_uninterrupted_weights_and_mask_history(pipe, tmp_path)
 
 
 def test_pipeline_is_unmodified_and_the_edit_round_trips_through_full_weights(pipe, tmp_path):
-    before = _state(pipe)
+    before = unet_state(pipe)
     edit = el.erase(pipe, SPEC, "trust", mask_fraction=0.05, **FAST)
-    assert _same(_state(pipe), before)
+    assert same_state(unet_state(pipe), before)
     assert edit.deltas and set(edit.deltas) <= set(ft.select_parameters(pipe.unet, "trust"))
     assert edit.meta["label"] == "TRuST (erasurelab reconstruction)"
     edit.save(tmp_path / "run", format="full")
     fresh = tiny_bert_pipeline(0)
     Edit.load(tmp_path / "run").apply(fresh)
     edit.apply(pipe)
-    assert _same(_state(fresh), _state(pipe))
+    assert same_state(unet_state(fresh), unet_state(pipe))
     edit.revert(pipe)
-    assert _same(_state(pipe), before)
+    assert same_state(unet_state(pipe), before)
 
 
 def test_combination_concepts_use_their_forget_and_retain_anchors(pipe):

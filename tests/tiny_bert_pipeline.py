@@ -113,3 +113,13 @@ def assert_lora_round_trip(edit: Any, pipe: Any, folder: Any) -> None:
     loaded.load_lora_weights(str(folder))
     assert torch.allclose(noise_prediction(loaded), direct, atol=1e-4)
     assert not torch.allclose(noise_prediction(pipe), direct, atol=1e-6)  # the edit does something
+
+
+def unet_state(pipe: Any) -> dict[str, torch.Tensor]:
+    """A detached copy of every U-Net tensor, to prove later what training touched."""
+    return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bit-identical state dicts (same keys, torch.equal on every tensor)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
