@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "esd-x": ("esd", {"variant": "x"}),
     "esd-u": ("esd", {"variant": "u"}),
     "trust": ("trust", {}),
+    "esd-x-lr5e-4": ("esd", {"variant": "x", "lr": 5e-4}),
+    "trust-lr5e-4": ("trust", {"lr": 5e-4, "steps": 200}),
 }
 
 
