@@ -3,11 +3,11 @@
 Erase one concept with each method (PURE and UCE by default), attack every erased model with one
 attack, evaluate every facet against the unedited model, write one report comparing the methods
 and print the table. Why one process and one render cache: the reference model renders each
-(prompt, seed) once for all methods, and the attack's preparation (which only reads the unedited
-model) would be the same for every method.
+(prompt, seed) once for all methods, and Ring-A-Bell's prompt search (text encoder only, which no
+closed-form edit changes) runs once and is reused for every method.
 
 Why smaller protocol sizes than `erasurelab evaluate`: the demo shows the whole pipeline on a laptop
-in minutes; its numbers carry wider confidence intervals (printed in the report). The sizes are
+in minutes; its rates rest on fewer images (the report shows every rate's counts). The sizes are
 fixed here, so two demo runs give the same numbers. `erasurelab bench` runs the same loop over
 several concepts at the full protocol and writes the methods x concepts table as markdown and JSON.
 """
