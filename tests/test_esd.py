@@ -231,17 +231,23 @@ def test_runs_on_sdxl_conditioning():
 def test_short_esd_run_lowers_the_concepts_noise_prediction_alignment(builtin_pipe):
     from erasurelab.concepts import concept
 
-    pipe, spec = builtin_pipe, concept("red")
+    after = alignment_after_edit(builtin_pipe, concept("red"), "esd", variant="x", steps=25, pool_size=4,
+                                 sample_steps=10)
+    assert after < 0.7, after
+
+
+def alignment_after_edit(pipe, spec, method, **options):
+    """Alignment of the edited model's guidance direction with the unedited one on the concept's own
+    trajectory (1 = unchanged); the edit is reverted afterwards."""
     prompts = list(spec.forget[:4])
     latents, timesteps = _trajectory_points(pipe, prompts[0])
     reference = ft.guidance_direction(pipe, prompts, latents, timesteps)
-    edit = el.erase(pipe, spec, "esd", variant="x", steps=25, pool_size=4, sample_steps=10)
+    edit = el.erase(pipe, spec, method, **options)
     edit.apply(pipe)
     try:
-        after = ft.alignment(ft.guidance_direction(pipe, prompts, latents, timesteps), reference)
+        return ft.alignment(ft.guidance_direction(pipe, prompts, latents, timesteps), reference)
     finally:
         edit.revert(pipe)
-    assert after < 0.7, after
 
 
 def _trajectory_points(pipe, prompt):

@@ -254,17 +254,8 @@ def test_combination_concepts_use_their_forget_and_retain_anchors(pipe):
 @pytest.mark.slow
 def test_short_trust_run_lowers_the_concepts_noise_prediction_alignment(builtin_pipe):
     from erasurelab.concepts import concept
-    from test_esd import _trajectory_points
+    from test_esd import alignment_after_edit
 
-    pipe, spec = builtin_pipe, concept("red")
-    prompts = list(spec.forget[:4])
-    latents, timesteps = _trajectory_points(pipe, prompts[0])
-    reference = ft.guidance_direction(pipe, prompts, latents, timesteps)
-    edit = el.erase(pipe, spec, "trust", steps=30, refresh=5, n_forget=16, saliency_prompts=2, mask_fraction=0.05,
-                    lr=5e-4)
-    edit.apply(pipe)
-    try:
-        after = ft.alignment(ft.guidance_direction(pipe, prompts, latents, timesteps), reference)
-    finally:
-        edit.revert(pipe)
+    after = alignment_after_edit(builtin_pipe, concept("red"), "trust", steps=30, refresh=5, n_forget=16,
+                                 saliency_prompts=2, mask_fraction=0.05, lr=5e-4)
     assert after < 0.8, after

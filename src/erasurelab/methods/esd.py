@@ -36,10 +36,12 @@ from erasurelab.methods.finetune import (
     encode_prompts,
     forget_pairs,
     noise_mse,
+    retain_conditioning,
     retain_term,
     select_parameters,
     start_noise,
     step_generator,
+    tuner_for,
 )
 from erasurelab.models.sampling import is_embedded
 
@@ -220,17 +222,13 @@ def setup(pipe: Any, specs: list[ConceptSpec], config: EsdConfig,
     forget = [anchor for anchor, _ in forget_pairs(specs)]
     _, retain = combine(specs)
     names = select_parameters(pipe.unet, subset_name(settings["variant"]))
-    key = {"method": "esd", **{k: v for k, v in settings.items() if k not in ("steps", "checkpoint_dir",
-                                                                               "checkpoint_every")},
-           "forget": forget, "retain": retain}
-    tuner = FineTuner(pipe, names, settings["lr"], settings["seed"], quiet, config.checkpoint_dir,
-                      config.checkpoint_every, key)
+    tuner = tuner_for(pipe, "esd", names, settings, config, quiet, forget=forget, retain=retain)
     return tuner, settings, forget, retain
 
 
 def make_trainer(tuner: FineTuner, settings: dict[str, Any], forget: list[str], retain: list[str]) -> EsdTrainer:
     pipe = tuner.pipe
-    retain_cond = encode_prompts(pipe, retain) if retain and settings["retain_weight"] > 0 else None
+    retain_cond = retain_conditioning(pipe, retain, settings["retain_weight"])
     return EsdTrainer(tuner, encode_prompts(pipe, forget), encode_empty(pipe), retain_cond, settings)
 
 

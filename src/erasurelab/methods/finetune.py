@@ -592,6 +592,27 @@ class FineTuner:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Settings that do not change what a run computes, so they stay out of its checkpoint identity.
+_NOT_IN_RUN_KEY: tuple[str, ...] = ("steps", "checkpoint_dir", "checkpoint_every")
+
+
+def tuner_for(pipe: Any, method: str, names: Sequence[str], settings: Mapping[str, Any], config: Any,
+              quiet: bool, **prompts: Any) -> FineTuner:
+    """A FineTuner whose checkpoints are tied to this method, its settings and its prompts.
+
+    Why the steps are left out of the key: a run extended to more steps may resume from the
+    checkpoints of a shorter one.
+    """
+    key = {"method": method, **{k: v for k, v in settings.items() if k not in _NOT_IN_RUN_KEY}, **prompts}
+    return FineTuner(pipe, names, settings["lr"], settings["seed"], quiet, config.checkpoint_dir,
+                     config.checkpoint_every, key)
+
+
+def retain_conditioning(pipe: Any, retain: Sequence[str], weight: float) -> Cond | None:
+    """Encoded retain prompts, or None when there are none or the retain term is off."""
+    return encode_prompts(pipe, retain) if retain and weight > 0 else None
+
+
 def anchor_prompt(anchor: str, target_words: Sequence[str], guide: str) -> str:
     """The anchor with its target words replaced by the guide ("a photo of red" -> "a photo of" for guide "").
 

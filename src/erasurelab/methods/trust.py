@@ -54,12 +54,14 @@ from erasurelab.methods.finetune import (
     encode_prompts,
     forget_pairs,
     noise_mse,
+    retain_conditioning,
     retain_term,
     sample_timesteps,
     select_parameters,
     start_noise,
     step_generator,
     training_scheduler,
+    tuner_for,
 )
 from erasurelab.models.sampling import is_embedded
 
@@ -369,18 +371,14 @@ def setup(pipe: Any, specs: list[ConceptSpec], config: TrustConfig,
     pairs = forget_pairs(specs, config.guide)
     _, retain = combine(specs)
     names = select_parameters(pipe.unet, "trust")
-    key = {"method": "trust", **{k: v for k, v in settings.items() if k not in ("steps", "checkpoint_dir",
-                                                                                 "checkpoint_every")},
-           "pairs": pairs, "retain": retain}
-    tuner = FineTuner(pipe, names, settings["lr"], settings["seed"], quiet, config.checkpoint_dir,
-                      config.checkpoint_every, key)
+    tuner = tuner_for(pipe, "trust", names, settings, config, quiet, pairs=pairs, retain=retain)
     return tuner, settings, pairs, retain
 
 
 def make_trainer(tuner: FineTuner, settings: dict[str, Any], pairs: list[tuple[str, str]],
                  retain: list[str]) -> TrustTrainer:
     pipe = tuner.pipe
-    retain_cond = encode_prompts(pipe, retain) if retain and settings["retain_weight"] > 0 else None
+    retain_cond = retain_conditioning(pipe, retain, settings["retain_weight"])
     return TrustTrainer(tuner, encode_prompts(pipe, [f for f, _ in pairs]), encode_prompts(pipe, [a for _, a in pairs]),
                         encode_empty(pipe), retain_cond, settings)
 
