@@ -128,7 +128,9 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attack: 
     if not specs:
         raise ErasureLabError("nothing to compare: give at least one concept")
     pipe = load_pipeline("builtin:shapes")
-    reference = load_pipeline("builtin:shapes")
+    # Attacks need the unedited model beside the edited one; without them evaluate() reverts the
+    # applied edit in place for its reference, so no second copy is loaded.
+    reference = load_pipeline("builtin:shapes") if attack else None
     judge = load_judge("shapes")
     for spec in specs:
         judge.attribute_of(spec.name)  # a concept the judge cannot see fails now, not after the first method
