@@ -16,6 +16,7 @@ from erasurelab.methods.pure import (
     centred_rows,
     edit_operator,
     energy_rank,
+    least_squares_map,
     lora_factors,
     principal_basis,
 )
@@ -135,6 +136,68 @@ def test_centred_rows_remove_what_forget_and_retain_share() -> None:
     assert rows.shape == (6, 16)
     cos = torch.nn.functional.cosine_similarity(rows, concept_dir.expand_as(rows), dim=1)
     assert bool((cos > 0.95).all())
+
+
+@pytest.fixture(scope="module")
+def rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forget rows F = m + δ (n_F = 200 > d = 16, full rank), their centred part δ, retain rows R."""
+    g = torch.Generator().manual_seed(3)
+    retain = torch.randn(150, 16, generator=g, dtype=torch.float64)
+    mean = retain.mean(0, keepdim=True)
+    delta = torch.randn(200, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 16, generator=g,
+                                                                                dtype=torch.float64)
+    return mean + delta, delta, retain, principal_basis(delta, 0.999)
+
+
+def test_least_squares_without_retain_maps_forget_rows_to_their_mean(rows) -> None:
+    """λ = 0, ε → 0 and F of full column rank: X Fᵀ = V_Fᵀ δᵀ exactly, so E f = f − δ = m."""
+    forget, delta, retain, v_f = rows
+    x = least_squares_map(v_f, forget, delta, retain, retain_weight=0.0, ridge=0.0)
+    edited = forget - (v_f @ x @ forget.T).T
+    assert torch.allclose(edited, forget - delta, atol=1e-9)
+
+
+def test_least_squares_retain_error_falls_as_retain_weight_grows(rows) -> None:
+    forget, delta, retain, v_f = rows
+    errors = []
+    for weight in (0.0, 1.0, 100.0, 1e4):
+        x = least_squares_map(v_f, forget, delta, retain, retain_weight=weight, ridge=0.0)
+        errors.append(float((v_f @ x @ retain.T).norm()))  # ‖(E − I) Rᵀ‖
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-2 * errors[0]
+
+
+def test_least_squares_solves_its_normal_equations(rows) -> None:
+    """X is the minimiser: the objective's gradient vanishes at X and any perturbation costs more."""
+    forget, delta, retain, v_f = rows
+    weight, ridge = 3.0, 1e-3
+    x = least_squares_map(v_f, forget, delta, retain, weight, ridge)
+    gram = forget.T @ forget / len(forget) + weight * retain.T @ retain / len(retain)
+    eps = ridge * float(torch.trace(gram)) / gram.shape[0]
+
+    def objective(m: torch.Tensor) -> float:
+        fit = ((forget @ m.T - delta @ v_f) ** 2).sum() / len(forget)
+        return float(fit + weight * ((retain @ m.T) ** 2).sum() / len(retain) + eps * (m ** 2).sum())
+
+    bump = 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert objective(x) < objective(x + bump) and objective(x) < objective(x - bump)
+
+
+def test_least_squares_singular_gram_is_a_one_line_error(rows) -> None:
+    _, _, _, v_f = rows
+    flat = torch.zeros(4, 16, dtype=torch.float64)
+    with pytest.raises(ErasureLabError, match="ridge") as info:
+        least_squares_map(v_f, flat, flat, flat, retain_weight=1.0, ridge=0.0)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"solver": "lstsq"}, "solver"), ({"solver": "least_squares", "centre": False}, "centres"),
+    ({"solver": "least_squares", "retain_strength": 0.5}, "projector"), ({"retain_weight": -1.0}, "retain_weight"),
+    ({"ridge": float("nan")}, "ridge"),
+])
+def test_least_squares_bad_options(options, needle) -> None:
+    with pytest.raises(ErasureLabError, match=needle):
+        PureConfig(**options)
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "x"])
@@ -329,3 +392,12 @@ def test_centred_edit_is_exact_low_rank_and_differs_from_plain(pipe, red_edit) -
         assert delta.rank <= centred.meta["layers"][key.rsplit(".", 2)[0]]["k_F"]
     assert any(not torch.allclose(centred.dense(k), red_edit.dense(k)) for k in centred.deltas)
 
+
+
+def test_least_squares_edit_is_exact_low_rank_and_lora_round_trips(tmp_path, pipe, red_edit) -> None:
+    edit = erase(pipe, "red", "pure", solver="least_squares", **FAST)
+    assert set(edit.deltas) == set(red_edit.deltas)
+    for key, delta in edit.deltas.items():
+        assert delta.rank <= edit.meta["layers"][key.rsplit(".", 2)[0]]["k_F"]
+    assert any(not torch.allclose(edit.dense(k), red_edit.dense(k)) for k in edit.deltas)
+    assert_lora_round_trip(edit, pipe, tmp_path / "adapter")

@@ -6,6 +6,8 @@ singular vectors, and left-multiply to_k and to_v by E = I − P_F (I − P_R). 
 a layer's output that lies in the forget span unless it is also in the retain span. The delta is
 exactly ΔW = B A with B = −V_F and A = V_Fᵀ (I − P_R) W (K and V share B), so it ships as a LoRA.
 All linear algebra runs in float64 (fp16 SVD is inaccurate for near-equal singular values).
+solver="least_squares" keeps the inputs and the form E = I − V_F X but fits X in activation space
+instead of imposing E P_R = P_R exactly (PureConfig says when and why).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from erasurelab.models.capture import CaptureConfig, capture_activations, stack_
 from erasurelab.models.layers import cross_attention_layers
 
 PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
+SOLVERS: tuple[str, ...] = ("projector", "least_squares")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,15 @@ class PureConfig:
     remove the part of the forget directions that neighbours share. Why: when concepts of one
     category are linear mixtures of each other in activation space (the embedded model's colours),
     the target's direction lies inside the neighbours' span and α = 1 cancels the edit.
+
+    solver="least_squares" (with retain_weight λ and ridge ε) keeps PURE's inputs and its low-rank,
+    exactly exportable form E = I − V_F X, but replaces the hard retain constraint E P_R = P_R by a
+    fit in activation space: X minimises mean_f ‖X f − V_Fᵀ(f − m_f)‖² + λ·mean_r ‖X r‖² + ε‖X‖²
+    over the forget rows f (m_f: retain mean at f's seed and step, so E f ≈ m_f, "an average
+    neighbour") and the retain rows r (E r ≈ r). Why: a hard span constraint protects every
+    direction a neighbour touches, however little; the fit protects what the neighbours actually
+    compute, weighted by how much they use it, and removes the target's direction even when it is
+    a near-mixture of its neighbours. It always centres (it needs m_f) and ignores retain_strength.
     """
 
     tau_forget: float = 0.95
@@ -50,12 +62,27 @@ class PureConfig:
     projections: tuple[str, ...] = PROJECTIONS
     retain_empty_prompt: bool = True
     latent_size: int | None = None
-    centre: bool = False
+    centre: bool | None = None
     retain_strength: float = 1.0
+    solver: str = "projector"
+    retain_weight: float = 100.0
+    ridge: float = 1e-3
 
     def __post_init__(self) -> None:
         if not isinstance(self.retain_strength, int | float) or not 0.0 <= float(self.retain_strength) <= 1.0:
             raise ErasureLabError(f"retain_strength must be in [0, 1], got {self.retain_strength!r}")
+        if self.solver not in SOLVERS:
+            raise ErasureLabError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        least_squares = self.solver == "least_squares"
+        if least_squares and self.centre is False:
+            raise ErasureLabError("solver='least_squares' always centres the forget rows; drop centre=False")
+        if least_squares and self.retain_strength != 1.0:
+            raise ErasureLabError("retain_strength applies to solver='projector' only")
+        object.__setattr__(self, "centre", least_squares or bool(self.centre))
+        for name in ("retain_weight", "ridge"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) < float("inf"):
+                raise ErasureLabError(f"{name} must be a finite number >= 0, got {value!r}")
         check_fraction("tau_forget", self.tau_forget)
         check_fraction("tau_retain", self.tau_retain)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -114,6 +141,28 @@ def lora_factors(v_forget: torch.Tensor, v_retain: torch.Tensor, weight: torch.T
     return -v_forget, a
 
 
+def least_squares_map(v_forget: torch.Tensor, forget: torch.Tensor, centred: torch.Tensor, retain: torch.Tensor,
+                      retain_weight: float, ridge: float) -> torch.Tensor:
+    """X (k_F, d) of the least-squares solver (PureConfig): E = I − V_F X.
+
+    forget (n_F, d) and centred (n_F, d) are the same rows before and after subtracting their
+    retain mean; retain is (n_R, d). Normal equations: X G = V_Fᵀ Dᵀ F / n_F with
+    G = Fᵀ F / n_F + λ Rᵀ R / n_R + ε·tr(·)/d·I (ε relative, so it is scale-free).
+    """
+    f, dlt, r = forget.double(), centred.double(), retain.double()
+    d = f.shape[1]
+    gram = f.T @ f / max(f.shape[0], 1)
+    if r.shape[0]:
+        gram = gram + retain_weight * (r.T @ r) / r.shape[0]
+    gram = gram + ridge * float(torch.trace(gram)) / d * torch.eye(d, dtype=torch.float64)
+    rhs = v_forget.T @ dlt.T @ f / max(f.shape[0], 1)
+    try:
+        return torch.linalg.solve(gram, rhs.T).T
+    except RuntimeError as err:  # singular gram: only when ridge = 0 and the rows are rank-deficient
+        raise ErasureLabError("PURE least_squares: the activation Gram matrix is singular (rank-deficient "
+                              "anchors); use ridge > 0") from err
+
+
 def centred_rows(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
     """Forget rows minus the retain mean at the same (seed, step): (P_F, S, T, d) -> (P_F·S·T, d).
 
@@ -162,6 +211,7 @@ def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: b
         raise ErasureLabError("PURE centre=True needs retain anchors (their mean is subtracted)")
     h_forget = ({name: centred_rows(acts, retain_acts[name]) for name, acts in forget_acts.items()}
                 if config.centre else stack_rows(forget_acts))
+    raw_forget = stack_rows(forget_acts) if config.solver == "least_squares" else {}
     h_retain = stack_rows(retain_acts)
     deltas: dict[str, LowRank] = {}
     not_editable = []
@@ -170,13 +220,17 @@ def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: b
         rows_r = h_retain.get(layer.name, torch.zeros(0, layer.inner_dim, dtype=torch.float64))
         v_r = principal_basis(rows_r, config.tau_retain)
         info: dict[str, Any] = {"k_F": v_f.shape[1], "k_R": v_r.shape[1], "d": layer.inner_dim, "noop": False}
-        if config.retain_strength == 1.0 and v_r.shape[1] >= layer.inner_dim:
+        x = (least_squares_map(v_f, raw_forget[layer.name], h_forget[layer.name], rows_r, config.retain_weight,
+                               config.ridge) if config.solver == "least_squares" else None)
+        if x is None and config.retain_strength == 1.0 and v_r.shape[1] >= layer.inner_dim:
             not_editable.append(layer.name)
             info["noop"] = True
         elif v_f.shape[1] > 0:
             for proj in config.projections:
                 linear = getattr(layer.module, proj)
-                b, a = lora_factors(v_f, v_r, linear.weight.detach().cpu(), config.retain_strength)
+                weight = linear.weight.detach().cpu()
+                b, a = ((-v_f, x @ weight.double()) if x is not None
+                        else lora_factors(v_f, v_r, weight, config.retain_strength))
                 deltas[f"{layer.name}.{proj}.weight"] = LowRank(b, a)
                 # B has orthonormal columns, so ‖ΔW‖_F = ‖A‖_F.
                 info[f"relative_change_{proj}"] = float(a.norm() / linear.weight.detach().double().norm())
