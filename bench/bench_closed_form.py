@@ -33,7 +33,7 @@ from erasurelab.world.builtin import weights_hash
 
 from _common import environment, peak_rss_mb, table, write_json
 
-SINGLE = ("red", "circle", "striped", "bobo")
+SINGLE = ("red", "circle", "striped", "dotted", "bobo")
 MULTI = ("red", "circle", "striped")
 #: The 10-concept timing call spans every category.
 TEN = ("red", "blue", "green", "circle", "square", "star", "striped", "dotted", "bobo", "kiki")
@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pure": ("pure", {}),
     "pure-centred": ("pure", {"centre": True, "retain_strength": 0.0}),
     "pure-centred-half": ("pure", {"centre": True, "retain_strength": 0.5}),
+    "pure-ls": ("pure", {"solver": "least_squares"}),
+    "pure-ls-w100": ("pure", {"solver": "least_squares", "retain_weight": 100.0}),
     "uce": ("uce", {}),
     "esd-x": ("esd", {"variant": "x"}),
     "esd-u": ("esd", {"variant": "u"}),
@@ -128,10 +130,11 @@ def timing_worker(method: str, n: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="pure,pure-centred,uce", help=f"any of {', '.join(VARIANTS)}")
-    parser.add_argument("--targets", default=None, help="comma-separated single targets (default: all four)")
+    parser.add_argument("--targets", default=None, help="comma-separated single targets (default: all five)")
     parser.add_argument("--seeds", type=int, default=10, help="seeds per anchor prompt")
     parser.add_argument("--paraphrase-seeds", type=int, default=3, help="seeds per paraphrase prompt")
     parser.add_argument("--retain-seeds", type=int, default=2, help="seeds per canonical prompt")
+    parser.add_argument("--multi-only", action="store_true", help="only the one-call erasure of " + "+".join(MULTI))
     parser.add_argument("--repeats", type=int, default=3, help="edit-time repeats (median)")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--output", default="closed_form", help="results file name under bench/results/")
@@ -148,6 +151,8 @@ def main() -> None:
     judge = load_judge("shapes")
     singles = args.targets.split(",") if args.targets else SINGLE
     runs = [(label,) for label in singles] + ([MULTI] if not args.targets else [])
+    if args.multi_only:
+        runs = [MULTI]
     if args.timing_only:
         runs = []
     rows, results = [], []

@@ -14,6 +14,7 @@ from erasurelab.methods import MethodWarning
 from erasurelab.methods.pure import (
     PureConfig,
     centred_rows,
+    concept_groups,
     edit_operator,
     energy_rank,
     least_squares_map,
@@ -401,3 +402,18 @@ def test_least_squares_edit_is_exact_low_rank_and_lora_round_trips(tmp_path, pip
         assert delta.rank <= edit.meta["layers"][key.rsplit(".", 2)[0]]["k_F"]
     assert any(not torch.allclose(edit.dense(k), red_edit.dense(k)) for k in edit.deltas)
     assert_lora_round_trip(edit, pipe, tmp_path / "adapter")
+
+
+def test_each_concept_is_centred_on_its_own_neighbours() -> None:
+    red, circle = concept("red"), concept("circle")
+    forget, retain = combine([red, circle])
+    retain.append("")
+    groups = concept_groups([red, circle], forget, retain)
+    assert [len(f) for f, _ in groups] == [len(red.forget), len(circle.forget)]
+    for spec, (rows_f, rows_r) in zip((red, circle), groups, strict=True):
+        assert {forget[i] for i in rows_f} == set(spec.forget)
+        assert {retain[i] for i in rows_r} == {a for a in spec.retain if a in retain} | {""}
+    single_forget, single_retain = combine([red])
+    single_retain.append("")
+    (rows_f, rows_r), = concept_groups([red], single_forget, single_retain)
+    assert rows_f == list(range(len(single_forget))) and sorted(rows_r) == list(range(len(single_retain)))

@@ -26,8 +26,8 @@ DEMO_METHODS: tuple[str, ...] = ("pure", "uce")
 BENCH_CONCEPTS: tuple[str, ...] = ("red", "circle", "striped", "bobo")
 #: Method options of the demo. PURE's spec operator cancels its own edit on the embedded model (the
 #: target's activation direction lies in its same-category neighbours' span; docs/architecture.md),
-#: so the demo runs the centred forget basis without retain cancellation.
-DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {"pure": {"centre": True, "retain_strength": 0.0}}
+#: so the demo runs PURE's least-squares solver, which fits the retain constraint instead.
+DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {"pure": {"solver": "least_squares"}}
 DEMO_ATTACK = "ring-a-bell"
 #: The attack's budget in the demo (the attack's own defaults are for `erasurelab attack`).
 DEMO_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {

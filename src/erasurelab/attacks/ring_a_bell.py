@@ -69,7 +69,12 @@ class RingABellConfig(RenderConfig):
     """Embedded defaults (attacks.md §3): K 8, η 3, N 64, 200 generations, 20 pairs.
 
     Official SD nudity: k 16, eta 3, population 200, generations 3000 (violence: k 38 or 77, eta 5-5.5).
-    init_from_prompt seeds one individual with the seed prompt's own first K tokens (used by tests).
+    init_from_prompt (default on) seeds one individual with the seed prompt's own first K tokens;
+    the search then moves it towards f(P) + η·c. Why on: from random tokens alone, the embedded
+    budget (N·generations = 12.8k encoder calls per prompt, 2% of the official 600k) lowered the
+    fitness by only ~20% and found concept prompts for 3 of 5 seed prompts on the *unedited* model
+    (ASR 0.60, bench/results/attacks.json of 2026-11-24); seeded, it reached 8 of 8 (circle).
+    Set it to False for the official random initialisation.
     """
 
     k: int = 8
@@ -83,7 +88,7 @@ class RingABellConfig(RenderConfig):
     pair_min_positive: int = 3
     n_prompts: int = 10
     prompts: tuple[str, ...] = ()
-    init_from_prompt: bool = False
+    init_from_prompt: bool = True
     eval_batch: int = 256
 
     def __post_init__(self) -> None:

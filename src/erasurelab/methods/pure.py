@@ -65,7 +65,7 @@ class PureConfig:
     centre: bool | None = None
     retain_strength: float = 1.0
     solver: str = "projector"
-    retain_weight: float = 100.0
+    retain_weight: float = 30.0
     ridge: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -163,6 +163,24 @@ def least_squares_map(v_forget: torch.Tensor, forget: torch.Tensor, centred: tor
                               "anchors); use ridge > 0") from err
 
 
+def concept_groups(specs: list[ConceptSpec], forget: list[str], retain: list[str]) -> list[tuple[list[int], list[int]]]:
+    """Per concept: (its rows in the forget list, the rows of its own retain anchors and "" in the retain list).
+
+    Why per concept: erasing red and circle together, red must be centred on the other colours and
+    circle on the other objects; one pooled mean would mix categories into both directions. A
+    concept none of whose retain anchors survived `combine` is centred on the whole retain set.
+    """
+    f_index = {p: i for i, p in enumerate(forget)}
+    r_index = {p: i for i, p in enumerate(retain)}
+    groups = []
+    for spec in specs:
+        rows_f = [f_index[a] for a in dict.fromkeys(spec.forget) if a in f_index]
+        rows_r = [r_index[a] for a in dict.fromkeys((*spec.retain, "")) if a in r_index]
+        if rows_f:
+            groups.append((rows_f, rows_r if len(rows_r) > ("" in r_index) else list(range(len(retain)))))
+    return groups
+
+
 def centred_rows(forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
     """Forget rows minus the retain mean at the same (seed, step): (P_F, S, T, d) -> (P_F·S·T, d).
 
@@ -209,9 +227,14 @@ def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: b
     retain_acts = capture_activations(pipe, retain, capture, layers, quiet) if retain else {}
     if config.centre and not retain:
         raise ErasureLabError("PURE centre=True needs retain anchors (their mean is subtracted)")
-    h_forget = ({name: centred_rows(acts, retain_acts[name]) for name, acts in forget_acts.items()}
-                if config.centre else stack_rows(forget_acts))
-    raw_forget = stack_rows(forget_acts) if config.solver == "least_squares" else {}
+    if config.centre:
+        groups = concept_groups(specs, forget, retain)
+        h_forget = {name: torch.cat([centred_rows(acts[f], retain_acts[name][r]) for f, r in groups])
+                    for name, acts in forget_acts.items()}
+        raw_forget = {name: torch.cat([acts[f].reshape(-1, acts.shape[-1]) for f, _ in groups])
+                      for name, acts in forget_acts.items()}
+    else:
+        h_forget = raw_forget = stack_rows(forget_acts)
     h_retain = stack_rows(retain_acts)
     deltas: dict[str, LowRank] = {}
     not_editable = []
