@@ -36,7 +36,7 @@ from erasurelab.world.builtin import weights_hash
 from _common import environment, peak_rss_mb, table, write_json
 
 CONCEPTS = ("red", "circle", "striped", "bobo")
-METHODS = ("pure", "pure-centred", "uce")
+METHODS = ("pure-ls", "uce")
 SEED = 1  # evaluation.md: base seed 1
 #: --quick budgets: about a tenth of the embedded defaults.
 QUICK = {
