@@ -156,10 +156,15 @@ def test_every_update_stays_inside_the_current_mask(pipe, variant):
         trainer = trust.make_trainer(tuner, settings, pairs, retain)
         for step in range(3):
             previous = {n: p.detach().clone() for n, p in tuner.params.items()}
+            state = tuner.optimizer.state
+            moments = {n: {k: v.clone() for k, v in state[p].items() if k.startswith("exp_avg")}
+                       for n, p in tuner.params.items() if state.get(p)}
             trainer.train_step(step)
             for name, param in tuner.params.items():
                 outside = ~trainer.mask[name]
                 assert torch.equal(param.detach()[outside], previous[name][outside])
+                for key, old in moments.get(name, {}).items():  # trust.md §2: moments kept outside M
+                    assert torch.equal(state[param][key][outside], old[outside])
             assert any(not torch.equal(p, previous[n]) for n, p in tuner.params.items())
         for name, param in tuner.params.items():
             assert torch.equal(param.detach()[~trainer.union[name]], before[name][~trainer.union[name]])

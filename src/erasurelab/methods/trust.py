@@ -91,6 +91,8 @@ class TrustConfig:
     sample_steps (DDIM steps of saliency and D_f) 25/10, guidance 7.5. beta: CSR weight (None: auto).
     saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
     override (None: each concept's). retain_weight: optional preservation term (0, the spec's α).
+    Adam moments of entries outside the current mask are frozen, not decayed by zero gradients
+    (trust.md §2 "moments are kept"; see TrustTrainer.masked_step for why this matters).
     """
 
     variant: str = "csr"
@@ -316,10 +318,33 @@ class TrustTrainer:
             if keep is not None:
                 loss = loss + self.s["retain_weight"] * keep
                 logs["retain"] = keep.item()
-        self.tuner.step(loss, self.mask)
+        self.masked_step(loss)
         if self.s["variant"] == "cip":
             self.shrink()
         return {"loss": loss.item(), **logs}
+
+    def masked_step(self, loss: torch.Tensor) -> None:
+        """The engine's masked Adam step, with the Adam moments of entries outside M restored as well.
+
+        Why: the engine multiplies the gradient by M, so Adam still folds a zero gradient into the
+        moments of every entry outside M and its first moment decays by 0.9 per step; with a mask
+        that is re-drawn every step (Jaccard ≈ 0.2–0.4 between steps) an entry re-entering M then
+        moves only ≈ 0.1/√p of lr (p: its share of steps in M). trust.md §2 asks that the moments be
+        *kept*, so a neuron re-entering M resumes where it left off: they are frozen outside M here.
+        """
+        optimizer = self.tuner.optimizer
+        assert optimizer is not None
+        saved = {}
+        for name, param in self.tuner.params.items():
+            state = optimizer.state.get(param)
+            if state and name in self.mask:
+                saved[name] = {k: state[k].clone() for k in ("exp_avg", "exp_avg_sq")}
+        self.tuner.step(loss, self.mask)
+        with torch.no_grad():
+            for name, moments in saved.items():
+                state = optimizer.state[self.tuner.params[name]]
+                for key, old in moments.items():
+                    state[key].copy_(torch.where(self.mask[name], state[key], old))
 
     @torch.no_grad()
     def shrink(self) -> None:
