@@ -73,10 +73,12 @@ def test_masked_adam_never_moves_entries_outside_the_mask():
     mask[:2] = True
     for _ in range(3):
         before = param.detach().clone()
+        moments = {k: v.clone() for k, v in opt.state[param].items() if k.startswith("exp_avg")}
         opt.zero_grad()
         (param ** 3).sum().backward()
         ft.apply_masked_update(opt, params, {"w": mask})
         assert torch.equal(param.detach()[~mask], before[~mask])
+        assert all(torch.equal(opt.state[param][k][~mask], v[~mask]) for k, v in moments.items())
         assert not torch.equal(param.detach()[mask], before[mask])
 
 

@@ -9,6 +9,7 @@ options are validated against the dataclass fields before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,35 @@ def check_fraction(name: str, value: float) -> None:
     """Energy thresholds live in (0, 1]; anything else is a one-line error."""
     if not isinstance(value, int | float) or not 0.0 < float(value) <= 1.0:
         raise ErasureLabError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def as_number(config: Any, name: str) -> Any:
+    """The option's value, with a numeric string ("1e-4", which YAML reads as text) stored as a float."""
+    value = getattr(config, name)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ErasureLabError(f"{name} must be a number, got {value!r}") from None
+        object.__setattr__(config, name, value)
+    return value
+
+
+def check_number(config: Any, name: str, minimum: float = 0.0, strict: bool = True) -> None:
+    """None, or a finite number > minimum (>= with strict=False); anything else is a one-line error."""
+    value = as_number(config, name)
+    if value is None:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if strict else value < minimum):
+        raise ErasureLabError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+
+
+def check_count(config: Any, name: str) -> None:
+    """None, or a positive integer."""
+    value = getattr(config, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ErasureLabError(f"{name} must be a positive integer, got {value!r}")
 
 
 def as_specs(specs: ConceptSpec | Sequence[ConceptSpec]) -> list[ConceptSpec]:

@@ -22,14 +22,12 @@ import torch
 from erasurelab.concepts.spec import ConceptSpec, combine
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.base import config_dict, register_method
+from erasurelab.methods.base import check_count, check_number, config_dict, register_method
 from erasurelab.methods.finetune import (
     STREAM_POOL,
     STREAM_TRAIN,
     Cond,
     FineTuner,
-    check_count,
-    check_number,
     ddim_scheduler,
     denoise,
     encode_empty,

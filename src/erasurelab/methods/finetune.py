@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,35 +81,6 @@ def noise_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Config validation shared by the fine-tuning methods
 # ---------------------------------------------------------------------------------------------
-
-
-def as_number(config: Any, name: str) -> Any:
-    """The option's value, with a numeric string ("1e-4", which YAML reads as text) stored as a float."""
-    value = getattr(config, name)
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ErasureLabError(f"{name} must be a number, got {value!r}") from None
-        object.__setattr__(config, name, value)
-    return value
-
-
-def check_number(config: Any, name: str, minimum: float = 0.0, strict: bool = True) -> None:
-    """None, or a finite number > minimum (>= with strict=False); anything else is a one-line error."""
-    value = as_number(config, name)
-    if value is None:
-        return
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= minimum if strict else value < minimum):
-        raise ErasureLabError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
-
-
-def check_count(config: Any, name: str) -> None:
-    """None, or a positive integer."""
-    value = getattr(config, name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ErasureLabError(f"{name} must be a positive integer, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,10 +261,13 @@ def start_noise(unet: torch.nn.Module, scheduler: Any, generator: torch.Generato
 
 def apply_masked_update(optimizer: torch.optim.Optimizer, params: Mapping[str, torch.nn.Parameter],
                         masks: Mapping[str, torch.Tensor] | None = None) -> None:
-    """optimizer.step() confined to the masks: grad *= mask, then entries with mask 0 are restored.
+    """optimizer.step() confined to the masks: entries with mask 0 keep their value and their moments.
 
-    Why both: multiplying the gradient keeps new moments out, restoring keeps the old moments (and
-    Adam's bias correction) from moving an entry that is outside the current mask.
+    Why: multiplying the gradient by the mask keeps new gradient out, restoring the value keeps
+    stale moments (and Adam's bias correction) from moving an entry outside the mask, and restoring
+    the moments keeps zero gradients from decaying them (first moment ×0.9 per step). With a mask
+    re-drawn every step (TRuST: Jaccard ≈ 0.2–0.4 between steps) decayed moments would leave an
+    entry re-entering the mask only a fraction of a step; trust.md §2 asks that they be kept.
     """
     if not masks:
         optimizer.step()
@@ -306,12 +279,16 @@ def apply_masked_update(optimizer: torch.optim.Optimizer, params: Mapping[str, t
             continue
         if param.grad is not None:
             param.grad.mul_(mask.to(param.grad.dtype))
-        before[name] = param.detach().clone()
+        moments = {k: v.clone() for k, v in optimizer.state.get(param, {}).items() if k.startswith("exp_avg")}
+        before[name] = (param.detach().clone(), moments)
     optimizer.step()
     with torch.no_grad():
-        for name, old in before.items():
-            param = params[name]
-            param.copy_(torch.where(masks[name] != 0, param, old))
+        for name, (old, moments) in before.items():
+            param, keep = params[name], masks[name] != 0
+            param.copy_(torch.where(keep, param, old))
+            state = optimizer.state[param]
+            for key, value in moments.items():
+                state[key].copy_(torch.where(keep, state[key], value))
 
 
 def exact_delta(trained: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from erasurelab.concepts.spec import ConceptSpec, combine
 from erasurelab.edits import Edit, LowRank
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.base import MethodWarning, check_fraction, check_unwrapped, register_method
+from erasurelab.methods.base import MethodWarning, check_fraction, check_number, check_unwrapped, register_method
 from erasurelab.models.capture import CaptureConfig, capture_activations, stack_rows
 from erasurelab.models.layers import cross_attention_layers
 
@@ -79,10 +79,8 @@ class PureConfig:
         if least_squares and self.retain_strength != 1.0:
             raise ErasureLabError("retain_strength applies to solver='projector' only")
         object.__setattr__(self, "centre", least_squares or bool(self.centre))
-        for name in ("retain_weight", "ridge"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) < float("inf"):
-                raise ErasureLabError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_number(self, "retain_weight", strict=False)
+        check_number(self, "ridge", strict=False)
         check_fraction("tau_forget", self.tau_forget)
         check_fraction("tau_retain", self.tau_retain)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -172,12 +170,14 @@ def concept_groups(specs: list[ConceptSpec], forget: list[str], retain: list[str
     """
     f_index = {p: i for i, p in enumerate(forget)}
     r_index = {p: i for i, p in enumerate(retain)}
+    everything = list(range(len(retain)))
+    empty = [r_index[""]] if "" in r_index else []
     groups = []
     for spec in specs:
         rows_f = [f_index[a] for a in dict.fromkeys(spec.forget) if a in f_index]
-        rows_r = [r_index[a] for a in dict.fromkeys((*spec.retain, "")) if a in r_index]
+        own = [r_index[a] for a in dict.fromkeys(spec.retain) if a in r_index and a != ""]
         if rows_f:
-            groups.append((rows_f, rows_r if len(rows_r) > ("" in r_index) else list(range(len(retain)))))
+            groups.append((rows_f, own + empty if own else everything))
     return groups
 
 
@@ -221,12 +221,12 @@ def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: b
     if not forget:
         warnings.warn("PURE: the forget set is empty; the edit is a no-op", MethodWarning, stacklevel=2)
         return Edit({}, meta)
+    if config.centre and not retain:
+        raise ErasureLabError("PURE centre=True needs retain anchors (their mean is subtracted)")
     capture = config.capture()
     forget_acts = capture_activations(pipe, forget, capture, layers, quiet)
     _check_concepts_active(specs, forget, forget_acts)
     retain_acts = capture_activations(pipe, retain, capture, layers, quiet) if retain else {}
-    if config.centre and not retain:
-        raise ErasureLabError("PURE centre=True needs retain anchors (their mean is subtracted)")
     if config.centre:
         groups = concept_groups(specs, forget, retain)
         h_forget = {name: torch.cat([centred_rows(acts[f], retain_acts[name][r]) for f, r in groups])

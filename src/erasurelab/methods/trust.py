@@ -37,7 +37,15 @@ import torch
 from erasurelab.concepts.spec import ConceptSpec, combine
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.base import MethodWarning, check_fraction, config_dict, register_method
+from erasurelab.methods.base import (
+    MethodWarning,
+    as_number,
+    check_count,
+    check_fraction,
+    check_number,
+    config_dict,
+    register_method,
+)
 from erasurelab.methods.finetune import (
     STREAM_DATA,
     STREAM_PROBE,
@@ -45,9 +53,6 @@ from erasurelab.methods.finetune import (
     STREAM_TRAIN,
     Cond,
     FineTuner,
-    as_number,
-    check_count,
-    check_number,
     ddim_scheduler,
     denoise,
     encode_empty,
@@ -92,7 +97,7 @@ class TrustConfig:
     saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
     override (None: each concept's). retain_weight: optional preservation term (0, the spec's α).
     Adam moments of entries outside the current mask are frozen, not decayed by zero gradients
-    (trust.md §2 "moments are kept"; see TrustTrainer.masked_step for why this matters).
+    (trust.md §2 "moments are kept"; finetune.apply_masked_update says why this matters).
     """
 
     variant: str = "csr"
@@ -318,33 +323,10 @@ class TrustTrainer:
             if keep is not None:
                 loss = loss + self.s["retain_weight"] * keep
                 logs["retain"] = keep.item()
-        self.masked_step(loss)
+        self.tuner.step(loss, self.mask)
         if self.s["variant"] == "cip":
             self.shrink()
         return {"loss": loss.item(), **logs}
-
-    def masked_step(self, loss: torch.Tensor) -> None:
-        """The engine's masked Adam step, with the Adam moments of entries outside M restored as well.
-
-        Why: the engine multiplies the gradient by M, so Adam still folds a zero gradient into the
-        moments of every entry outside M and its first moment decays by 0.9 per step; with a mask
-        that is re-drawn every step (Jaccard ≈ 0.2–0.4 between steps) an entry re-entering M then
-        moves only ≈ 0.1/√p of lr (p: its share of steps in M). trust.md §2 asks that the moments be
-        *kept*, so a neuron re-entering M resumes where it left off: they are frozen outside M here.
-        """
-        optimizer = self.tuner.optimizer
-        assert optimizer is not None
-        saved = {}
-        for name, param in self.tuner.params.items():
-            state = optimizer.state.get(param)
-            if state and name in self.mask:
-                saved[name] = {k: state[k].clone() for k in ("exp_avg", "exp_avg_sq")}
-        self.tuner.step(loss, self.mask)
-        with torch.no_grad():
-            for name, moments in saved.items():
-                state = optimizer.state[self.tuner.params[name]]
-                for key, old in moments.items():
-                    state[key].copy_(torch.where(self.mask[name], state[key], old))
 
     @torch.no_grad()
     def shrink(self) -> None:
