@@ -34,3 +34,17 @@ def shapes_judge():
     from erasurelab.judges import load_judge
 
     return load_judge("shapes")
+
+
+def yaml_error(folder, text: str) -> tuple[str, str]:
+    """(message, path) of the one-line ErasureLabError that loading `text` as a concept YAML raises."""
+    from erasurelab.concepts import ConceptSpec
+    from erasurelab.errors import ErasureLabError
+
+    path = folder / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ErasureLabError) as info:
+        ConceptSpec.from_yaml(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message, str(path)

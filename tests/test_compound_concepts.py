@@ -27,6 +27,8 @@ from erasurelab.evaluation.compound import build_compound_suites
 from erasurelab.evaluation.suites import normalise
 from erasurelab.world import vocab
 
+from conftest import yaml_error
+
 #: sha256 of single-concept specs before compound kinds existed: they must never change.
 SINGLE_HASHES = {
     "red": "36eadb33945a8638d6575455f57dccd6b4735c8607a704dd7d4ddab875b6aca2",
@@ -266,9 +268,5 @@ def test_yaml_combination_default_templates_skip_backgrounds(tmp_path) -> None:
     ("name: x\nkind: combination\nparts: [a, b]\ncontext: on c\n", "takes no `context`"),
 ])
 def test_yaml_compound_errors_are_one_line(tmp_path, text: str, needle: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(ErasureLabError) as info:
-        ConceptSpec.from_yaml(path)
-    assert needle in str(info.value) and "\n" not in str(info.value)
-    assert str(path) in str(info.value)
+    message, path = yaml_error(tmp_path, text)
+    assert needle in message and path in message

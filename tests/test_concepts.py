@@ -19,6 +19,8 @@ from erasurelab.concepts import (
 from erasurelab.errors import ErasureLabError
 from erasurelab.world import captions, vocab
 
+from conftest import yaml_error
+
 torch.set_num_threads(1)
 
 
@@ -124,11 +126,8 @@ def test_yaml_spec_templates_and_explicit_retain(tmp_path) -> None:
     ("name: red\nwords: [red]\nparaphrases: [red]\n", "held-out paraphrase"),
 ])
 def test_yaml_errors_are_one_line(tmp_path, text: str, needle: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(ErasureLabError) as info:
-        ConceptSpec.from_yaml(path)
-    assert needle in str(info.value) and "\n" not in str(info.value)
+    message, _ = yaml_error(tmp_path, text)
+    assert needle in message
 
 
 def test_missing_yaml() -> None:
