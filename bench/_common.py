@@ -22,11 +22,10 @@ def environment() -> dict:
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The rows' columns as a markdown table (erasurelab.demo.markdown: floats to 3 decimals)."""
+    from erasurelab.demo import markdown
+
+    return markdown([{c: row[c] for c in columns} for row in rows]).rstrip("\n")
 
 
 def write_json(name: str, payload: dict) -> Path:

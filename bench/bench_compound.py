@@ -88,7 +88,7 @@ def main() -> None:
                             "erase_s": seconds, "peak_rss_mb": peak_rss_mb(), "metrics": metrics.to_dict(),
                             "touched_fraction": edit.meta.get("touched_fraction")})
             print(f"  {method}: {rows[-1]}", flush=True)
-    columns = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # combinations and conditionals differ in ρ's
     print(table([{c: r.get(c, "") for c in columns} for r in rows], columns))
     payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id,
                "settings": {"seeds": args.seeds, "retain_max": args.retain_max}, "results": results, "table": rows}

@@ -182,16 +182,14 @@ def run_bench(out: Path, concepts: Sequence[str], methods: Sequence[str], attack
     Writes out/bench.md, out/bench.json and out/report/; returns the table's records.
     """
     from erasurelab.evaluation import EvaluationSettings
-    from erasurelab.runinfo import library_versions, peak_rss_mb, write_json_atomic
+    from erasurelab.runinfo import library_versions, peak_rss_mb, write_json_atomic, write_text_atomic
 
     started = time.perf_counter()
     results = compare(out, concepts, methods, attack, EvaluationSettings(batch_size=64), DEMO_METHOD_OPTIONS,
                       None, quiet, echo)
     records = rows(results)
     text = markdown(records)
-    tmp = out / "bench.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "bench.md")
+    write_text_atomic(out / "bench.md", text)
     write_json_atomic(out / "bench.json", {"rows": records, "method_options": DEMO_METHOD_OPTIONS,
                                            "wall_time_s": time.perf_counter() - started,
                                            "peak_rss_mb": peak_rss_mb(), "versions": library_versions()})

@@ -36,19 +36,23 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
 
 
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON via a temp file + rename: a reader never sees half a manifest."""
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text via a temp file + rename: a reader never sees half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write JSON atomically (write_text_atomic): a reader never sees half a manifest."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def file_sha256(path: Path) -> str:
