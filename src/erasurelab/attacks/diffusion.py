@@ -16,12 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-
-def noise_scheduler(pipe: Any) -> Any:
-    """A DDPM scheduler with the pipeline's training noise schedule (ᾱ_t and prediction type)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+from erasurelab.models.sampling import noise_scheduler, seeded  # noqa: F401  (re-exported)
 
 
 def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -74,15 +69,3 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def seeded(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys (e.g. seed, prompt, timestep, iteration).
-
-    Why per (keys) instead of one stream: an attack resumed, shortened or run on a subset draws
-    the same noise for the same step.
-    """
-    value = 0
-    for key in keys:
-        value = (value * 1_000_003 + int(key) + 1) % (2**63 - 1)
-    return torch.Generator("cpu").manual_seed(value)

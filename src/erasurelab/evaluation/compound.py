@@ -115,7 +115,7 @@ class CompoundSuites:
 
 
 def _world_labels(spec: ConceptSpec) -> tuple[dict[str, str], str | None]:
-    """(attribute -> label of the target, background of a conditional); one-line error outside the """
+    """(attribute -> label of the target, background of a conditional); one-line error outside the world."""
     if not spec.is_compound:
         raise ErasureLabError(f"concept {spec.name!r} is a single concept: use evaluation.suites.build_suites")
     try:

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from erasurelab.concepts.spec import ConceptSpec, mentions
 from erasurelab.edits import Dense, Edit, fingerprint
 from erasurelab.errors import ErasureLabError
+from erasurelab.models.sampling import seeded
 from erasurelab.runinfo import write_json_atomic
 
 # ---------------------------------------------------------------------------------------------
@@ -62,10 +63,7 @@ def step_generator(seed: int, stream: int, index: int) -> torch.Generator:
 
     Why per (seed, stream, index): a run resumed at step s draws exactly what the uninterrupted run drew.
     """
-    value = 0
-    for key in (seed, stream, index):
-        value = (value * 1_000_003 + int(key) + 1) % (2**63 - 1)
-    return torch.Generator("cpu").manual_seed(value)
+    return seeded(seed, stream, index)
 
 
 def sample_timesteps(generator: torch.Generator, n: int, num_train_timesteps: int) -> torch.Tensor:
@@ -218,13 +216,6 @@ def ddim_scheduler(pipe: Any, steps: int) -> Any:
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(int(steps), device=pipe.unet.device)
     return scheduler
-
-
-def training_scheduler(pipe: Any) -> Any:
-    """A DDPM scheduler with the pipeline's training noise schedule (ᾱ_t for x_t = √ᾱ x_0 + √(1-ᾱ) ε)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
 @torch.no_grad()

@@ -65,10 +65,9 @@ from erasurelab.methods.finetune import (
     select_parameters,
     start_noise,
     step_generator,
-    training_scheduler,
     tuner_for,
 )
-from erasurelab.models.sampling import is_embedded
+from erasurelab.models.sampling import is_embedded, noise_scheduler
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
 #: (SD, embedded) defaults of trust.md §5.
@@ -216,7 +215,7 @@ class TrustTrainer:
         self.tuner, self.forget, self.anchors, self.empty, self.retain = tuner, forget, anchors, empty, retain
         self.s = settings
         self.sampler = ddim_scheduler(tuner.pipe, settings["sample_steps"])
-        self.noise = training_scheduler(tuner.pipe)
+        self.noise = noise_scheduler(tuner.pipe)
         self.rms = {n: float(w.double().pow(2).mean().sqrt()) for n, w in tuner.originals.items()}
         self.mask: dict[str, torch.Tensor] = {}
         self.grad_abs: dict[str, torch.Tensor] = {}

@@ -22,6 +22,26 @@ def is_embedded(pipe: Any) -> bool:
     return str(base).startswith("builtin:")
 
 
+def seeded(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (e.g. seed, stream, step, prompt, iteration).
+
+    Why per (keys) instead of one stream: work that is resumed, shortened or run on a subset
+    (an attack, a fine-tuning run) draws the same noise for the same step.
+    """
+    value = 0
+    for key in keys:
+        value = (value * 1_000_003 + int(key) + 1) % (2**63 - 1)
+    return torch.Generator("cpu").manual_seed(value)
+
+
+def noise_scheduler(pipe: Any) -> Any:
+    """A DDPM scheduler with the pipeline's training noise schedule (ᾱ_t for x_t = √ᾱ x_0 + √(1-ᾱ) ε, and
+    the prediction type), whatever sampler the pipeline itself uses."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
 def default_sampling(pipe: Any) -> tuple[int, float]:
     """(steps, guidance) defaults: the embedded world's, or SD's usual 50 / 7.5."""
     if is_embedded(pipe):
