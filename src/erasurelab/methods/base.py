@@ -78,6 +78,19 @@ def config_dict(config: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
+def resolve_defaults(config: Any, pipe: Any, defaults: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """config_dict(config) with every None among `defaults` replaced by its (SD, embedded) default.
+
+    Why one rule: the fine-tuning specs give each option one value for SD-family models and one
+    for the embedded model, where a short CPU run needs larger steps.
+    """
+    from erasurelab.models.sampling import is_embedded
+
+    k = 1 if is_embedded(pipe) else 0
+    settings = config_dict(config)
+    return {**settings, **{key: pair[k] for key, pair in defaults.items() if settings[key] is None}}
+
+
 def check_fraction(name: str, value: float) -> None:
     """Energy thresholds live in (0, 1]; anything else is a one-line error."""
     if not isinstance(value, int | float) or not 0.0 < float(value) <= 1.0:

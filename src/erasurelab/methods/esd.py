@@ -22,7 +22,7 @@ import torch
 from erasurelab.concepts.spec import ConceptSpec, combine
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.base import check_count, check_number, config_dict, register_method
+from erasurelab.methods.base import check_count, check_number, register_method, resolve_defaults
 from erasurelab.methods.finetune import (
     STREAM_POOL,
     STREAM_TRAIN,
@@ -41,7 +41,6 @@ from erasurelab.methods.finetune import (
     step_generator,
     tuner_for,
 )
-from erasurelab.models.sampling import is_embedded
 
 VARIANTS: tuple[str, ...] = ("x", "u", "x-strict", "all")
 SAMPLE_WITH: tuple[str, ...] = ("pool", "trained", "frozen")
@@ -97,11 +96,9 @@ class EsdConfig:
 
     def resolve(self, pipe: Any, specs: list[ConceptSpec]) -> dict[str, Any]:
         """Concrete settings for this model: the config with every None replaced by its spec default."""
-        k = 1 if is_embedded(pipe) else 0
         variant = self.variant or ("x" if specs and all(s.category == "style" for s in specs) else "u")
-        return {**config_dict(self), "variant": variant, "lr": self.lr if self.lr is not None else LR[k],
-                "steps": self.steps if self.steps is not None else STEPS[k],
-                "sample_steps": self.sample_steps if self.sample_steps is not None else SAMPLE_STEPS[k]}
+        return {**resolve_defaults(self, pipe, {"lr": LR, "steps": STEPS, "sample_steps": SAMPLE_STEPS}),
+                "variant": variant}
 
 
 # ---------------------------------------------------------------------------------------------

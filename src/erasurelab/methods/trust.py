@@ -43,8 +43,8 @@ from erasurelab.methods.base import (
     check_count,
     check_fraction,
     check_number,
-    config_dict,
     register_method,
+    resolve_defaults,
 )
 from erasurelab.methods.finetune import (
     STREAM_DATA,
@@ -67,7 +67,7 @@ from erasurelab.methods.finetune import (
     step_generator,
     tuner_for,
 )
-from erasurelab.models.sampling import is_embedded, noise_scheduler
+from erasurelab.models.sampling import noise_scheduler
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
 #: (SD, embedded) defaults of trust.md §5.
@@ -133,12 +133,8 @@ class TrustConfig:
             check_count(self, name)
 
     def resolve(self, pipe: Any) -> dict[str, Any]:
-        k = 1 if is_embedded(pipe) else 0
-        defaults = {"lr": LR[k], "batch_size": BATCH[k], "steps": STEPS[self.variant][k], "kappa": KAPPA[k],
-                    "n_forget": N_FORGET[k], "sample_steps": SAMPLE_STEPS[k]}
-        settings = config_dict(self)
-        return {**settings, **{key: settings[key] if settings[key] is not None else value
-                               for key, value in defaults.items()}}
+        return resolve_defaults(self, pipe, {"lr": LR, "batch_size": BATCH, "steps": STEPS[self.variant],
+                                             "kappa": KAPPA, "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
 
 
 # ---------------------------------------------------------------------------------------------
