@@ -286,7 +286,8 @@ def world_combination(parts: Sequence[str]) -> ConceptSpec:
     for attribute in labels:
         for j, variant in enumerate(swapped_labels(labels, (attribute,))):
             phrases[combination_slots(variant)["x"]] = None
-            for prompt, _ in combination_items(COMBINATION_TRAIN_TEMPLATES, variant, (backgrounds[j % 3],)):
+            background = backgrounds[j % len(backgrounds)]
+            for prompt, _ in combination_items(COMBINATION_TRAIN_TEMPLATES, variant, (background,)):
                 retain.setdefault(prompt, None)
     x = combination_slots(labels)["x"]
     return ConceptSpec(combination_name(labels), "custom", forget, tuple(r for r in retain if r not in forget),
