@@ -46,6 +46,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pure-centred-half": ("pure", {"centre": True, "retain_strength": 0.5}),
     "pure-ls": ("pure", {"solver": "least_squares"}),
     "pure-ls-w100": ("pure", {"solver": "least_squares", "retain_weight": 100.0}),
+    "pure-ls-w10": ("pure", {"solver": "least_squares", "retain_weight": 10.0}),
     "uce": ("uce", {}),
     "esd-x": ("esd", {"variant": "x"}),
     "esd-u": ("esd", {"variant": "u"}),

@@ -17,6 +17,7 @@ from erasurelab.methods.pure import (
     concept_groups,
     edit_operator,
     energy_rank,
+    least_squares_factors,
     least_squares_map,
     lora_factors,
     principal_basis,
@@ -181,6 +182,24 @@ def test_least_squares_solves_its_normal_equations(rows) -> None:
 
     bump = 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     assert objective(x) < objective(x + bump) and objective(x) < objective(x - bump)
+
+
+def test_least_squares_factors_sum_the_single_concept_fits(rows) -> None:
+    """Two concepts in one call: E − I = −Σ_c V_c X_c with each (V_c, X_c) exactly its single-concept fit."""
+    forget, delta, retain, _ = rows
+    config = PureConfig(solver="least_squares", retain_weight=3.0)
+    halves = [(forget[:100], delta[:100]), (forget[100:] + 1.0, delta[100:] * 2.0)]
+    v_f, x = least_squares_factors([f for f, _ in halves], [d for _, d in halves], retain, config)
+    expected = torch.zeros(16, 16, dtype=torch.float64)
+    for f, d in halves:
+        v_c = principal_basis(d, config.tau_forget)
+        expected += v_c @ least_squares_map(v_c, f, d, retain, config.retain_weight, config.ridge)
+    assert v_f.shape[1] == x.shape[0] > 0
+    assert torch.allclose(v_f @ x, expected, atol=1e-12)
+    alone_v, alone_x = least_squares_factors([forget], [delta], retain, config)
+    single = principal_basis(delta, config.tau_forget)
+    assert torch.equal(alone_v, single)
+    assert torch.allclose(alone_x, least_squares_map(single, forget, delta, retain, 3.0, config.ridge))
 
 
 def test_least_squares_singular_gram_is_a_one_line_error(rows) -> None:
