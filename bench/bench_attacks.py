@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--quick", action="store_true", help="reduced budgets (see QUICK)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default="attacks", help="results file name under bench/results/")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -106,7 +107,7 @@ def main() -> None:
     payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id, "seed": SEED,
                "quick": args.quick, "options": QUICK if args.quick else {}, "table": rows, "results": results,
                "total_wall_time_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
-    print(f"wrote {write_json('attacks', payload)}")
+    print(f"wrote {write_json(args.output, payload)}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def test_world_concept_red() -> None:
 
 def test_style_character_and_background_specs() -> None:
     striped = concept("striped")
-    assert striped.guide == "art" and striped.templates == STYLE_FORGET_TEMPLATES
+    assert striped.guide == "solid" and striped.templates == STYLE_FORGET_TEMPLATES  # the world's plain style
+    assert concept("solid").guide == ""
     assert "in the style of striped" in striped.forget
     bobo = concept("bobo")
     assert "a photo of Bobo" in bobo.forget

@@ -111,6 +111,25 @@ def test_l_prev_is_zero_at_initialisation_when_the_anchor_is_the_forget_prompt(p
         assert trainer.l_prev(x_t, t, prompts)[0].item() == 0.0
 
 
+def test_negative_guidance_scales_the_initial_l_prev_by_one_plus_eta_squared(pipe):
+    """At θ0 the target with η is ε(c_a) − η(ε(c_f) − ε(c_a)), so L_prev(η) = (1 + η)² L_prev(0) exactly-ish."""
+    losses = {}
+    for eta in (0.0, 2.0):
+        tuner, settings, pairs, retain = trust.setup(pipe, [SPEC], TrustConfig(eta=eta, **FAST))
+        with tuner:
+            trainer = trust.make_trainer(tuner, settings, pairs, retain)
+            losses[eta] = trainer.l_prev(*trainer.batch(0))[0].item()
+    assert losses[0.0] > 0
+    assert losses[2.0] == pytest.approx(9.0 * losses[0.0], rel=1e-4)
+
+
+@pytest.mark.parametrize(("window", "low", "high"), [("late", 20, 30), ("early", 0, 10)])
+def test_saliency_step_lies_in_its_third_of_the_trajectory(window, low, high):
+    generator = torch.Generator().manual_seed(0)
+    steps = {trust.saliency_index(30, window, generator) for _ in range(200)}
+    assert steps == set(range(low, high))
+
+
 # --- saliency and the dynamic mask -----------------------------------------------------------------
 
 
@@ -196,6 +215,7 @@ def test_an_empty_mask_warns_and_changes_nothing(pipe):
     (dict(mask_fraction=-0.1), "mask_fraction must be in"), (dict(lr=0), "lr must be > 0"),
     (dict(steps=0), "steps must be a positive integer"), (dict(refresh=0), "refresh must be a positive integer"),
     (dict(variant="hard"), "unknown TRuST variant"), (dict(beta=-1.0), "beta must be >= 0"),
+    (dict(eta=-1.0), "eta must be >= 0"), (dict(saliency_window="middle"), "saliency_window must be one of"),
 ])
 def test_bad_options_are_one_line_errors(pipe, options, message):
     with pytest.raises(ErasureLabError, match=message) as info:

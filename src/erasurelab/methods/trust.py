@@ -70,6 +70,7 @@ from erasurelab.methods.finetune import (
 from erasurelab.models.sampling import noise_scheduler
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
+SALIENCY_WINDOWS: tuple[str, ...] = ("late", "early")
 #: (SD, embedded) defaults of trust.md §5.
 LR = (1e-5, 1e-4)
 BATCH = (2, 8)
@@ -114,6 +115,8 @@ class TrustConfig:
     saliency_prompts: int = 4
     guide: str | None = None
     retain_weight: float = 0.0
+    eta: float = 0.0
+    saliency_window: str = "late"
     seed: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
@@ -121,12 +124,15 @@ class TrustConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ErasureLabError(f"unknown TRuST variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        if self.saliency_window not in SALIENCY_WINDOWS:
+            raise ErasureLabError(f"saliency_window must be one of {', '.join(SALIENCY_WINDOWS)}, "
+                                  f"got {self.saliency_window!r}")
         if as_number(self, "mask_fraction") is not None:
             check_fraction("mask_fraction", self.mask_fraction)
         check_number(self, "xi", minimum=-math.inf)
         for name in ("lr", "kappa"):
             check_number(self, name)
-        for name in ("beta", "retain_weight", "guidance"):
+        for name in ("beta", "retain_weight", "guidance", "eta"):
             check_number(self, name, strict=False)
         for name in ("refresh", "batch_size", "steps", "n_forget", "sample_steps", "saliency_prompts",
                      "checkpoint_every"):
@@ -158,6 +164,17 @@ def fraction_mask(grad: torch.Tensor, fraction: float) -> torch.Tensor:
     mask = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
     mask[torch.topk(s, k, sorted=False).indices] = True
     return mask.reshape(grad.shape)
+
+
+def saliency_index(n_steps: int, window: str, generator: torch.Generator) -> int:
+    """Sampler step at which saliency is scored, uniform within a third of the trajectory.
+
+    "late" (the spec's [R] choice): the last third, little noise left. "early": the first third,
+    where the layout and the object are decided (the step index counts from pure noise).
+    """
+    third = max(1, math.ceil(n_steps / 3))
+    start = n_steps - third if window == "late" else 0
+    return start + int(torch.randint(0, third, (1,), generator=generator))
 
 
 def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -244,9 +261,7 @@ class TrustTrainer:
         generator = step_generator(s["seed"], STREAM_SALIENCY, step)
         k = min(s["saliency_prompts"], len(self.forget))
         prompts = torch.randperm(len(self.forget), generator=generator)[:k]
-        n_steps = len(self.sampler.timesteps)
-        last = max(1, math.ceil(n_steps / 3))
-        i = n_steps - last + int(torch.randint(0, last, (1,), generator=generator))
+        i = saliency_index(len(self.sampler.timesteps), s["saliency_window"], generator)
         cond = self.forget.take(prompts)
         z = denoise(tuner.predict, self.sampler, start_noise(tuner.unet, self.sampler, generator, k), cond,
                     self.empty, s["guidance"], i)
@@ -289,9 +304,16 @@ class TrustTrainer:
         return x_t, t.to(self.data.device), self.data_prompts[items]
 
     def l_prev(self, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_prev, ε_θ(x_t, t, c_f)): map the forget prompt to the anchor's frozen prediction."""
+        """(L_prev, ε_θ(x_t, t, c_f)): map the forget prompt to the anchor's frozen prediction.
+
+        With eta > 0 the target is pushed past the anchor, away from the concept:
+        y = ε_θ0(c_a) − η·(ε_θ0(c_f) − ε_θ0(c_a)) (ESD's negative guidance with the anchor as base).
+        """
+        forget = self.forget.take(prompts)
         target = self.tuner.frozen(x_t, t, self.anchors.take(prompts))
-        pred = self.tuner.predict(x_t, t, self.forget.take(prompts))
+        if self.s["eta"] > 0:
+            target = target - self.s["eta"] * (self.tuner.frozen(x_t, t, forget) - target)
+        pred = self.tuner.predict(x_t, t, forget)
         return noise_mse(pred, target), pred
 
     def csr(self, step: int, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor,

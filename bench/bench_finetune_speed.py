@@ -1,0 +1,101 @@
+"""Fine-tuning speed to a forget level (issue 5): ESD vs TRuST on one concept, on the embedded model.
+
+Why step sweeps: every draw of both trainers is a function of (seed, step) and the learning rate
+is constant, so a run with `steps=N` is exactly the first N steps of a longer run and its wall time
+is the time to reach step N. For each method and step count it erases the concept in a fresh
+process (so peak memory is the run's own), then measures the target rate on the anchor prompts
+(5 seeds) and retention (1 seed). The table names, per method, the first step count whose anchor
+rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's.
+Prints a table and writes bench/results/finetune_speed.json.
+
+    python bench/bench_finetune_speed.py --concept circle --esd-steps 100,200,300,600 --trust-steps 25,50,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, table, write_json
+
+
+def worker(method: str, label: str, steps: int) -> dict:
+    """One erase + measurement in this process; returns the row."""
+    import time
+
+    import torch
+
+    from bench_closed_form import anchor_items, retain_items, retention, target_rate
+    from erasurelab.api import erase
+    from erasurelab.judges import load_judge
+    from erasurelab.models import load_pipeline
+    from erasurelab.runinfo import peak_rss_mb
+
+    torch.set_num_threads(2)
+    pipe = load_pipeline("builtin:shapes")
+    judge = load_judge("shapes")
+    start = time.perf_counter()
+    edit = erase(pipe, [label], method, steps=steps)
+    wall = time.perf_counter() - start
+    peak = peak_rss_mb()
+    edit.apply(pipe)
+    return {"method": method, "concept": label, "steps": steps, "wall_s": wall, "peak_rss_mb": peak,
+            "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
+            "retention": retention(pipe, judge, retain_items((label,)), 1),
+            "touched_fraction": edit.meta.get("touched_fraction", 1.0)}
+
+
+def run_in_subprocess(method: str, label: str, steps: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", method, label, str(steps)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def first_at_level(rows: list[dict], level: float) -> dict | None:
+    reached = [r for r in sorted(rows, key=lambda r: r["steps"]) if r["anchor"] <= level]
+    return reached[0] if reached else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--esd-steps", default="100,200,300,600")
+    parser.add_argument("--trust-steps", default="25,50,100")
+    parser.add_argument("--level", type=float, default=0.10, help="forget level: anchor target rate at most this")
+    parser.add_argument("--output", default="finetune_speed")
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "CONCEPT", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        method, label, steps = args.worker
+        print(json.dumps(worker(method, label, int(steps))))
+        return
+
+    sweeps = {"esd": [int(s) for s in args.esd_steps.split(",")],
+              "trust": [int(s) for s in args.trust_steps.split(",")]}
+    rows = []
+    for method, steps_list in sweeps.items():
+        for steps in steps_list:
+            row = run_in_subprocess(method, args.concept, steps)
+            print(f"{method} {steps} steps: anchor {row['anchor']:.3f}, retention {row['retention']:.3f}, "
+                  f"{row['wall_s']:.1f} s", flush=True)
+            rows.append(row)
+    reached = {m: first_at_level([r for r in rows if r["method"] == m], args.level) for m in sweeps}
+    speedup = (reached["esd"]["wall_s"] / reached["trust"]["wall_s"]
+               if reached["esd"] and reached["trust"] else None)
+    print(table(rows, ["method", "concept", "steps", "wall_s", "peak_rss_mb", "anchor", "retention",
+                       "touched_fraction"]))
+    for method, row in reached.items():
+        print(f"{method}: " + (f"{row['steps']} steps, {row['wall_s']:.1f} s to anchor <= {args.level}"
+                               if row else f"never reached anchor <= {args.level}"))
+    print(f"speed-up (ESD time / TRuST time to the level): {speedup if speedup is None else round(speedup, 2)}")
+    payload = {"environment": environment(), "concept": args.concept, "level": args.level, "rows": rows,
+               "reached": reached, "speedup": speedup}
+    print(f"wrote {write_json(args.output, payload)}")
+
+
+if __name__ == "__main__":
+    main()
