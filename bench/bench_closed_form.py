@@ -52,6 +52,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "esd-u": ("esd", {"variant": "u"}),
     "trust": ("trust", {}),
     "esd-x-lr5e-4": ("esd", {"variant": "x", "lr": 5e-4}),
+    "esd-x-keep": ("esd", {"variant": "x", "retain_weight": 1.0}),
+    "esd-x-keep-eta3": ("esd", {"variant": "x", "retain_weight": 1.0, "eta": 3.0, "lr": 1e-3}),
     "trust-lr5e-4": ("trust", {"lr": 5e-4, "steps": 200}),
 }
 

@@ -225,11 +225,11 @@ def test_bad_options_are_one_line_errors(pipe, options, message):
 
 def test_defaults_follow_the_spec(pipe):
     config = TrustConfig()
-    assert (config.variant, config.xi, config.refresh, config.guidance, config.mask_fraction) == \
-        ("csr", 2.0, 1, 7.5, None)
+    assert (config.variant, config.xi, config.guidance, config.mask_fraction) == ("csr", 2.0, 7.5, None)
+    assert (config.eta, config.saliency_window) == (2.0, "early")  # the measured departures (docstring)
     sd = config.resolve(pipe)
-    assert (sd["lr"], sd["batch_size"], sd["steps"], sd["kappa"], sd["n_forget"], sd["sample_steps"]) == \
-        (1e-5, 2, 300, 1e-3, 800, 25)
+    assert (sd["lr"], sd["refresh"], sd["batch_size"], sd["steps"], sd["kappa"], sd["n_forget"],
+            sd["sample_steps"]) == (1e-5, 1, 2, 300, 1e-3, 800, 25)
     assert TrustConfig(variant="cip").resolve(pipe)["steps"] == 1000
 
 
