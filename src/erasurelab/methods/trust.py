@@ -7,14 +7,16 @@ of the spec are implemented as the spec reconstructs them, except where noted be
 Trainable set Θ_A: the weights of every `attn2.to_q`, `to_k`, `to_v` (to_out excluded).
 Each step (or every `refresh` steps) the mask M is re-estimated from the *current* weights:
   saliency: z_T ~ N(0, I) per forget prompt (1–4 prompts), DDIM with the current θ and no grad down
-  to t* drawn uniformly from the last third of the trajectory, then one U-Net call with grad;
+  to t* drawn uniformly from a third of the trajectory (below), then one U-Net call with grad;
   g = ∇_{Θ_A} S. Per weight matrix, M = 1[z(|g|) > ξ] (spec) or, with `mask_fraction` f, the
   round(f·n) entries of largest |g| (the fraction the caller asks for).
   Deviation (ours): S is the model's own concept score S = mean (ε_θ(z, t*, c_f) − sg[ε_θ(z, t*, ∅)])²,
   the strength of the concept's guidance direction on its own trajectory, instead of a CLIP/scorer
   network on the decoded x̂_0. It needs no extra network (any SD-family model works offline) and
   cannot couple to the evaluation judge (trust.md §7).
-Loss: L_prev = ‖ε_θ(x_t, t, c_f) − sg[ε_θ0(x_t, t, c_a)]‖² on x_0 ∈ D_f (latents the original model
+  Deviation (ours, measured): t* is drawn from the *first* third by default (saliency_window).
+Loss: L_prev = ‖ε_θ(x_t, t, c_f) − sg[y]‖², y = ε_θ0(x_t, t, c_a) − η·(ε_θ0(x_t, t, c_f) − ε_θ0(x_t, t, c_a))
+  (deviation: η = 2 by default; η = 0 is the spec's target), on x_0 ∈ D_f (latents the original model
   generates for the forget anchors; not judge-filtered, unlike the spec), c_a = the anchor with the
   concept words replaced by the guide, plus
   CSR: β·R̂, R̂ = mean ‖ε_{θ+δ(M⊙v)} − ε_θ‖² / δ², v Rademacher, δ = 1e-3·RMS(θ_M) (a Hutchinson
@@ -101,7 +103,7 @@ class TrustConfig:
     Two departures from the spec's [R] reconstruction, both measured on the embedded model (see
     docs/architecture.md; eta=0, saliency_window="late" restore the spec):
     eta (2.0): negative guidance past the anchor in L_prev's target (ESD's idea with the anchor as
-    base). With eta=0 the target only imitates the anchor and a 100-step run left circle at 0.98.
+    base). With eta=0 the target only imitates the anchor: 100 steps at lr 1e-3 left circle at 0.80.
     saliency_window ("early"): score saliency in the first third of the sampler's trajectory, where
     the object and layout are decided; the last third (spec) chose neurons that shape details.
     Adam moments of entries outside the current mask are frozen, not decayed by zero gradients
