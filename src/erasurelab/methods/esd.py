@@ -33,6 +33,7 @@ from erasurelab.methods.finetune import (
     encode_empty,
     encode_prompts,
     forget_pairs,
+    negative_guidance,
     noise_mse,
     retain_conditioning,
     retain_term,
@@ -113,9 +114,8 @@ class EsdConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def esd_target(eps_concept: torch.Tensor, eps_empty: torch.Tensor, eta: float) -> torch.Tensor:
-    """y = ε_∅ − η (ε_c − ε_∅) (esd.md §2)."""
-    return eps_empty - eta * (eps_concept - eps_empty)
+#: y = ε_∅ − η (ε_c − ε_∅) (esd.md §2): the engine's negative guidance with base ∅.
+esd_target = negative_guidance
 
 
 def eta_from_negative_guidance(negative_guidance: float) -> float:

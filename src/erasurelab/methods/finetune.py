@@ -76,9 +76,12 @@ def noise_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction.float() - target.float()).pow(2).mean()
 
 
-# ---------------------------------------------------------------------------------------------
-# Config validation shared by the fine-tuning methods
-# ---------------------------------------------------------------------------------------------
+def negative_guidance(eps_concept: torch.Tensor, eps_base: torch.Tensor, eta: float) -> torch.Tensor:
+    """y = ε_base − η (ε_c − ε_base): the base prediction pushed away from the concept.
+
+    ESD's target with base ∅ (esd.md §2); TRuST's L_prev target with base = the guide anchor.
+    """
+    return eps_base - eta * (eps_concept - eps_base)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from erasurelab.methods.finetune import (
     encode_empty,
     encode_prompts,
     forget_pairs,
+    negative_guidance,
     noise_mse,
     retain_conditioning,
     retain_term,
@@ -322,8 +323,8 @@ class TrustTrainer:
         """
         forget = self.forget.take(prompts)
         target = self.tuner.frozen(x_t, t, self.anchors.take(prompts))
-        if self.s["eta"] > 0:
-            target = target - self.s["eta"] * (self.tuner.frozen(x_t, t, forget) - target)
+        if self.s["eta"] > 0:  # η = 0 needs no ε_θ0(c_f): skip the extra U-Net call
+            target = negative_guidance(self.tuner.frozen(x_t, t, forget), target, self.s["eta"])
         pred = self.tuner.predict(x_t, t, forget)
         return noise_mse(pred, target), pred
 
