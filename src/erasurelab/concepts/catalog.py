@@ -59,6 +59,21 @@ def _neighbour_phrases(attribute: str, name: str) -> list[str]:
     return [c.train_words[0] for c in vocab.concepts(attribute) if c.name != name][:MAX_NEIGHBOURS]  # type: ignore[arg-type]
 
 
+#: The shapes world's plain style: what a patterned style is replaced by.
+PLAIN_STYLE = "solid"
+
+
+def world_guide(attribute: str, name: str) -> str:
+    """The guide a world concept is steered to: "solid" for a patterned style, "" otherwise.
+
+    Why not the SD convention "art" for styles: the embedded model never saw the word, and its
+    renders of "art" prompts are striped 61% of the time, so steering striped towards "art"
+    (UCE's target, TRuST's anchor prediction) kept the stripes. "solid" is the world's own
+    unpatterned style.
+    """
+    return PLAIN_STYLE if attribute == "style" and name != PLAIN_STYLE else ""
+
+
 def world_concept(label: str) -> ConceptSpec:
     """The spec of one world concept; unknown labels raise a one-line error with close matches."""
     try:
@@ -75,21 +90,6 @@ def world_concept(label: str) -> ConceptSpec:
         neighbours.append(f"{design.body_color} {design.body_object}")
     return ConceptSpec.from_words(concept.name, attribute, concept.train_words, neighbours,
                                   guide=world_guide(attribute, concept.name), paraphrases=concept.paraphrases)
-
-
-#: The shapes world's plain style: what a patterned style is replaced by.
-PLAIN_STYLE = "solid"
-
-
-def world_guide(attribute: str, name: str) -> str:
-    """The guide a world concept is steered to: "solid" for a patterned style, "" otherwise.
-
-    Why not the SD convention "art" for styles: the embedded model never saw the word, and its
-    renders of "art" prompts are striped 61% of the time, so steering striped towards "art"
-    (UCE's target, TRuST's anchor prediction) kept the stripes. "solid" is the world's own
-    unpatterned style.
-    """
-    return PLAIN_STYLE if attribute == "style" and name != PLAIN_STYLE else ""
 
 
 def concept(name_or_path: str | Path) -> ConceptSpec:

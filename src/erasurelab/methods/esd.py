@@ -42,6 +42,7 @@ from erasurelab.methods.finetune import (
     step_generator,
     tuner_for,
 )
+from erasurelab.models.sampling import is_embedded
 
 VARIANTS: tuple[str, ...] = ("x", "u", "x-strict", "all")
 SAMPLE_WITH: tuple[str, ...] = ("pool", "trained", "frozen")
@@ -57,10 +58,9 @@ POOL_CHUNK = 32
 class EsdConfig:
     """esd.md §4 defaults; None means "the spec's default for this model" (SD-1.x or the embedded one).
 
-    variant: x | u | x-strict | all (also "esd-x", ...); None: x for style concepts, u otherwise.
-    eta: negative guidance η (paper convention). lr: Adam learning rate (1e-5 SD, 5e-4 embedded:
-    at 1e-4 300 steps of ESD-x left circle at 0.63). variant None: x for styles, u otherwise (SD);
-    x always on the embedded model.
+    variant: x | u | x-strict | all (also "esd-x", ...); None: x for style concepts, u otherwise
+    on SD, x always on the embedded model. eta: negative guidance η (paper convention).
+    lr: Adam learning rate (1e-5 SD, 5e-4 embedded: at 1e-4 300 steps of ESD-x left circle at 0.63).
     steps: iterations (1000 SD, 300 embedded). batch_size: 1. sample_steps: DDIM steps of the x_t
     sampler (50 SD, 20 embedded). start_guidance: CFG while sampling x_t (3.0).
     sample_with: pool (default, cached frozen trajectories) | trained | frozen (fresh per step).
@@ -99,8 +99,6 @@ class EsdConfig:
 
     def resolve(self, pipe: Any, specs: list[ConceptSpec]) -> dict[str, Any]:
         """Concrete settings for this model: the config with every None replaced by its spec default."""
-        from erasurelab.models.sampling import is_embedded
-
         # The embedded model takes text only through attn2, and ESD-u there (lr 1e-4, 300 steps) left
         # circle at 0.95 with retention 0.875: x is its default for every category.
         styles_only = bool(specs) and all(s.category == "style" for s in specs)
