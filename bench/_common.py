@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 from erasurelab.runinfo import peak_rss_mb  # noqa: F401  (re-exported for the benches)
@@ -33,3 +36,13 @@ def write_json(name: str, payload: dict) -> Path:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     return write_json_atomic(RESULTS / f"{name}.json", payload)
+
+
+def run_worker(script: str, *args: str) -> dict:
+    """Run `python script *args` in a fresh process and return the JSON dict it prints last.
+
+    Why a fresh process: a measurement's peak resident memory (and its timing, free of the
+    parent's caches) is then its own.
+    """
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])

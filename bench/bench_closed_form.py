@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from erasurelab.models import generate, load_pipeline
 from erasurelab.world import captions
 from erasurelab.world.builtin import weights_hash
 
-from _common import environment, peak_rss_mb, table, write_json
+from _common import environment, peak_rss_mb, run_worker, table, write_json
 
 SINGLE = ("red", "circle", "striped", "dotted", "bobo")
 MULTI = ("red", "circle", "striped")
@@ -51,10 +50,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "esd-x": ("esd", {"variant": "x"}),
     "esd-u": ("esd", {"variant": "u"}),
     "trust": ("trust", {}),
-    "esd-x-lr5e-4": ("esd", {"variant": "x", "lr": 5e-4}),
     "esd-x-keep": ("esd", {"variant": "x", "retain_weight": 1.0}),
     "esd-x-keep-eta3": ("esd", {"variant": "x", "retain_weight": 1.0, "eta": 3.0, "lr": 1e-3}),
-    "trust-lr5e-4": ("trust", {"lr": 5e-4, "steps": 200}),
 }
 
 
@@ -185,9 +182,7 @@ def main() -> None:
     if not args.skip_timing:
         for method in methods:
             for n in (1, 10):
-                out = subprocess.run([sys.executable, __file__, "--timing-worker", method, str(n),
-                                      "--repeats", str(args.repeats)], check=True, capture_output=True, text=True)
-                timing.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                timing.append(run_worker(__file__, "--timing-worker", method, str(n), "--repeats", str(args.repeats)))
         print(table(timing, ["method", "concepts", "median_s", "peak_rss_mb", "rss_after_load_mb"]))
 
     payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id,

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, table, write_json
+from _common import environment, run_worker, table, write_json
 
 
 def worker(method: str, label: str, steps: int) -> dict:
@@ -49,12 +48,6 @@ def worker(method: str, label: str, steps: int) -> dict:
             "touched_fraction": edit.meta.get("touched_fraction", 1.0)}
 
 
-def run_in_subprocess(method: str, label: str, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", method, label, str(steps)], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def first_at_level(rows: list[dict], level: float) -> dict | None:
     reached = [r for r in sorted(rows, key=lambda r: r["steps"]) if r["anchor"] <= level]
     return reached[0] if reached else None
@@ -79,7 +72,7 @@ def main() -> None:
     rows = []
     for method, steps_list in sweeps.items():
         for steps in steps_list:
-            row = run_in_subprocess(method, args.concept, steps)
+            row = run_worker(__file__, "--worker", method, args.concept, str(steps))
             print(f"{method} {steps} steps: anchor {row['anchor']:.3f}, retention {row['retention']:.3f}, "
                   f"{row['wall_s']:.1f} s", flush=True)
             rows.append(row)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, peak_rss_mb, table, write_json
+from _common import environment, peak_rss_mb, run_worker, table, write_json
 
 
 def worker(batch: int, repeats: int) -> dict:
@@ -48,9 +47,7 @@ def main() -> None:
         return
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--worker", str(batch), "--repeats", str(args.repeats)],
-                             check=True, capture_output=True, text=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(__file__, "--worker", str(batch), "--repeats", str(args.repeats)))
     print(table(rows, ["batch", "images_per_s", "median_batch_seconds", "peak_rss_mb", "rss_after_load_mb"]))
     print(f"wrote {write_json('generation', {'environment': environment(), 'results': rows})}")
 
