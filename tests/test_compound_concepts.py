@@ -25,6 +25,7 @@ from erasurelab.concepts import (
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.compound import build_compound_suites
 from erasurelab.evaluation.suites import normalise
+from erasurelab.methods.finetune import forget_pairs
 from erasurelab.world import vocab
 
 from conftest import yaml_error
@@ -122,6 +123,17 @@ def test_conditional_anchors() -> None:
     assert "a photo of a circle" in spec.retain  # alone
     assert "a square on a white background" in spec.retain  # other concepts in the context
     assert len(spec.retain) == 2 * 6 + 5 + 7 * 6
+
+
+def test_world_guides_keep_the_other_part() -> None:
+    """trust.md §3's c_a: the prompt with the erased part swapped for a sibling, so guided edits keep the rest."""
+    assert concept("red+circle").guide == "red square"
+    assert concept("striped+red+circle").guide == "striped red square"
+    assert concept("circle|white").guide == "square on a white background"
+    pairs = dict(forget_pairs([concept("red+circle")]))
+    assert pairs["a photo of a red circle"] == "a photo of a red square"
+    pairs = dict(forget_pairs([concept("circle|white")]))
+    assert pairs["a drawing of a circle on a white background"] == "a drawing of a square on a white background"
 
 
 def test_character_conditional_uses_names_without_article() -> None:
@@ -231,6 +243,10 @@ def test_yaml_combination(tmp_path) -> None:
     assert "a photo of child" in spec.retain and "a photo of beer" in spec.retain  # each part alone
     assert spec.retain[-1] == "a bar"
     assert ConceptSpec.from_dict(spec.to_dict()) == spec
+    assert spec.guide == "child juice"  # the last part swapped for its first alternative
+    assert dict(forget_pairs([spec]))["a photo of a child drinking beer"] == "a photo of a child drinking juice"
+    path.write_text(path.read_text(encoding="utf-8") + "guide: ''\n", encoding="utf-8")
+    assert concept(path).guide == ""  # an explicit empty guide stays unconditional
 
 
 def test_yaml_conditional_default_templates(tmp_path) -> None:
@@ -243,6 +259,7 @@ def test_yaml_conditional_default_templates(tmp_path) -> None:
     assert "a dog on a table" in spec.retain and "a cat on a chair" in spec.retain
     assert "a photo of a cat" in spec.retain
     assert not set(spec.forget) & set(spec.retain)
+    assert spec.guide == "dog on a table"
 
 
 def test_yaml_combination_default_templates_skip_backgrounds(tmp_path) -> None:

@@ -289,6 +289,9 @@ def swapped_labels(labels: Mapping[str, str], keep: Sequence[str]) -> list[dict[
 def world_combination(parts: Sequence[str]) -> ConceptSpec:
     """The combination spec of world labels (trust.md §3), anchors from the training templates only.
 
+    guide: the phrase with the last part (the noun) swapped for its first alternative, "red
+    square" for red+circle: trust.md §3's c_a, so a guided edit keeps the other parts.
+
     forget (F_tr): every training template with all parts ({bg} over the three backgrounds).
     retain: each part without the others (R_A, R_B in training templates): for each part, every
     alternative of the other parts ("red square" ... and "blue circle" ...), one background each.
@@ -305,8 +308,10 @@ def world_combination(parts: Sequence[str]) -> ConceptSpec:
             for prompt, _ in combination_items(COMBINATION_TRAIN_TEMPLATES, variant, (background,)):
                 retain.setdefault(prompt, None)
     x = combination_slots(labels)["x"]
+    guide = combination_slots(swapped_labels(labels, tuple(labels)[:-1])[0])["x"]
     return ConceptSpec(combination_name(labels), "custom", forget, tuple(r for r in retain if r not in forget),
-                       synonyms=(x,), neighbours=tuple(phrases), kind="combination", parts=tuple(labels.values()))
+                       guide=guide, synonyms=(x,), neighbours=tuple(phrases), kind="combination",
+                       parts=tuple(labels.values()))
 
 
 def world_conditional(part: str, context: str) -> ConceptSpec:
@@ -314,6 +319,7 @@ def world_conditional(part: str, context: str) -> ConceptSpec:
 
     forget (F_tr): the conditional training templates with A on B. retain: A on every other
     background, A alone, and every other concept of A's attribute on B — training templates only.
+    guide: the first other concept on B ("square on a white background"), trust.md §3's c_a.
     """
     attribute, background = conditional_labels(part, context)
     label = part.strip().lower()
@@ -329,5 +335,6 @@ def world_conditional(part: str, context: str) -> ConceptSpec:
                   + [f"{conditional_slots(attribute, o)['A']} {phrase['ctx']}" for o in others])
     retain = [r for r in dict.fromkeys(retain) if r not in forget]
     return ConceptSpec(f"{label}|{background}", "custom", forget, tuple(retain),
+                       guide=f"{conditional_slots(attribute, others[0])['A']} {phrase['ctx']}",
                        synonyms=(f"{phrase['A']} {phrase['ctx']}",), neighbours=tuple(neighbours),
                        kind="conditional", parts=(label,), context=background)

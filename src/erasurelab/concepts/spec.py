@@ -317,7 +317,7 @@ def check_compound_templates(kind: str, templates: Sequence[str], n_parts: int, 
 
 
 def combination_spec(parts: Sequence[str], name: str | None = None, templates: Sequence[str] | None = None,
-                     alternatives: Mapping[str, Sequence[str]] | None = None, guide: str = "",
+                     alternatives: Mapping[str, Sequence[str]] | None = None, guide: str | None = None,
                      paraphrases: Sequence[str] = ()) -> ConceptSpec:
     """A combination for any model (no world vocabulary): anchors from templates over the parts.
 
@@ -325,6 +325,8 @@ def combination_spec(parts: Sequence[str], name: str | None = None, templates: S
     retain: each part alone in the single templates ("a photo of beer"), plus, for every part P
     with alternatives, the templates with P replaced by each alternative ("an adult drinking
     beer" keeps "beer"). templates default to the combination training templates without {bg}.
+    guide (None): the parts with the last one swapped for its first alternative ("child milk"),
+    trust.md §3's c_a, which keeps the other parts; "" when the last part has no alternative.
     """
     parts = tuple(p.strip() for p in parts)
     spec_name = name or "+".join(parts)
@@ -336,19 +338,24 @@ def combination_spec(parts: Sequence[str], name: str | None = None, templates: S
     swaps = _alternatives(spec_name, alternatives, parts)
     swapped = [tuple(alt if j == i else p for j, p in enumerate(parts)) for i, alts in swaps for alt in alts]
     retain = expand(FORGET_TEMPLATES, parts) + tuple(fill(t, part_slots(s)) for s in swapped for t in templates)
+    if guide is None:
+        last = [alts[0] for i, alts in swaps if i == len(parts) - 1 and alts]
+        guide = part_slots((*parts[:-1], last[0]))["x"] if last else ""
     return ConceptSpec(spec_name, "custom", forget, _unique(retain, forget), guide, tuple(paraphrases),
                        synonyms=(part_slots(parts)["x"],), neighbours=tuple(" ".join(s) for s in swapped),
                        kind="combination", parts=parts)
 
 
 def conditional_spec(part: str, context: str, name: str | None = None, templates: Sequence[str] | None = None,
-                     alternatives: Mapping[str, Sequence[str]] | None = None, guide: str = "",
+                     alternatives: Mapping[str, Sequence[str]] | None = None, guide: str | None = None,
                      paraphrases: Sequence[str] = ()) -> ConceptSpec:
     """A conditional for any model: `part` erased only `context` (a phrase, e.g. "on a table").
 
     forget: templates with {A} = part, {ctx} = context. retain: the part alone (alone templates),
     and from alternatives {part: [...]} other concepts in the context, {"context": [...]} the part
     in other contexts. templates default to the conditional training templates.
+    guide (None): the first alternative concept in the same context ("dog on a table"), trust.md
+    §3's c_a, which keeps the context; "" when the part has no alternative.
     """
     part, context = part.strip(), context.strip()
     spec_name = name or f"{part}|{context}"
@@ -360,6 +367,8 @@ def conditional_spec(part: str, context: str, name: str | None = None, templates
     pairs = [(alt, context) for alt in swaps.get(0, ())] + [(part, alt) for alt in swaps.get(1, ())]
     retain = tuple(fill(t, {"A": part}) for t in ALONE_TRAIN_TEMPLATES)
     retain += tuple(fill(t, {"A": a, "ctx": c}) for a, c in pairs for t in templates)
+    if guide is None:
+        guide = f"{swaps[0][0]} {context}" if swaps.get(0) else ""
     return ConceptSpec(spec_name, "custom", forget, _unique(retain, forget), guide, tuple(paraphrases),
                        synonyms=(f"{part} {context}",), neighbours=(part, *(f"{a} {c}" for a, c in pairs)),
                        kind="conditional", parts=(part,), context=context)

@@ -146,8 +146,8 @@ def _compound_spec(path: Path, data: dict[str, Any], name: str, kind: str) -> Co
     if context is not None and not isinstance(context, str | int | float):
         raise ErasureLabError(f"{path}: `context` must be a string")
     context = "" if context is None else str(context).strip()
-    guide = data.get("guide", "")
-    if not isinstance(guide, str):
+    guide = data.get("guide")  # None: the spec builder's default (a sibling that keeps the other parts)
+    if guide is not None and not isinstance(guide, str):
         raise ErasureLabError(f"{path}: `guide` must be a string")
     templates = _strings(path, data, "templates") or None
     try:

@@ -584,17 +584,30 @@ def retain_conditioning(pipe: Any, retain: Sequence[str], weight: float) -> Cond
     return encode_prompts(pipe, retain) if retain and weight > 0 else None
 
 
+def _replace_words(text: str, word: str, by: str) -> str:
+    import re
+
+    return re.sub(rf"(?<![\w-]){re.escape(word.strip())}(?![\w-])", by, text, flags=re.IGNORECASE)
+
+
 def anchor_prompt(anchor: str, target_words: Sequence[str], guide: str) -> str:
     """The anchor with its target words replaced by the guide ("a photo of red" -> "a photo of" for guide "").
 
-    Falls back to the guide itself when no target word occurs in the anchor.
+    When no target phrase occurs but one has as many words as the guide, the words that differ are
+    swapped one by one: a combination "child beer" with guide "child juice" turns "a child
+    drinking beer" into "a child drinking juice" (trust.md §3's c_a). Otherwise: the guide itself.
     """
-    import re
-
     out = anchor
     for word in sorted(target_words, key=len, reverse=True):
         if word.strip() and mentions(out, word):
-            out = re.sub(rf"(?<![\w-]){re.escape(word.strip())}(?![\w-])", guide, out, flags=re.IGNORECASE)
+            out = _replace_words(out, word, guide)
+    if out == anchor:
+        for word in target_words:
+            pairs = list(zip(word.split(), guide.split(), strict=False))
+            if len(word.split()) == len(guide.split()) > 1 and all(mentions(anchor, a) for a, _ in pairs):
+                for a, b in pairs:
+                    out = _replace_words(out, a, b) if a.lower() != b.lower() else out
+                break
     out = " ".join(out.split())
     return guide if out == " ".join(anchor.split()) else out
 
