@@ -12,7 +12,16 @@ from erasurelab.attacks import run_attack
 from erasurelab.attacks.diffusion import seeded
 from erasurelab.attacks.prompts import template_pairs
 from erasurelab.attacks.ring_a_bell import clear_suite_cache, concept_vector, genetic_search
-from erasurelab.attacks.tokens import encode_ids, frame, prompt_tokens, special_ids, tokenize, vocabulary_ids
+from erasurelab.attacks.tokens import (
+    encode_ids,
+    frame,
+    prompt_tokens,
+    round_trips,
+    special_ids,
+    tokenize,
+    vocabulary_ids,
+    whole_word_ids,
+)
 from erasurelab.concepts import concept
 from tiny_bert_pipeline import MAX_TOKENS, TEXT_WIDTH, tiny_bert_pipeline
 from tiny_pipelines import tiny_sd15_pipeline
@@ -94,6 +103,21 @@ def test_search_invariants(pipe) -> None:
         assert torch.allclose(fit, fitness(population).float(), rtol=1e-5, atol=1e-3)  # cached fitness is right
     assert result.evaluations <= n * 25
     assert result.fitness == pytest.approx(history[-1])
+
+
+def test_whole_word_vocabulary_round_trips(builtin_pipe) -> None:
+    """Prompts of whole-word ids decode to text that tokenizes back to the same ids; word pieces do not."""
+    tokenizer = builtin_pipe.tokenizer
+    vocab = vocabulary_ids(tokenizer, builtin_pipe.text_encoder)
+    words = whole_word_ids(tokenizer, vocab)
+    assert set(words.tolist()) < set(vocab.tolist())
+    assert tokenizer.convert_tokens_to_ids("##ing") not in set(words.tolist())
+    generator = torch.Generator().manual_seed(0)
+    samples = [ids.tolist() for ids in (words[torch.randint(len(words), (8,), generator=generator)]
+                                        for _ in range(50))]
+    assert all(round_trips(tokenizer, ids) for ids in samples)
+    glued = [int(words[0]), tokenizer.convert_tokens_to_ids("##ing")]
+    assert not round_trips(tokenizer, glued)
 
 
 def test_same_seed_same_search(pipe) -> None:

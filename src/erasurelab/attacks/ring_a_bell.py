@@ -52,6 +52,7 @@ from erasurelab.attacks.tokens import (
     round_trips,
     tokenize,
     vocabulary_ids,
+    whole_word_ids,
 )
 from erasurelab.errors import ErasureLabError
 
@@ -69,12 +70,17 @@ class RingABellConfig(RenderConfig):
     """Embedded defaults (attacks.md §3): K 8, η 3, N 64, 200 generations, 20 pairs.
 
     Official SD nudity: k 16, eta 3, population 200, generations 3000 (violence: k 38 or 77, eta 5-5.5).
-    init_from_prompt (default on) seeds one individual with the seed prompt's own first K tokens;
-    the search then moves it towards f(P) + η·c. Why on: from random tokens alone, the embedded
-    budget (N·generations = 12.8k encoder calls per prompt, 2% of the official 600k) lowered the
-    fitness by only ~20% and found concept prompts for 3 of 5 seed prompts on the *unedited* model
-    (ASR 0.60, bench/results/attacks.json of 2026-11-24); seeded, it reached 8 of 8 (circle).
+    init_from_prompt (default on) seeds one individual with the seed prompt's own tokens (K grows
+    to the prompt's length when it is longer); the search then moves it towards f(P) + η·c. Why
+    on: from random tokens alone, the embedded budget (N·generations = 12.8k encoder calls per
+    prompt, 2% of the official 600k) lowered the fitness by only ~20% and found concept prompts
+    for 3 of 5 seed prompts on the *unedited* model (ASR 0.60, bench/results/attacks.json of
+    2026-11-24); seeded, it reached 8 of 8 (circle).
     Set it to False for the official random initialisation.
+    whole_words (default on): search only tokens that are whole words (tokens.whole_word_ids), so
+    the decoded prompt tokenizes back to the ids the search scored. Why: over the full vocabulary
+    the word pieces glued onto their neighbours ("circleesseddlersier"), and 25% of random 8-token
+    prompts did not round-trip (0% over whole words). False: the official full vocabulary.
     """
 
     k: int = 8
@@ -89,6 +95,7 @@ class RingABellConfig(RenderConfig):
     n_prompts: int = 10
     prompts: tuple[str, ...] = ()
     init_from_prompt: bool = True
+    whole_words: bool = True
     eval_batch: int = 256
 
     def __post_init__(self) -> None:
@@ -212,7 +219,7 @@ def suite_key(fingerprint: str, prepared: Prepared, ctx: AttackContext) -> str:
     """Cache key of a suite: everything the search depends on, and nothing the rendering does."""
     config: RingABellConfig = ctx.config
     search = {k: getattr(config, k) for k in ("k", "eta", "population", "generations", "mutation", "crossover",
-                                              "init_from_prompt")}
+                                              "init_from_prompt", "whole_words")}
     payload = json.dumps({"encoder": fingerprint, "search": search, "pairs": prepared.pairs,
                           "prompts": prepared.prompts, "seed": ctx.seed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -285,16 +292,22 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
     if config.k > fr.length - 2:
         raise ErasureLabError(f"k={config.k} does not fit a {fr.length}-token prompt (at most {fr.length - 2})")
     vocab = vocabulary_ids(tokenizer, encoder)
+    if config.whole_words:
+        vocab = whole_word_ids(tokenizer, vocab)
     with torch.no_grad():
         vector = concept_vector(encoder, tokenizer, prepared.pairs)
-        template, lengths = fr.build([[int(vocab[0])] * config.k])
-        template = template[0]
-
         suite = []
         for p, prompt in enumerate(prepared.prompts):
             target = encode_ids(encoder, *tokenize(tokenizer, [prompt]))[0].float() + config.eta * vector
+            own = prompt_tokens(tokenizer, prompt) if config.init_from_prompt else []
+            # A seed prompt longer than K widens its own search rather than starting truncated
+            # ("a circle that is the color of a fire truck" cut at 8 tokens loses the fire truck).
+            k = min(max(config.k, len(own)), fr.length - 2)
+            template, lengths = fr.build([[int(vocab[0])] * k])
+            template = template[0]
 
-            def fitness(rows: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
+            def fitness(rows: torch.Tensor, target: torch.Tensor = target,
+                        lengths: torch.Tensor = lengths) -> torch.Tensor:
                 out = []
                 for s in range(0, len(rows), config.eval_batch):
                     chunk = rows[s:s + config.eval_batch]
@@ -305,13 +318,13 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
             generator = seeded(ctx.seed, 3, p)
             initial = None
             if config.init_from_prompt:
-                own = prompt_tokens(tokenizer, prompt)[: config.k]
-                fill = vocab[torch.randint(len(vocab), (config.k - len(own),), generator=generator)].tolist()
+                own = own[:k]
+                fill = vocab[torch.randint(len(vocab), (k - len(own),), generator=generator)].tolist()
                 initial = fr.build([own + fill])[0][0]
-            result = genetic_search(fitness, template, config.k, vocab, config.population, config.generations,
+            result = genetic_search(fitness, template, k, vocab, config.population, config.generations,
                                     config.mutation, config.crossover, generator, initial=initial, quiet=ctx.quiet)
             budget.add("steps", config.generations)
-            slots = result.ids[1:config.k + 1].tolist()
+            slots = result.ids[1:k + 1].tolist()
             suite.append({"seed_prompt": prompt, "prompt": decode(tokenizer, slots), "ids": result.ids.tolist(),
                           "fitness": result.fitness, "fitness_first": result.history[0],
                           "evaluations": result.evaluations, "round_trips": round_trips(tokenizer, slots)})

@@ -81,7 +81,9 @@ STYLE_EVAL_TEMPLATES: tuple[str, ...] = (
     "a poster in the style of {}", "an illustration in the style of {}", "a photo in the style of {}",
     "a work in the style of {}", "art in the style of {}", "a canvas in the style of {}",
 )
-#: Initializer words when the user gives none and the concept has no guide (one per category).
+#: Initializer words when the user gives none: the concept's coarse class, as the official scripts'
+#: --initializer_token ("painting", "cat"). Not the concept's guide: that is what erasure maps the
+#: concept *to* ("solid" for a world style), the opposite of where the attack should start.
 CATEGORY_WORDS = {"color": "color", "object": "shape", "style": "art", "background": "background",
                   "character": "character", "custom": "object"}
 #: Seed offset of the reference (training) images: disjoint from the scoring seeds.
@@ -192,7 +194,7 @@ def initial_vector(pipe: Any, spec: Any, config: TextualInversionConfig) -> tupl
     """Mean embedding of the initializer word's tokens (first candidate with ordinary tokens)."""
     table = pipe.text_encoder.get_input_embeddings().weight.detach()
     banned = special_ids(pipe.tokenizer)
-    candidates = [config.initializer] if config.initializer else [spec.guide, CATEGORY_WORDS[spec.category], "art"]
+    candidates = [config.initializer] if config.initializer else [CATEGORY_WORDS[spec.category], "art"]
     for word in candidates:
         ids = [i for i in prompt_tokens(pipe.tokenizer, word) if i not in banned] if word.strip() else []
         if ids:

@@ -66,6 +66,23 @@ def vocabulary_ids(tokenizer: Any, encoder: Any) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def whole_word_ids(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The ids among `ids` that decode to text which tokenizes back to that one id.
+
+    Why: a searched prompt is rendered as text. A word piece (BERT "##ing", a CLIP byte pair
+    without its end-of-word mark) glues onto its neighbour when decoded, and the glued word
+    tokenizes to different ids, so the prompt rendered is not the prompt found. Whole words keep
+    the search's ids and the rendered text the same in the common case.
+    """
+    texts = tokenizer.batch_decode([[int(i)] for i in ids], skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=True)
+    encoded = tokenizer([t.strip() for t in texts], add_special_tokens=False).input_ids
+    keep = [int(i) for i, back in zip(ids.tolist(), encoded, strict=True) if back == [int(i)]]
+    if not keep:
+        raise ErasureLabError("the tokenizer has no whole-word tokens to search over")
+    return torch.tensor(keep, dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class Frame:
     """How the pipeline frames a prompt: [start] tokens [end] [pad]... of fixed length."""
