@@ -11,7 +11,7 @@ each method erases the concept, renders the same suites on the edited model and 
 plus the erase wall time, peak memory and (TRuST) the fraction of trainable weights touched.
 Prints a table and writes bench/results/compound.json. Fixed seeds: two runs give the same numbers.
 
-    python bench/bench_compound.py --methods trust,esd-x,pure-ls
+    python bench/bench_compound.py --methods trust,esd-x,esd-x-keep,pure-ls
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def row(name: str, method: str, metrics, edit, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="trust,esd-x,pure-ls", help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--methods", default="trust,esd-x,esd-x-keep,pure-ls", help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--seeds", type=int, default=4, help="seeds per suite prompt (trust.md: 8)")
     parser.add_argument("--retain-max", type=int, default=24, help="prompts per retain suite at most")

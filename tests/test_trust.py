@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import erasurelab as el
+from erasurelab.concepts import concept
 from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
@@ -226,8 +227,12 @@ def test_bad_options_are_one_line_errors(pipe, options, message):
 def test_defaults_follow_the_spec(pipe):
     config = TrustConfig()
     assert (config.variant, config.xi, config.guidance, config.mask_fraction) == ("csr", 2.0, 7.5, None)
-    assert (config.eta, config.saliency_window) == (2.0, "early")  # the measured departures (docstring)
-    sd = config.resolve(pipe)
+    assert config.saliency_window == "early"  # a measured departure (docstring)
+    sd = config.resolve(pipe, [SPEC])
+    assert (sd["eta"], sd["retain_weight"]) == (2.0, 0.0)  # η: a measured departure; no retain term (spec α)
+    compound = config.resolve(pipe, [concept("red+circle"), concept("circle|white")])
+    assert (compound["eta"], compound["retain_weight"]) == (0.0, 5.0)  # the sibling anchor and R_A/R_B suffice
+    assert TrustConfig(eta=1.0, retain_weight=0.0).resolve(pipe, [concept("red+circle")])["eta"] == 1.0
     assert (sd["lr"], sd["refresh"], sd["batch_size"], sd["steps"], sd["kappa"], sd["n_forget"],
             sd["sample_steps"]) == (1e-5, 1, 2, 300, 1e-3, 800, 25)
     assert TrustConfig(variant="cip").resolve(pipe)["steps"] == 1000

@@ -83,6 +83,14 @@ STEPS = {"csr": (300, 100), "cip": (1000, 300)}
 KAPPA = (1e-3, 3e-3)
 N_FORGET = (800, 64)
 SAMPLE_STEPS = (25, 10)
+#: (single, compound) defaults of η and the retain weight. A compound's anchor is a real sibling
+#: ("a red square" for red+circle), so the spec's plain target (η 0) already points away from the
+#: concept, while η > 0 would also push the shared part ("red") away; its retain set (R_A, R_B:
+#: the parts alone) is what keeps the parts. Measured (CR; ρ(R_A), ρ(R_B); 2 seeds): red+circle
+#: η 2, no retain: 0; .42, 0. η 0, no retain: 0; 1.0, .13. η 0, retain 1: 0; 1.0, .92, but
+#: blue+square 0; .92, .46. η 0, retain 5: red+circle 0; .96, 1.0 and blue+square 0; 1.0, .92.
+ETA = (2.0, 0.0)
+RETAIN_WEIGHT = (0.0, 5.0)
 #: β·R̂(θ0) = BETA_RATIO·L_prev(θ0) (trust.md §4 calibrate(rho=0.5)).
 BETA_RATIO = 0.5
 #: δ = DELTA_SCALE·RMS(θ_M) for the CSR finite difference.
@@ -100,11 +108,13 @@ class TrustConfig:
     steps csr 300/100 and cip 1000/300, kappa 1e-3/3e-3, n_forget (size of D_f) 800/64,
     sample_steps (DDIM steps of saliency and D_f) 25/10, guidance 7.5. beta: CSR weight (None: auto).
     saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
-    override (None: each concept's). retain_weight: optional preservation term (0, the spec's α).
+    override (None: each concept's). retain_weight: preservation term on the concepts' retain
+    prompts (None: 0, the spec's α, for single concepts; 5 for combinations and conditionals).
     Two departures from the spec's [R] reconstruction, both measured on the embedded model (see
     docs/architecture.md; eta=0, saliency_window="late" restore the spec):
-    eta (2.0): negative guidance past the anchor in L_prev's target (ESD's idea with the anchor as
-    base). With eta=0 the target only imitates the anchor: 100 steps at lr 1e-3 left circle at 0.80.
+    eta (None: 2.0 for single concepts, 0 for compounds, see ETA): negative guidance past the anchor
+    in L_prev's target (ESD's idea with the anchor as base). With eta=0 the target only imitates the
+    anchor: 100 steps at lr 1e-3 left circle at 0.80.
     saliency_window ("early"): score saliency in the first third of the sampler's trajectory, where
     the object and layout are decided; the last third (spec) chose neurons that shape details.
     Adam moments of entries outside the current mask are frozen, not decayed by zero gradients
@@ -125,8 +135,8 @@ class TrustConfig:
     guidance: float = 7.5
     saliency_prompts: int = 4
     guide: str | None = None
-    retain_weight: float = 0.0
-    eta: float = 2.0
+    retain_weight: float | None = None
+    eta: float | None = None
     saliency_window: str = "early"
     seed: int = 0
     checkpoint_dir: str | None = None
@@ -149,10 +159,15 @@ class TrustConfig:
                      "checkpoint_every"):
             check_count(self, name)
 
-    def resolve(self, pipe: Any) -> dict[str, Any]:
-        return resolve_defaults(self, pipe, {"lr": LR, "refresh": REFRESH, "batch_size": BATCH,
-                                             "steps": STEPS[self.variant],
-                                             "kappa": KAPPA, "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
+    def resolve(self, pipe: Any, specs: list[ConceptSpec] = ()) -> dict[str, Any]:
+        """Concrete settings: model defaults (SD or embedded), then η and the retain weight by concept
+        kind (compound when every concept is a combination or conditional)."""
+        settings = resolve_defaults(self, pipe, {"lr": LR, "refresh": REFRESH, "batch_size": BATCH,
+                                                 "steps": STEPS[self.variant], "kappa": KAPPA,
+                                                 "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
+        k = int(bool(specs) and all(s.is_compound for s in specs))
+        return {**settings, **{key: pair[k] for key, pair in (("eta", ETA), ("retain_weight", RETAIN_WEIGHT))
+                               if settings[key] is None}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +418,7 @@ class TrustTrainer:
 def setup(pipe: Any, specs: list[ConceptSpec], config: TrustConfig,
           quiet: bool = True) -> tuple[FineTuner, dict[str, Any], list[tuple[str, str]], list[str]]:
     """The engine for a TRuST run (not yet entered), resolved settings, (forget, anchor) pairs, retain prompts."""
-    settings = config.resolve(pipe)
+    settings = config.resolve(pipe, specs)
     pairs = forget_pairs(specs, config.guide)
     _, retain = combine(specs)
     names = select_parameters(pipe.unet, "trust")
