@@ -27,7 +27,9 @@ Compound concepts (trust.md §3) add `kind`, `parts` and `context` (no `words`):
     neighbours: {cat: [dog], context: [on a chair]}  # other concepts in it / the concept elsewhere
 
 Compound retain anchors always include each part (or the concept) alone; `anchors`/`retain`
-add explicit prompts as for single concepts. Built-in world compounds ("red+circle",
+add explicit prompts as for single concepts. A compound's `guide` defaults to a sibling that keeps
+the rest: the last part swapped for its first alternative ("child juice"), or the first other
+concept in the context ("dog on a table"); `guide: ''` maps to the empty prompt instead. Built-in world compounds ("red+circle",
 "circle|white") need no file.
 
 Why strict: a typo such as `neighbors:` would silently erase without protection, so unknown
