@@ -325,7 +325,7 @@ def combination_spec(parts: Sequence[str], name: str | None = None, templates: S
     retain: each part alone in the single templates ("a photo of beer"), plus, for every part P
     with alternatives, the templates with P replaced by each alternative ("an adult drinking
     beer" keeps "beer"). templates default to the combination training templates without {bg}.
-    guide (None): the parts with the last one swapped for its first alternative ("child milk"),
+    guide (None): the parts with the last one swapped for its first alternative ("child juice"),
     trust.md §3's c_a, which keeps the other parts; "" when the last part has no alternative.
     """
     parts = tuple(p.strip() for p in parts)

@@ -29,8 +29,8 @@ Compound concepts (trust.md §3) add `kind`, `parts` and `context` (no `words`):
 Compound retain anchors always include each part (or the concept) alone; `anchors`/`retain`
 add explicit prompts as for single concepts. A compound's `guide` defaults to a sibling that keeps
 the rest: the last part swapped for its first alternative ("child juice"), or the first other
-concept in the context ("dog on a table"); `guide: ''` maps to the empty prompt instead. Built-in world compounds ("red+circle",
-"circle|white") need no file.
+concept in the context ("dog on a table"); `guide: ''` maps to the empty prompt instead.
+Built-in world compounds ("red+circle", "circle|white") need no file.
 
 Why strict: a typo such as `neighbors:` would silently erase without protection, so unknown
 keys are refused with a suggestion, and every error is one line naming file and key.
