@@ -331,10 +331,9 @@ def world_conditional(part: str, context: str) -> ConceptSpec:
     retain += [p for p, _ in conditional_items(ALONE_TRAIN_TEMPLATES, attribute, label)]
     retain += [p for o in others for p, _ in conditional_items(CONDITIONAL_TRAIN_TEMPLATES, attribute, o, background)]
     phrase = conditional_slots(attribute, label, background)
-    neighbours = ([f"{phrase['A']} on {background_phrase(b)}" for b in other_backgrounds] + [phrase["A"]]
-                  + [f"{conditional_slots(attribute, o)['A']} {phrase['ctx']}" for o in others])
+    siblings = [f"{conditional_slots(attribute, o)['A']} {phrase['ctx']}" for o in others]  # B's other concepts
+    neighbours = [f"{phrase['A']} on {background_phrase(b)}" for b in other_backgrounds] + [phrase["A"]] + siblings
     retain = [r for r in dict.fromkeys(retain) if r not in forget]
-    return ConceptSpec(f"{label}|{background}", "custom", forget, tuple(retain),
-                       guide=f"{conditional_slots(attribute, others[0])['A']} {phrase['ctx']}",
+    return ConceptSpec(f"{label}|{background}", "custom", forget, tuple(retain), guide=siblings[0],
                        synonyms=(f"{phrase['A']} {phrase['ctx']}",), neighbours=tuple(neighbours),
                        kind="conditional", parts=(label,), context=background)

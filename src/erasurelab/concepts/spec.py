@@ -338,9 +338,8 @@ def combination_spec(parts: Sequence[str], name: str | None = None, templates: S
     swaps = _alternatives(spec_name, alternatives, parts)
     swapped = [tuple(alt if j == i else p for j, p in enumerate(parts)) for i, alts in swaps for alt in alts]
     retain = expand(FORGET_TEMPLATES, parts) + tuple(fill(t, part_slots(s)) for s in swapped for t in templates)
-    if guide is None:
-        last = [alts[0] for i, alts in swaps if i == len(parts) - 1 and alts]
-        guide = part_slots((*parts[:-1], last[0]))["x"] if last else ""
+    if guide is None:  # the first neighbour with the last part swapped ("child juice")
+        guide = next((" ".join(s) for s in swapped if s[-1] != parts[-1]), "")
     return ConceptSpec(spec_name, "custom", forget, _unique(retain, forget), guide, tuple(paraphrases),
                        synonyms=(part_slots(parts)["x"],), neighbours=tuple(" ".join(s) for s in swapped),
                        kind="combination", parts=parts)
@@ -367,10 +366,11 @@ def conditional_spec(part: str, context: str, name: str | None = None, templates
     pairs = [(alt, context) for alt in swaps.get(0, ())] + [(part, alt) for alt in swaps.get(1, ())]
     retain = tuple(fill(t, {"A": part}) for t in ALONE_TRAIN_TEMPLATES)
     retain += tuple(fill(t, {"A": a, "ctx": c}) for a, c in pairs for t in templates)
-    if guide is None:
-        guide = f"{swaps[0][0]} {context}" if swaps.get(0) else ""
+    siblings = [f"{a} {c}" for a, c in pairs]
+    if guide is None:  # the first other concept in the context ("dog on a table")
+        guide = siblings[0] if swaps.get(0) else ""
     return ConceptSpec(spec_name, "custom", forget, _unique(retain, forget), guide, tuple(paraphrases),
-                       synonyms=(f"{part} {context}",), neighbours=(part, *(f"{a} {c}" for a, c in pairs)),
+                       synonyms=(f"{part} {context}",), neighbours=(part, *siblings),
                        kind="conditional", parts=(part,), context=context)
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -585,8 +586,7 @@ def retain_conditioning(pipe: Any, retain: Sequence[str], weight: float) -> Cond
 
 
 def _replace_words(text: str, word: str, by: str) -> str:
-    import re
-
+    """`text` with every whole-word occurrence of `word` (case-insensitive) replaced by `by`."""
     return re.sub(rf"(?<![\w-]){re.escape(word.strip())}(?![\w-])", by, text, flags=re.IGNORECASE)
 
 

@@ -16,9 +16,10 @@ Each step (or every `refresh` steps) the mask M is re-estimated from the *curren
   cannot couple to the evaluation judge (trust.md §7).
   Deviation (ours, measured): t* is drawn from the *first* third by default (saliency_window).
 Loss: L_prev = ‖ε_θ(x_t, t, c_f) − sg[y]‖², y = ε_θ0(x_t, t, c_a) − η·(ε_θ0(x_t, t, c_f) − ε_θ0(x_t, t, c_a))
-  (deviation: η = 2 by default for single concepts; η = 0, the spec's target, for compounds), on x_0 ∈ D_f (latents the original model
-  generates for the forget anchors; not judge-filtered, unlike the spec), c_a = the anchor with the
-  concept words replaced by the guide, plus
+  (deviation: η = 2 by default for single concepts; η = 0, the spec's target, for compounds),
+  on x_0 ∈ D_f (latents the original model generates for the forget anchors; not judge-filtered,
+  unlike the spec), c_a = the anchor with the concept words replaced by the guide (for a compound:
+  one part swapped for a sibling, trust.md §3), plus
   CSR: β·R̂, R̂ = mean ‖ε_{θ+δ(M⊙v)} − ε_θ‖² / δ², v Rademacher, δ = 1e-3·RMS(θ_M) (a Hutchinson
        estimate of the Gauss–Newton trace ‖J_M‖²_F; "mean" divides the spec's squared norm by the
        number of output elements so β does not depend on resolution), β auto: β·R̂(θ0) = 0.5·L_prev(θ0);
