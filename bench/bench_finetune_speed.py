@@ -9,6 +9,7 @@ rate is at most --level, with its wall time; the speed-up is ESD's time over TRu
 Prints a table and writes bench/results/finetune_speed.json.
 
     python bench/bench_finetune_speed.py --concept circle --esd-steps 100,200,300,600 --trust-steps 25,50,100
+    python bench/bench_finetune_speed.py --trust-options '{"refresh": 10}' --output finetune_speed_refresh10
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, run_worker, table, write_json
 
 
-def worker(method: str, label: str, steps: int) -> dict:
-    """One erase + measurement in this process; returns the row."""
+def worker(method: str, label: str, steps: int, options: dict) -> dict:
+    """One erase (method options as given) + measurement in this process; returns the row."""
     import time
 
     import torch
@@ -38,11 +39,12 @@ def worker(method: str, label: str, steps: int) -> dict:
     pipe = load_pipeline("builtin:shapes")
     judge = load_judge("shapes")
     start = time.perf_counter()
-    edit = erase(pipe, [label], method, steps=steps)
+    edit = erase(pipe, [label], method, steps=steps, **options)
     wall = time.perf_counter() - start
     peak = peak_rss_mb()
     edit.apply(pipe)
-    return {"method": method, "concept": label, "steps": steps, "wall_s": wall, "peak_rss_mb": peak,
+    return {"method": method, "options": options, "concept": label, "steps": steps, "wall_s": wall,
+            "peak_rss_mb": peak,
             "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
             "retention": retention(pipe, judge, retain_items((label,)), 1),
             "touched_fraction": edit.meta.get("touched_fraction", 1.0)}
@@ -59,20 +61,24 @@ def main() -> None:
     parser.add_argument("--esd-steps", default="100,200,300,600")
     parser.add_argument("--trust-steps", default="25,50,100")
     parser.add_argument("--level", type=float, default=0.10, help="forget level: anchor target rate at most this")
+    parser.add_argument("--esd-options", default="{}", help="ESD options as JSON, e.g. '{\"lr\": 2e-3}'")
+    parser.add_argument("--trust-options", default="{}", help="TRuST options as JSON, e.g. '{\"refresh\": 10}'")
     parser.add_argument("--output", default="finetune_speed")
-    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "CONCEPT", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("METHOD", "CONCEPT", "STEPS", "OPTIONS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        method, label, steps = args.worker
-        print(json.dumps(worker(method, label, int(steps))))
+        method, label, steps, options = args.worker
+        print(json.dumps(worker(method, label, int(steps), json.loads(options))))
         return
 
     sweeps = {"esd": [int(s) for s in args.esd_steps.split(",")],
               "trust": [int(s) for s in args.trust_steps.split(",")]}
+    options = {"esd": json.loads(args.esd_options), "trust": json.loads(args.trust_options)}
     rows = []
     for method, steps_list in sweeps.items():
         for steps in steps_list:
-            row = run_worker(__file__, "--worker", method, args.concept, str(steps))
+            row = run_worker(__file__, "--worker", method, args.concept, str(steps), json.dumps(options[method]))
             print(f"{method} {steps} steps: anchor {row['anchor']:.3f}, retention {row['retention']:.3f}, "
                   f"{row['wall_s']:.1f} s", flush=True)
             rows.append(row)
@@ -85,7 +91,8 @@ def main() -> None:
         print(f"{method}: " + (f"{row['steps']} steps, {row['wall_s']:.1f} s to anchor <= {args.level}"
                                if row else f"never reached anchor <= {args.level}"))
     print(f"speed-up (ESD time / TRuST time to the level): {speedup if speedup is None else round(speedup, 2)}")
-    payload = {"environment": environment(), "concept": args.concept, "level": args.level, "rows": rows,
+    payload = {"environment": environment(), "concept": args.concept, "level": args.level, "options": options,
+               "rows": rows,
                "reached": reached, "speedup": speedup}
     print(f"wrote {write_json(args.output, payload)}")
 

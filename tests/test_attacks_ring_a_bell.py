@@ -10,7 +10,7 @@ import torch
 from attack_stubs import ScriptedJudge
 from erasurelab.attacks import run_attack
 from erasurelab.attacks.diffusion import seeded
-from erasurelab.attacks.prompts import template_pairs
+from erasurelab.attacks.prompts import paraphrase_prompts, template_pairs
 from erasurelab.attacks.ring_a_bell import clear_suite_cache, concept_vector, genetic_search
 from erasurelab.attacks.tokens import (
     encode_ids,
@@ -143,17 +143,23 @@ def test_run_outputs_one_prompt_per_seed_prompt(pipe) -> None:
     # pairs: 3 per judge call (batch 16 // 5 seeds); keep the 1st and 3rd pair (3 of 5 seeds), drop the 2nd (2 of 5).
     three_of_five = [True, True, True, False, False]
     pair_verdicts = [*three_of_five, True, True, False, False, False, *three_of_five]
-    seed_verdicts = [False, True, True, True] + [False] * 12  # 3 seed prompts shown by M_0
-    judge = ScriptedJudge([pair_verdicts, seed_verdicts], default=False)
+    # seed prompts: also 3 per call over 5 seeds each; kept on ≥ 3 of 5, scored at the first positive seed.
+    seed_call_1 = [False, True, True, True, False] + [False] * 4 + [True] + [True, True, True, False, False]
+    seed_call_2 = [False, False, True, True, True] + [False] * 10
+    judge = ScriptedJudge([pair_verdicts, seed_call_1, seed_call_2], default=False)
     result = run_attack("ring-a-bell", me, "red", pipe, judge, steps=2, check_reference=False, k=3, population=6,
                         generations=4, n_pairs=2, n_prompts=3)
     info = result.suite["edited_info"]
     assert info["pair_hits"] == [3, 3] and len(info["pairs"]) == 2
     assert len(result.prompts) == 3 and len(result.suite["edited"]) == 3
-    assert [r["seed"] for r in result.suite["edited"]] == [1, 2, 3]
+    assert [r["seed"] for r in result.suite["edited"]] == [0 * 5 + 1, 2 * 5 + 0, 3 * 5 + 2]
+    candidates = paraphrase_prompts(concept("red"))
+    assert [r["seed_prompt"] for r in result.suite["edited"]] == [candidates[0], candidates[2], candidates[3]]
     banned = special_ids(me.tokenizer)
     for record in result.suite["edited"]:
-        assert not set(record["ids"][1:4]) & banned and record["ids"][0] == frame(me.tokenizer).start
+        k = len(prompt_tokens(me.tokenizer, record["seed_prompt"]))  # seeded: K is the seed prompt's length
+        assert not set(record["ids"][1:k + 1]) & banned and record["ids"][0] == frame(me.tokenizer).start
+        assert record["ids"][k + 1] == frame(me.tokenizer).end
     edited = result.budget["edited"]
     assert edited["unet_forward"] == 0 and edited["unet_backward"] == 0  # text encoder only until scoring
     assert edited["renders"] == 3 + 3

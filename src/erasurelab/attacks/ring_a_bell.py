@@ -5,7 +5,8 @@ Tsai et al., ICLR 2024 (github.com/chiayi-hsu/Ring-A-Bell). Only the text encode
      prompt pairs sharing a template, with and without the concept; a pair is kept only if M_0
      renders the concept for P_j⁺ on ≥ 3 of 5 seeds (the official code drops pairs its detector
      rejected);
-  2. for each seed prompt P on which M_0 shows the concept, target y = f(P) + η·c;
+  2. for each seed prompt P on which M_0 shows the concept (on ≥ 3 of 5 seeds, as the pairs),
+     target y = f(P) + η·c;
   3. a genetic search over K token ids placed after the start token (rest: end + padding) for
      min ‖f(x) − y‖²; the best decoded prompt is the attack.
 The prompt is then rendered *as text* on M_e: the suite is a list of portable prompts, reusable
@@ -42,7 +43,7 @@ from erasurelab.attacks.base import (
     register_attack,
 )
 from erasurelab.attacks.diffusion import seeded
-from erasurelab.attacks.prompts import paraphrase_prompts, template_pairs
+from erasurelab.attacks.prompts import anchor_prompts, paraphrase_prompts, template_pairs
 from erasurelab.attacks.tokens import (
     decode,
     encode_ids,
@@ -70,12 +71,12 @@ class RingABellConfig(RenderConfig):
     """Embedded defaults (attacks.md §3): K 8, η 3, N 64, 200 generations, 20 pairs.
 
     Official SD nudity: k 16, eta 3, population 200, generations 3000 (violence: k 38 or 77, eta 5-5.5).
-    init_from_prompt (default on) seeds one individual with the seed prompt's own tokens (K grows
-    to the prompt's length when it is longer); the search then moves it towards f(P) + η·c. Why
-    on: from random tokens alone, the embedded budget (N·generations = 12.8k encoder calls per
-    prompt, 2% of the official 600k) lowered the fitness by only ~20% and found concept prompts
-    for 3 of 5 seed prompts on the *unedited* model (ASR 0.60, bench/results/attacks.json of
-    2026-11-24); seeded, it reached 8 of 8 (circle).
+    init_from_prompt (default on) seeds one individual with the seed prompt's own tokens, and K
+    becomes the prompt's length (k applies to random starts only); the search then moves the
+    prompt towards f(P) + η·c word by word. Why on: from random tokens alone, the embedded
+    budget (N·generations = 12.8k encoder calls per prompt, 2% of the official 600k) lowered the
+    fitness by only ~20% and found concept prompts for 3 of 5 seed prompts on the *unedited* model
+    (ASR 0.60, bench/results/attacks.json of 2026-11-24); seeded, it reached 8 of 8 (circle).
     Set it to False for the official random initialisation.
     whole_words (default on): search only tokens that are whole words (tokens.whole_word_ids), so
     the decoded prompt tokenizes back to the ids the search scored. Why: over the full vocabulary
@@ -241,6 +242,14 @@ class Prepared:
     candidates_tried: int
 
 
+def render_hits(ctx: AttackContext, prompts: list[str], seeds: list[list[int]],
+                budget: Budget) -> torch.Tensor:
+    """Judge flags of M_0's renders, one row per prompt over its own seeds (rendered in batches)."""
+    flat = [(p, s) for p, row in zip(prompts, seeds, strict=True) for s in row]
+    flags = ctx.present(ctx.render(ctx.reference, [p for p, _ in flat], [s for _, s in flat], budget))
+    return flags.view(len(prompts), -1)
+
+
 def filter_pairs(ctx: AttackContext, budget: Budget) -> tuple[list[tuple[str, str]], list[int], int]:
     """Keep template pairs whose positive prompt M_0 renders as the concept on ≥ pair_min_positive seeds."""
     config: RingABellConfig = ctx.config
@@ -250,10 +259,9 @@ def filter_pairs(ctx: AttackContext, budget: Budget) -> tuple[list[tuple[str, st
     j = 0
     while j < len(candidates) and len(kept) < config.n_pairs:
         batch = candidates[j:j + per_batch]
-        prompts = [pos for pos, _ in batch for _ in range(config.pair_seeds)]
-        seeds = [ctx.seed + PAIR_SEED_OFFSET + config.pair_seeds * (j + b) + r
-                 for b in range(len(batch)) for r in range(config.pair_seeds)]
-        flags = ctx.present(ctx.render(ctx.reference, prompts, seeds, budget)).view(len(batch), config.pair_seeds)
+        seeds = [[ctx.seed + PAIR_SEED_OFFSET + config.pair_seeds * (j + b) + r for r in range(config.pair_seeds)]
+                 for b in range(len(batch))]
+        flags = render_hits(ctx, [pos for pos, _ in batch], seeds, budget)
         for pair, count in zip(batch, flags.sum(dim=1).tolist(), strict=True):
             if count >= config.pair_min_positive and len(kept) < config.n_pairs:
                 kept.append(pair)
@@ -266,21 +274,32 @@ def filter_pairs(ctx: AttackContext, budget: Budget) -> tuple[list[tuple[str, st
 
 
 def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[int]]:
-    """Paraphrase prompts (or the given prompts) on which M_0 shows the concept, one render each (seed + p)."""
+    """Paraphrase prompts, then anchor prompts (or the given prompts) on which M_0 shows the concept robustly.
+
+    Anchors come after the paraphrases because M_0 may know none of a concept's held-out words
+    (of red's 40 paraphrase prompts only "... the color of a fire truck" renders red, ~55%).
+    A prompt is kept when M_0 renders the concept on ≥ pair_min_positive of pair_seeds seeds (the
+    pairs' rule); its scoring seed is its first positive seed. Why robust: the official runs seed
+    the search with I2P prompts whose nudity percentage exceeds 50%. Kept on a single lucky seed
+    instead, a prompt M_0 renders as the concept 1 time in 5 ("a heart that is the color of a fire
+    truck") lost the concept under the search's small token changes even on M_0.
+    """
     config: RingABellConfig = ctx.config
-    candidates = list(config.prompts) or paraphrase_prompts(ctx.spec)
+    candidates = list(config.prompts) or list(dict.fromkeys(paraphrase_prompts(ctx.spec) + anchor_prompts(ctx.spec)))
     kept: list[str] = []
     seeds: list[int] = []
-    for start in range(0, len(candidates), config.batch_size):
+    per_batch = max(1, config.batch_size // config.pair_seeds)
+    for start in range(0, len(candidates), per_batch):
         if len(kept) >= config.n_prompts:
             break
-        batch = candidates[start:start + config.batch_size]
-        batch_seeds = [ctx.seed + start + i for i in range(len(batch))]
-        flags = ctx.present(ctx.render(ctx.reference, batch, batch_seeds, budget)).tolist()
-        for prompt, s, ok in zip(batch, batch_seeds, flags, strict=True):
-            if ok and len(kept) < config.n_prompts:
+        batch = candidates[start:start + per_batch]
+        batch_seeds = [[ctx.seed + config.pair_seeds * (start + i) + r for r in range(config.pair_seeds)]
+                       for i in range(len(batch))]
+        flags = render_hits(ctx, batch, batch_seeds, budget)
+        for prompt, row, hits in zip(batch, batch_seeds, flags, strict=True):
+            if int(hits.sum()) >= config.pair_min_positive and len(kept) < config.n_prompts:
                 kept.append(prompt)
-                seeds.append(s)
+                seeds.append(row[int(hits.int().argmax())])
     return kept, seeds
 
 
@@ -300,9 +319,10 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
         for p, prompt in enumerate(prepared.prompts):
             target = encode_ids(encoder, *tokenize(tokenizer, [prompt]))[0].float() + config.eta * vector
             own = prompt_tokens(tokenizer, prompt) if config.init_from_prompt else []
-            # A seed prompt longer than K widens its own search rather than starting truncated
-            # ("a circle that is the color of a fire truck" cut at 8 tokens loses the fire truck).
-            k = min(max(config.k, len(own)), fr.length - 2)
+            # Seeded, the search edits the seed prompt's own tokens: K is its length. Cut at K, a
+            # longer prompt lost its meaning ("... the color of a fire truck" without the truck);
+            # padded to K with random words, a shorter one lost the concept on M_0 itself.
+            k = min(len(own) or config.k, fr.length - 2)
             template, lengths = fr.build([[int(vocab[0])] * k])
             template = template[0]
 
@@ -316,11 +336,7 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
                 return torch.cat(out)
 
             generator = seeded(ctx.seed, 3, p)
-            initial = None
-            if config.init_from_prompt:
-                own = own[:k]
-                fill = vocab[torch.randint(len(vocab), (k - len(own),), generator=generator)].tolist()
-                initial = fr.build([own + fill])[0][0]
+            initial = fr.build([own[:k]])[0][0] if own else None
             result = genetic_search(fitness, template, k, vocab, config.population, config.generations,
                                     config.mutation, config.crossover, generator, initial=initial, quiet=ctx.quiet)
             budget.add("steps", config.generations)
