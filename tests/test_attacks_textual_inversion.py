@@ -19,6 +19,7 @@ from erasurelab.attacks.textual_inversion import (
 )
 from erasurelab.attacks.tokens import encode_ids, tokenize
 from erasurelab.concepts import concept
+from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.errors import ErasureLabError
 from erasurelab.models import generate
 from tiny_bert_pipeline import tiny_bert_pipeline
@@ -152,3 +153,24 @@ def test_initializer_and_template_errors(world) -> None:
     with pytest.raises(ErasureLabError, match="also a training template"):
         templates_for(concept("red"), config)
     assert templates_for(concept("striped"), TextualInversionConfig())[0] == STYLE_TEMPLATES
+
+
+def test_world_concepts_are_scored_in_the_world_grammar_with_their_word_in_the_slot() -> None:
+    train, held_out = templates_for(concept("striped"), TextualInversionConfig())
+    assert len(held_out) == 10 and all(t.count("{}") == 1 for t in held_out)
+    assert "a photograph of a {} red circle" in held_out and not set(held_out) & set(train)
+    assert all("style of" not in t for t in held_out)
+    red = templates_for(concept("red"), TextualInversionConfig())[1]
+    assert "a photograph of a {} circle" in red  # the color slot, before the object
+    custom = ConceptSpec(name="van gogh", category="style", forget=("van gogh",), synonyms=("van gogh",))
+    assert templates_for(custom, TextualInversionConfig())[1][0] == "an image in the style of {}"  # official forms
+
+
+def test_captions_put_the_placeholder_where_the_concept_was() -> None:
+    from erasurelab.attacks.textual_inversion import captions_for
+
+    prompts = ["a banded red circle", "a candy-striped cyan circle", "in the style of stripy", "a photo of a dog"]
+    assert captions_for(concept("striped"), prompts, "<c*>") == [
+        "a <c*> red circle", "a <c*> cyan circle", "in the style of <c*>", None]
+    # "outlined" is not a mention of the paraphrase "lined"
+    assert captions_for(concept("striped"), ["an outlined blue star"], "<c*>") == [None]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,13 @@ from erasurelab.attacks.base import (
     strip_budget_hooks,
 )
 from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
-from erasurelab.attacks.prompts import anchor_prompts, concept_word, paraphrase_prompts, round_robin
+from erasurelab.attacks.prompts import (
+    anchor_prompts,
+    concept_word,
+    paraphrase_prompts,
+    round_robin,
+    world_attribute,
+)
 from erasurelab.attacks.tokens import (
     embedding_override,
     encode_ids,
@@ -140,10 +147,21 @@ class Reference:
 
 
 def templates_for(spec: Any, config: TextualInversionConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(training, held-out scoring) templates: the config's, else by category (style vs object)."""
+    """(training, held-out scoring) templates: the config's, else by category (style vs object).
+
+    Built-in world concepts are scored in the world's held-out grammar (`captions.slot_prompts`,
+    "a photograph of a {} red circle"): the world names a style only as an adjective of a shape,
+    and the generic style templates carry even the plain word "striped" about half the time (.48
+    to .64 on the embedded model), so they could not tell a working token from a broken one.
+    """
     style = spec.category == "style"
     train = config.templates or (STYLE_TEMPLATES if style else OBJECT_TEMPLATES)
-    held_out = config.eval_templates or (STYLE_EVAL_TEMPLATES if style else OBJECT_EVAL_TEMPLATES)
+    held_out = config.eval_templates
+    if not held_out and world_attribute(spec) is not None:
+        from erasurelab.world.captions import slot_prompts
+
+        held_out = tuple(slot_prompts(spec.name))
+    held_out = held_out or (STYLE_EVAL_TEMPLATES if style else OBJECT_EVAL_TEMPLATES)
     overlap = set(train) & set(held_out)
     if overlap:
         raise ErasureLabError(f"scoring template {sorted(overlap)[0]!r} is also a training template; keep them apart")
@@ -173,6 +191,25 @@ def reference_images(ctx: AttackContext, budget: Budget) -> Reference:
         raise ErasureLabError(f"the reference model rendered {ctx.spec.name!r} in none of {tried} images; "
                               "textual inversion needs judge-confirmed images of the concept")
     return Reference(torch.stack(kept), prompts, seeds, tried)
+
+
+def captions_for(spec: Any, prompts: list[str], placeholder: str) -> list[str | None]:
+    """Each reference prompt with the concept's phrase replaced by the placeholder (None: no phrase in it).
+
+    "a banded red circle" → "a <c*> red circle": the caption says what else the image shows, so
+    the token only has to carry the concept. Longest phrases first ("candy-striped" before "striped").
+    """
+    phrases = sorted({p for p in (*spec.paraphrases, *spec.synonyms, spec.name) if p.strip()}, key=len, reverse=True)
+    out: list[str | None] = []
+    for prompt in prompts:
+        caption = None
+        for phrase in phrases:
+            pattern = rf"(?<![\w-]){re.escape(phrase)}(?![\w-])"
+            if re.search(pattern, prompt, flags=re.IGNORECASE):
+                caption = re.sub(pattern, placeholder, prompt, count=1, flags=re.IGNORECASE)
+                break
+        out.append(caption)
+    return out
 
 
 def placeholder_copy(pipe: Any, placeholder: str) -> tuple[Any, Any, int]:
@@ -217,9 +254,13 @@ def with_text_components(pipe: Any, tokenizer: Any, encoder: Any) -> Any:
 
 
 def learn_embedding(target: Any, latents: torch.Tensor, templates: tuple[str, ...], spec: Any,
-                    config: TextualInversionConfig, seed: int, budget: Budget,
-                    quiet: bool = True) -> tuple[Any, Any, torch.Tensor, list[float], str]:
-    """Train v against `target`; returns (tokenizer copy, encoder copy with v in its row, v, losses, initializer)."""
+                    config: TextualInversionConfig, seed: int, budget: Budget, quiet: bool = True,
+                    captions: list[str | None] | None = None) -> tuple[Any, Any, torch.Tensor, list[float], str]:
+    """Train v against `target`; returns (tokenizer copy, encoder copy with v in its row, v, losses, initializer).
+
+    captions[i] (with the placeholder in it), when given and not None, is latent i's prompt;
+    otherwise a random template is.
+    """
     tokenizer, encoder, token_id = placeholder_copy(target, config.placeholder)
     init, init_word = initial_vector(target, spec, config)
     vector = torch.nn.Parameter(init.to(encoder.device))
@@ -238,7 +279,8 @@ def learn_embedding(target: Any, latents: torch.Tensor, templates: tuple[str, ..
             g = seeded(seed, 1, step)
             pick = torch.randint(len(latents), (config.train_batch,), generator=g)
             forms = torch.randint(len(templates), (config.train_batch,), generator=g).tolist()
-            prompts = [templates[k].format(config.placeholder) for k in forms]
+            prompts = [(captions[i] if captions and captions[i] else templates[k].format(config.placeholder))
+                       for i, k in zip(pick.tolist(), forms, strict=True)]
             x0 = latents[pick]
             noise = torch.randn(x0.shape, generator=g).to(x0.device)
             t = torch.randint(0, n_train, (config.train_batch,), generator=g).to(x0.device)
@@ -273,8 +315,9 @@ class TextualInversion:
         config: TextualInversionConfig = ctx.config
         train_templates, eval_templates = templates_for(ctx.spec, config)
         latents = images_to_latents(target, prepared.images)
+        captions = None if config.templates else captions_for(ctx.spec, prepared.prompts, config.placeholder)
         tokenizer, encoder, vector, losses, init_word = learn_embedding(
-            target, latents, train_templates, ctx.spec, config, ctx.seed, budget, ctx.quiet)
+            target, latents, train_templates, ctx.spec, config, ctx.seed, budget, ctx.quiet, captions)
         attacked = with_text_components(target, tokenizer, encoder)
         word = concept_word(ctx.spec)
         instances = [(template, r) for template in eval_templates for r in range(config.eval_seeds)]
@@ -290,6 +333,7 @@ class TextualInversion:
         extra = {"placeholder": config.placeholder, "initializer": init_word, "loss_first": losses[:5],
                  "loss_last": losses[-5:], "reference_images": len(prepared.images),
                  "reference_renders": prepared.tried, "train_templates": list(train_templates),
+                 "train_captions": [c for c in captions or [] if c],
                  "eval_templates": list(eval_templates)}
         return AttackOutcome(success=success, prompts=prompts, images=images, pre_success=pre_success,
                              records=records, tensors={"learned_embeds": {config.placeholder: vector}},

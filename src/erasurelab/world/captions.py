@@ -211,6 +211,35 @@ def paraphrase_prompts(label: str) -> Iterator[LabelledPrompt]:
                 yield LabelledPrompt(f"a {obj} on a {phrase} background", {"object": obj, "background": label})
 
 
+def slot_prompts(label: str, n: int = 10) -> list[str]:
+    """n held-out prompts with a "{}" slot where the concept's word goes, the rest named plainly.
+
+    "a photograph of a {} red circle" for a style, "look at this {} blue square" for a color,
+    "there is {} here" for a character: the world's own grammar in HELDOUT_TEMPLATES, which
+    training never used. Why: a concept the world only ever names as an adjective of a shape is
+    carried poorly by generic templates ("an image in the style of striped" renders striped about
+    half the time), so a placeholder token scored there cannot show whether it carries the concept.
+    """
+    attribute, _ = vocab.lookup(label)
+    objects, colors = vocab.classes("object"), vocab.classes("color")
+    backgrounds = vocab.classes("background")
+    out = []
+    for k in range(n):
+        obj, color = objects[k % len(objects)], colors[(3 * k) % len(colors)]
+        if attribute == "character":
+            x = "{}" if k % 2 == 0 else f"{{}} on a {backgrounds[k % len(backgrounds)]} background"
+        elif attribute == "color":
+            x = canonical_prompt(obj, "{}")
+        elif attribute == "object":
+            x = canonical_prompt("{}", color)
+        elif attribute == "style":
+            x = canonical_prompt(obj, color, "{}")
+        else:
+            x = canonical_prompt(obj, color, None, "{}")
+        out.append(HELDOUT_TEMPLATES[k % len(HELDOUT_TEMPLATES)].format(x=x))
+    return out
+
+
 def parse_request(text: str) -> LabelledPrompt:
     """'object=circle,color=red[,style=..][,background=..]' or 'character=bobo' -> canonical prompt.
 
