@@ -5,6 +5,10 @@ the concept well: min_v E ‖target − ε_{M_e}(x_t, t, enc(τ(<c*>)))‖², x 
 of the concept by the *unedited* model. If erasure only cut the route from the concept's words,
 another input embedding still reaches the concept and the attack finds it.
 
+τ (chosen): each image's own prompt with the concept's phrase swapped for <c*> ("a banded red
+circle" → "a <c*> red circle"), so the token carries the concept and not the rest of the image;
+a prompt without the phrase, or `templates` given, uses the official random templates.
+
 How the embedding is carried (chosen): the user's tokenizer and text encoder are deep-copied and
 the copy gets one added token (`add_tokens`, one extra embedding row if needed). During training
 the copy's embedding table is frozen and a forward hook puts the trainable vector v (a separate
