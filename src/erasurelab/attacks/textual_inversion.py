@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +59,7 @@ from erasurelab.attacks.tokens import (
     special_ids,
     tokenize,
 )
+from erasurelab.concepts.spec import replace_mention
 from erasurelab.errors import ErasureLabError
 
 #: Training templates of the official scripts (diffusers textual_inversion.py, "object" mode).
@@ -204,16 +204,8 @@ def captions_for(spec: Any, prompts: list[str], placeholder: str) -> list[str | 
     the token only has to carry the concept. Longest phrases first ("candy-striped" before "striped").
     """
     phrases = sorted({p for p in (*spec.paraphrases, *spec.synonyms, spec.name) if p.strip()}, key=len, reverse=True)
-    out: list[str | None] = []
-    for prompt in prompts:
-        caption = None
-        for phrase in phrases:
-            pattern = rf"(?<![\w-]){re.escape(phrase)}(?![\w-])"
-            if re.search(pattern, prompt, flags=re.IGNORECASE):
-                caption = re.sub(pattern, placeholder, prompt, count=1, flags=re.IGNORECASE)
-                break
-        out.append(caption)
-    return out
+    return [next((c for c in (replace_mention(prompt, phrase, placeholder) for phrase in phrases) if c), None)
+            for prompt in prompts]
 
 
 def placeholder_copy(pipe: Any, placeholder: str) -> tuple[Any, Any, int]:

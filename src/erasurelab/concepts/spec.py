@@ -95,9 +95,18 @@ def mentions(prompt: str, phrase: str) -> bool:
     Whole words, because "outlined" must not count as a mention of the paraphrase "lined".
     """
     phrase = phrase.strip()
-    if not phrase:
-        return False
-    return re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", prompt, flags=re.IGNORECASE) is not None
+    return bool(phrase) and re.search(_mention_pattern(phrase), prompt, flags=re.IGNORECASE) is not None
+
+
+def replace_mention(prompt: str, phrase: str, replacement: str) -> str | None:
+    """`prompt` with the first whole-word mention of `phrase` replaced (None when it has none)."""
+    if not mentions(prompt, phrase):
+        return None
+    return re.sub(_mention_pattern(phrase.strip()), replacement, prompt, count=1, flags=re.IGNORECASE)
+
+
+def _mention_pattern(phrase: str) -> str:
+    return rf"(?<![\w-]){re.escape(phrase)}(?![\w-])"
 
 
 def template_slots(template: str) -> set[str]:

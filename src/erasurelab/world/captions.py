@@ -214,8 +214,8 @@ def paraphrase_prompts(label: str) -> Iterator[LabelledPrompt]:
 def slot_prompts(label: str, n: int = 10) -> list[str]:
     """n held-out prompts with a "{}" slot where the concept's word goes, the rest named plainly.
 
-    "a photograph of a {} red circle" for a style, "look at this {} blue square" for a color,
-    "there is {} here" for a character: the world's own grammar in HELDOUT_TEMPLATES, which
+    "a photograph of a {} red circle" for a style, "there is a {} square here" for a color,
+    "a photograph of {}" for a character: the world's own grammar in HELDOUT_TEMPLATES, which
     training never used. Why: a concept the world only ever names as an adjective of a shape is
     carried poorly by generic templates ("an image in the style of striped" renders striped about
     half the time), so a placeholder token scored there cannot show whether it carries the concept.
