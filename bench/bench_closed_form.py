@@ -52,6 +52,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "trust": ("trust", {}),
     "esd-x-keep": ("esd", {"variant": "x", "retain_weight": 1.0}),
     "esd-x-keep-eta3": ("esd", {"variant": "x", "retain_weight": 1.0, "eta": 3.0, "lr": 1e-3}),
+    # striped needs more steps than ESD's 300 at that setting (0.117 at 300)
+    "esd-x-keep-eta3-400": ("esd", {"variant": "x", "retain_weight": 1.0, "eta": 3.0, "lr": 1e-3, "steps": 400}),
+    # TRuST's fast setting (bench_finetune_speed: 10 steps to anchor ≤ 0.10 on circle)
+    "trust-cip-fast": ("trust", {"variant": "cip", "batch_size": 2, "lr": 1.5e-2, "refresh": 10,
+                                 "saliency_prompts": 1, "n_forget": 8, "sample_steps": 6, "steps": 20}),
 }
 
 
