@@ -9,7 +9,9 @@ rate is at most --level, with its wall time; the speed-up is ESD's time over TRu
 Prints a table and writes bench/results/finetune_speed.json.
 
     python bench/bench_finetune_speed.py --concept circle --esd-steps 100,200,300,600 --trust-steps 25,50,100
-    python bench/bench_finetune_speed.py --trust-options '{"refresh": 10}' --output finetune_speed_refresh10
+    python bench/bench_finetune_speed.py --esd-steps 50,75,100,150 --trust-steps 10,20,40 --output finetune_speed_fast \
+        --trust-options '{"variant": "cip", "batch_size": 2, "lr": 1.5e-2, "refresh": 10, "saliency_prompts": 1,
+                          "n_forget": 8, "sample_steps": 6}'
 """
 
 from __future__ import annotations
@@ -92,8 +94,7 @@ def main() -> None:
                                if row else f"never reached anchor <= {args.level}"))
     print(f"speed-up (ESD time / TRuST time to the level): {speedup if speedup is None else round(speedup, 2)}")
     payload = {"environment": environment(), "concept": args.concept, "level": args.level, "options": options,
-               "rows": rows,
-               "reached": reached, "speedup": speedup}
+               "rows": rows, "reached": reached, "speedup": speedup}
     print(f"wrote {write_json(args.output, payload)}")
 
 

@@ -14,6 +14,7 @@ from erasurelab.attacks.textual_inversion import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
     TextualInversionConfig,
+    captions_for,
     learn_embedding,
     templates_for,
 )
@@ -167,10 +168,32 @@ def test_world_concepts_are_scored_in_the_world_grammar_with_their_word_in_the_s
 
 
 def test_captions_put_the_placeholder_where_the_concept_was() -> None:
-    from erasurelab.attacks.textual_inversion import captions_for
-
     prompts = ["a banded red circle", "a candy-striped cyan circle", "in the style of stripy", "a photo of a dog"]
     assert captions_for(concept("striped"), prompts, "<c*>") == [
         "a <c*> red circle", "a <c*> cyan circle", "in the style of <c*>", None]
     # "outlined" is not a mention of the paraphrase "lined"
     assert captions_for(concept("striped"), ["an outlined blue star"], "<c*>") == [None]
+
+
+def test_training_uses_each_latents_caption_and_templates_only_without_one(world, monkeypatch) -> None:
+    import erasurelab.attacks.textual_inversion as ti
+
+    _, me, latents = world
+    seen: list[str] = []
+    original = ti.tokenize
+
+    def recording(tokenizer, prompts):
+        seen.extend(prompts)
+        return original(tokenizer, prompts)
+
+    monkeypatch.setattr(ti, "tokenize", recording)
+    captions = ["a <c*> red circle", None, "a <c*> blue square", "in the style of <c*>"]
+    config = TextualInversionConfig(train_batch=4, train_steps=3, templates=TEMPLATES, initializer="circle")
+    learn_embedding(me, latents, TEMPLATES, concept("red"), config, 0, Budget(), captions=captions)
+    allowed = {c for c in captions if c} | {t.format("<c*>") for t in TEMPLATES}
+    assert len(seen) == 12 and set(seen) <= allowed
+    assert set(seen) & {c for c in captions if c}  # captions are used ...
+    for step in range(3):  # ... exactly for the latents that have one
+        pick = torch.randint(len(latents), (4,), generator=seeded(0, 1, step)).tolist()
+        for i, prompt in zip(pick, seen[4 * step:4 * step + 4], strict=True):
+            assert prompt == captions[i] if captions[i] else prompt in {t.format("<c*>") for t in TEMPLATES}
