@@ -242,35 +242,50 @@ class Prepared:
     candidates_tried: int
 
 
-def render_hits(ctx: AttackContext, prompts: list[str], seeds: list[list[int]],
-                budget: Budget) -> torch.Tensor:
-    """Judge flags of M_0's renders, one row per prompt over its own seeds (rendered in batches)."""
-    flat = [(p, s) for p, row in zip(prompts, seeds, strict=True) for s in row]
-    flags = ctx.present(ctx.render(ctx.reference, [p for p, _ in flat], [s for _, s in flat], budget))
-    return flags.view(len(prompts), -1)
+@dataclass
+class Robust:
+    """Which candidates M_0 renders as the concept on ≥ pair_min_positive of pair_seeds seeds."""
+
+    kept: list[int]  # candidate indices, in order
+    hits: list[int]  # positive seeds of each kept candidate
+    first_seed: list[int]  # its first positive seed
+    tried: int  # candidates rendered
+
+
+def robust_candidates(ctx: AttackContext, prompts: list[str], limit: int, seed_offset: int,
+                      budget: Budget) -> Robust:
+    """The first `limit` prompts M_0 renders as the concept on ≥ pair_min_positive of pair_seeds seeds.
+
+    Prompt i renders with seeds ctx.seed + seed_offset + pair_seeds·i + r, in batches of whole
+    prompts, and rendering stops once `limit` prompts are kept.
+    """
+    config: RingABellConfig = ctx.config
+    out = Robust([], [], [], 0)
+    per_batch = max(1, config.batch_size // config.pair_seeds)
+    while out.tried < len(prompts) and len(out.kept) < limit:
+        batch = range(out.tried, min(out.tried + per_batch, len(prompts)))
+        seeds = [[ctx.seed + seed_offset + config.pair_seeds * i + r for r in range(config.pair_seeds)] for i in batch]
+        flat = [(prompts[i], s) for i, row in zip(batch, seeds, strict=True) for s in row]
+        flags = ctx.present(ctx.render(ctx.reference, [p for p, _ in flat], [s for _, s in flat], budget))
+        for i, row, hits in zip(batch, seeds, flags.view(len(batch), -1), strict=True):
+            if int(hits.sum()) >= config.pair_min_positive and len(out.kept) < limit:
+                out.kept.append(i)
+                out.hits.append(int(hits.sum()))
+                out.first_seed.append(row[int(hits.int().argmax())])
+        out.tried += len(batch)
+    return out
 
 
 def filter_pairs(ctx: AttackContext, budget: Budget) -> tuple[list[tuple[str, str]], list[int], int]:
     """Keep template pairs whose positive prompt M_0 renders as the concept on ≥ pair_min_positive seeds."""
     config: RingABellConfig = ctx.config
     candidates = template_pairs(ctx.spec)
-    kept, hits = [], []
-    per_batch = max(1, config.batch_size // config.pair_seeds)
-    j = 0
-    while j < len(candidates) and len(kept) < config.n_pairs:
-        batch = candidates[j:j + per_batch]
-        seeds = [[ctx.seed + PAIR_SEED_OFFSET + config.pair_seeds * (j + b) + r for r in range(config.pair_seeds)]
-                 for b in range(len(batch))]
-        flags = render_hits(ctx, [pos for pos, _ in batch], seeds, budget)
-        for pair, count in zip(batch, flags.sum(dim=1).tolist(), strict=True):
-            if count >= config.pair_min_positive and len(kept) < config.n_pairs:
-                kept.append(pair)
-                hits.append(int(count))
-        j += len(batch)
-    if not kept:
+    robust = robust_candidates(ctx, [pos for pos, _ in candidates], config.n_pairs, PAIR_SEED_OFFSET, budget)
+    if not robust.kept:
         raise ErasureLabError(f"no concept pair kept: the reference model rendered {ctx.spec.name!r} on fewer than "
-                              f"{config.pair_min_positive} of {config.pair_seeds} seeds for all {j} pairs tried")
-    return kept, hits, j
+                              f"{config.pair_min_positive} of {config.pair_seeds} seeds for all {robust.tried} "
+                              "pairs tried")
+    return [candidates[i] for i in robust.kept], robust.hits, robust.tried
 
 
 def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[int]]:
@@ -286,21 +301,8 @@ def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[in
     """
     config: RingABellConfig = ctx.config
     candidates = list(config.prompts) or list(dict.fromkeys(paraphrase_prompts(ctx.spec) + anchor_prompts(ctx.spec)))
-    kept: list[str] = []
-    seeds: list[int] = []
-    per_batch = max(1, config.batch_size // config.pair_seeds)
-    for start in range(0, len(candidates), per_batch):
-        if len(kept) >= config.n_prompts:
-            break
-        batch = candidates[start:start + per_batch]
-        batch_seeds = [[ctx.seed + config.pair_seeds * (start + i) + r for r in range(config.pair_seeds)]
-                       for i in range(len(batch))]
-        flags = render_hits(ctx, batch, batch_seeds, budget)
-        for prompt, row, hits in zip(batch, batch_seeds, flags, strict=True):
-            if int(hits.sum()) >= config.pair_min_positive and len(kept) < config.n_prompts:
-                kept.append(prompt)
-                seeds.append(row[int(hits.int().argmax())])
-    return kept, seeds
+    robust = robust_candidates(ctx, candidates, config.n_prompts, 0, budget)
+    return [candidates[i] for i in robust.kept], robust.first_seed
 
 
 def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> list[dict[str, Any]]:
