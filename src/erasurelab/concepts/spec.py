@@ -95,17 +95,18 @@ def mentions(prompt: str, phrase: str) -> bool:
     Whole words, because "outlined" must not count as a mention of the paraphrase "lined".
     """
     phrase = phrase.strip()
-    return bool(phrase) and re.search(_mention_pattern(phrase), prompt, flags=re.IGNORECASE) is not None
+    return bool(phrase) and re.search(mention_pattern(phrase), prompt, flags=re.IGNORECASE) is not None
 
 
 def replace_mention(prompt: str, phrase: str, replacement: str) -> str | None:
     """`prompt` with the first whole-word mention of `phrase` replaced (None when it has none)."""
     if not mentions(prompt, phrase):
         return None
-    return re.sub(_mention_pattern(phrase.strip()), replacement, prompt, count=1, flags=re.IGNORECASE)
+    return re.sub(mention_pattern(phrase.strip()), replacement, prompt, count=1, flags=re.IGNORECASE)
 
 
-def _mention_pattern(phrase: str) -> str:
+def mention_pattern(phrase: str) -> str:
+    """The regex of a whole-word mention of `phrase` (a hyphen counts as part of a word)."""
     return rf"(?<![\w-]){re.escape(phrase)}(?![\w-])"
 
 

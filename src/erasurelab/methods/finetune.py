@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from erasurelab.concepts.spec import ConceptSpec, mentions
+from erasurelab.concepts.spec import ConceptSpec, mention_pattern, mentions
 from erasurelab.edits import Dense, Edit, fingerprint
 from erasurelab.errors import ErasureLabError
 from erasurelab.models.sampling import seeded
@@ -587,7 +587,7 @@ def retain_conditioning(pipe: Any, retain: Sequence[str], weight: float) -> Cond
 
 def _replace_words(text: str, word: str, by: str) -> str:
     """`text` with every whole-word occurrence of `word` (case-insensitive) replaced by `by`."""
-    return re.sub(rf"(?<![\w-]){re.escape(word.strip())}(?![\w-])", by, text, flags=re.IGNORECASE)
+    return re.sub(mention_pattern(word.strip()), by, text, flags=re.IGNORECASE)
 
 
 def anchor_prompt(anchor: str, target_words: Sequence[str], guide: str) -> str:
