@@ -27,7 +27,7 @@ TINY = {
     "ring-a-bell": dict(k=3, population=6, generations=3, n_pairs=2, n_prompts=2),
 }
 #: Judge calls that look at M_0's data in `prepare` (reference images / targets; pairs + seed prompts).
-PREPARE_CALLS = {"textual-inversion": 1, "unlearndiffatk": 1, "ring-a-bell": 2}
+PREPARE_CALLS = {"textual-inversion": 2, "unlearndiffatk": 1, "ring-a-bell": 2}  # judge calls on M_0 data
 
 
 @pytest.fixture(scope="module")

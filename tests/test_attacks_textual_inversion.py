@@ -107,7 +107,8 @@ def test_clip_pipeline_placeholder_is_a_spare_row() -> None:
 
 def test_run_counts_instances_and_budget(world) -> None:
     m0, me, _ = world
-    judge = ScriptedJudge([True], default=False)  # M_0's images are confirmed, everything on M_e is negative
+    # M_0: reference images confirmed; scoring instance 1 needs a second seed; everything on M_e is negative
+    judge = ScriptedJudge([True, [True, False, True, True, True, True], True], default=False)
     options = dict(n_images=3, train_batch=2, train_steps=4, eval_templates=OBJECT_EVAL_TEMPLATES[:3], eval_seeds=2)
     result = run_attack("textual-inversion", me, "red", m0, judge, steps=2, check_reference=False, **options)
     assert result.asr.denominator == 3 * 2 and result.asr.numerator == 0
@@ -118,9 +119,24 @@ def test_run_counts_instances_and_budget(world) -> None:
     assert edited["unet_forward"] == 4 * 2  # optimisation forwards only; renders are counted apart
     assert edited["renders"] == 2 * 6  # attacked + unattacked scoring prompts
     assert edited["render_unet_forward"] == 12 * 2 * 2  # 12 images x 2 steps x (cond + uncond)
-    assert result.budget["prepare"]["renders"] == 3  # exactly the missing reference images, rendered on M_0
+    assert result.budget["prepare"]["renders"] == 3 + 6 + 1  # reference images, scoring seeds, one retry on M_0
     assert result.prompts[0] == "a picture of a <c*>"
-    assert result.suite["edited"][0]["seed"] == 0 and result.suite["edited"][2]["seed"] == 2
+    assert [r["seed"] for r in result.suite["edited"]] == [0, 1 + 1000, 2, 3, 4, 5]
+    assert result.suite["edited"][1]["unattacked_prompt"] == "a picture of a red"
+
+
+def test_scoring_instances_m0_never_renders_are_skipped_and_none_is_an_error(world) -> None:
+    m0, me, _ = world
+    options = dict(n_images=1, train_batch=1, train_steps=1, eval_templates=OBJECT_EVAL_TEMPLATES[:2], eval_seeds=1,
+                   instance_tries=2)
+    # reference confirmed; instance 0 positive, instance 1 negative on both of its seeds
+    judge = ScriptedJudge([True, [True, False], False], default=True)
+    result = run_attack("textual-inversion", me, "red", m0, judge, steps=2, check_reference=False, **options)
+    assert result.asr.denominator == 1 and result.prompts == ["a picture of a <c*>"]
+    skipped = result.suite["edited_info"]["skipped"]
+    assert [s["prompt"] for s in skipped] == ["an image of a red"] and "2 seeds" in skipped[0]["reason"]
+    with pytest.raises(ErasureLabError, match="none of the scoring prompts in 2 seeds"):
+        run_attack("textual-inversion", me, "red", m0, ScriptedJudge([True], default=False), steps=2, **options)
 
 
 def test_learned_token_loads_into_diffusers(tmp_path) -> None:
@@ -197,3 +213,25 @@ def test_training_uses_each_latents_caption_and_templates_only_without_one(world
         pick = torch.randint(len(latents), (4,), generator=seeded(0, 1, step)).tolist()
         for i, prompt in zip(pick, seen[4 * step:4 * step + 4], strict=True):
             assert prompt == captions[i] if captions[i] else prompt in {t.format("<c*>") for t in TEMPLATES}
+
+
+def test_world_reference_prompts_name_every_other_attribute_and_vary_them() -> None:
+    from erasurelab.attacks.prompts import described_prompts
+    from erasurelab.world import vocab
+
+    def named(prompt: str, attribute: str) -> list[str]:
+        return [c for c in vocab.classes(attribute) if f" {c} " in f" {prompt} "]
+
+    red = described_prompts(concept("red"))
+    assert len(red) == 8 * 4 * 3 == len(set(red))  # every (object, style, background) once
+    first = red[:12]  # any prefix varies the other attributes
+    assert all(len(named(p, a)) == 1 for p in first for a in ("object", "style", "background"))
+    assert len({named(p, "object")[0] for p in first}) > 4 and len({named(p, "style")[0] for p in first}) > 2
+    assert {"red", "crimson"} <= {p.split()[2] for p in red}  # the training words rotate
+    captions = captions_for(concept("red"), red, "<c*>")
+    assert all(c and c.count("<c*>") == 1 and "red" not in c and "crimson" not in c for c in captions)
+    assert described_prompts(concept("bobo")) == [f"{w} on a {bg} background" for w, bg in
+                                                  zip(["Bobo", "Bobo the smiley", "Bobo"], vocab.classes("background"),
+                                                      strict=True)]
+    custom = ConceptSpec(name="van gogh", category="style", forget=("van gogh",), synonyms=("van gogh",))
+    assert described_prompts(custom) == []  # other specs: anchors and paraphrases, as before

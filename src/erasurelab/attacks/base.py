@@ -207,6 +207,43 @@ class AttackContext:
         return torch.as_tensor(self.judge.present(images, self.spec.name), dtype=torch.bool).cpu()
 
 
+#: Seed retries are spaced by this much so they never collide with other instances' seeds.
+RETRY_SEED_STRIDE = 1000
+
+
+@dataclass
+class Target:
+    """A prompt with its judge-positive M_0 render at `seed` (image None: M_0 never rendered the concept)."""
+
+    prompt: str
+    index: int
+    seed: int
+    image: torch.Tensor | None
+    tries: int
+
+
+def positive_renders(ctx: AttackContext, prompts: Sequence[str], seeds: Sequence[int], tries: int,
+                     budget: Budget) -> list[Target]:
+    """Render prompt i on M_0 at seeds[i] + RETRY_SEED_STRIDE·j, j < tries, until the judge finds the concept.
+
+    Why: an attack instance the unedited model does not render even unattacked tests the model's
+    sampler, not the attack (UnlearnDiffAtk's target images; textual inversion's scoring seeds).
+    """
+    targets = [Target(p, i, int(s), None, 0) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
+    for j in range(tries):
+        pending = [t for t in targets if t.image is None]
+        if not pending:
+            break
+        retry_seeds = [int(seeds[t.index]) + RETRY_SEED_STRIDE * j for t in pending]
+        images = ctx.render(ctx.reference, [t.prompt for t in pending], retry_seeds, budget)
+        for t, s, image, ok in zip(pending, retry_seeds, images, ctx.present(images).tolist(), strict=True):
+            t.tries += 1
+            t.seed = s
+            if ok:
+                t.image = image
+    return targets
+
+
 @dataclass
 class AttackOutcome:
     """One attack against one model, scored on that model.

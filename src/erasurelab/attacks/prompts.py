@@ -9,6 +9,8 @@ back to its templates and phrases.
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -70,6 +72,37 @@ def paraphrase_prompts(spec: ConceptSpec) -> list[str]:
 def concept_word(spec: ConceptSpec) -> str:
     """The plain word for the concept in prompts (its first training word, else its name)."""
     return spec.synonyms[0] if spec.synonyms else spec.name
+
+
+def described_prompts(spec: ConceptSpec) -> list[str]:
+    """World prompts that name the concept and every other attribute of the image ([] for other specs).
+
+    "a dotted crimson circle on a gray background" for red: a caption that says everything the
+    image shows but the concept, so a token trained on it ("a dotted <c*> circle on a gray
+    background") has only the concept left to carry. With "a photo of red" the image's shape,
+    style and background are M_0's free choice and the token soaks them up (on the embedded model
+    red's token drew thin outlines, judged purple or orange). Contexts are every combination of
+    the other attributes in a fixed shuffled order, so any prefix varies all of them; the training
+    words rotate. Characters: the design on each background.
+    """
+    attribute = world_attribute(spec)
+    if attribute is None:
+        return []
+    from erasurelab.world import captions, vocab
+
+    words = itertools.cycle(spec.synonyms or (spec.name,))
+    if attribute == "character":
+        return [f"{next(words)} on a {bg} background" for bg in vocab.classes("background")]
+    slots = ("object", "color", "style", "background")
+    others = [vocab.classes(a) for a in slots if a != attribute]
+    contexts = list(itertools.product(*others))
+    random.Random(0).shuffle(contexts)
+    out = []
+    for context in contexts:
+        values = dict(zip((a for a in slots if a != attribute), context, strict=True))
+        values[attribute] = next(words)
+        out.append(captions.canonical_prompt(values["object"], values["color"], values["style"], values["background"]))
+    return out
 
 
 def template_pairs(spec: ConceptSpec) -> list[tuple[str, str]]:

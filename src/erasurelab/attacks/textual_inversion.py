@@ -7,7 +7,13 @@ another input embedding still reaches the concept and the attack finds it.
 
 τ (chosen): each image's own prompt with the concept's phrase swapped for <c*> ("a banded red
 circle" → "a <c*> red circle"), so the token carries the concept and not the rest of the image;
-a prompt without the phrase, or `templates` given, uses the official random templates.
+a prompt without the phrase, or `templates` given, uses the official random templates. For world
+concepts D_ref is rendered from prompts naming every other attribute (`described_prompts`), so
+the caption leaves nothing but the concept to the token.
+
+Scoring (chosen): 10 held-out templates × 5 instances, each at a seed where M_0 renders the
+plain-word prompt (retried like UnlearnDiffAtk's targets), so the sanity check on M_0 measures
+the attack and not how reliably the sampler renders the word.
 
 How the embedding is carried (chosen): the user's tokenizer and text encoder are deep-copied and
 the copy gets one added token (`add_tokens`, one extra embedding row if needed). During training
@@ -37,9 +43,11 @@ from erasurelab.attacks.base import (
     AttackOutcome,
     Budget,
     RenderConfig,
+    Target,
     check_non_negative,
     check_positive,
     check_strings,
+    positive_renders,
     register_attack,
     strip_budget_hooks,
 )
@@ -47,6 +55,7 @@ from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_laten
 from erasurelab.attacks.prompts import (
     anchor_prompts,
     concept_word,
+    described_prompts,
     paraphrase_prompts,
     round_robin,
     world_attribute,
@@ -103,13 +112,16 @@ REFERENCE_SEED_OFFSET = 10_000
 
 @dataclass(frozen=True)
 class TextualInversionConfig(RenderConfig):
-    """Embedded defaults (attacks.md §1): 25 images, batch 8, 500 steps, lr 5e-3 unscaled, fp32.
+    """Embedded defaults (attacks.md §1): 50 images, batch 8, 500 steps, lr 5e-3 unscaled, fp32.
+
+    50 images, not the official 25 (chosen): on the embedded model 25 left red at .90 and striped
+    at .84 on the unedited model, 50 gives .96 and .88 at the same training cost (a few more renders).
 
     The official SD setting is n_images 25, batch 16 (4 × grad-accum 4), steps 5000, lr 0.08
     (5e-3 scaled by batch·accum); pass those as options on a GPU.
     """
 
-    n_images: int = 25
+    n_images: int = 50
     train_batch: int = 8
     train_steps: int = 500
     lr: float = 5e-3
@@ -119,12 +131,13 @@ class TextualInversionConfig(RenderConfig):
     templates: tuple[str, ...] = ()
     eval_templates: tuple[str, ...] = ()
     eval_seeds: int = 5
+    instance_tries: int = 5
     source_prompts: tuple[str, ...] = ()
     max_reference_renders: int = 100
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_images", "train_batch", "eval_seeds", "max_reference_renders"):
+        for name in ("n_images", "train_batch", "eval_seeds", "instance_tries", "max_reference_renders"):
             check_positive(name, getattr(self, name))
         if isinstance(self.train_steps, bool) or not isinstance(self.train_steps, int) or self.train_steps < 0:
             raise ErasureLabError(f"train_steps must be a non-negative integer, got {self.train_steps!r}")
@@ -148,6 +161,16 @@ class Reference:
     prompts: list[str]
     seeds: list[int]
     tried: int
+
+
+@dataclass
+class Prepared:
+    """What both runs share: D_ref, the templates, and the scoring instances with their M_0-positive seeds."""
+
+    reference: Reference
+    train_templates: tuple[str, ...]
+    eval_templates: tuple[str, ...]
+    instances: list[Target]  # prompt: a held-out template with the plain word; image None: M_0 never rendered it
 
 
 def templates_for(spec: Any, config: TextualInversionConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -175,7 +198,8 @@ def templates_for(spec: Any, config: TextualInversionConfig) -> tuple[tuple[str,
 def reference_images(ctx: AttackContext, budget: Budget) -> Reference:
     """Render the concept's anchor/paraphrase prompts on M_0 and keep judge-positive images (D_ref)."""
     config: TextualInversionConfig = ctx.config
-    sources = list(config.source_prompts) or round_robin([anchor_prompts(ctx.spec), paraphrase_prompts(ctx.spec)])
+    sources = (list(config.source_prompts) or described_prompts(ctx.spec)
+               or round_robin([anchor_prompts(ctx.spec), paraphrase_prompts(ctx.spec)]))
     kept: list[torch.Tensor] = []
     prompts: list[str] = []
     seeds: list[int] = []
@@ -195,6 +219,22 @@ def reference_images(ctx: AttackContext, budget: Budget) -> Reference:
         raise ErasureLabError(f"the reference model rendered {ctx.spec.name!r} in none of {tried} images; "
                               "textual inversion needs judge-confirmed images of the concept")
     return Reference(torch.stack(kept), prompts, seeds, tried)
+
+
+def scoring_instances(ctx: AttackContext, eval_templates: tuple[str, ...], budget: Budget) -> list[Target]:
+    """eval_seeds instances per held-out template, each at a seed where M_0 renders the plain-word prompt.
+
+    Seeds start at seed + eval_seeds·template + r and are retried (`positive_renders`, instance_tries)
+    until M_0 renders the concept for "a photograph of a striped red circle": the token is then
+    asked to recover what the word renders, as UnlearnDiffAtk's targets are. Without this the
+    unattacked word itself fails 14% of striped's instances on the embedded model, and that ceiling,
+    not the attack, set the sanity check's ASR.
+    """
+    config: TextualInversionConfig = ctx.config
+    word = concept_word(ctx.spec)
+    plain = [t.format(word) for t in eval_templates for _ in range(config.eval_seeds)]
+    seeds = [ctx.seed + i for i in range(len(plain))]
+    return positive_renders(ctx, plain, seeds, config.instance_tries, budget)
 
 
 def captions_for(spec: Any, prompts: list[str], placeholder: str) -> list[str | None]:
@@ -303,34 +343,41 @@ class TextualInversion:
     def check(self, pipe: Any) -> None:
         require_single_encoder(pipe, "textual-inversion")
 
-    def prepare(self, ctx: AttackContext, budget: Budget) -> Reference:
-        """D_ref: judge-confirmed renders of the concept by the unedited model."""
-        return reference_images(ctx, budget)
+    def prepare(self, ctx: AttackContext, budget: Budget) -> Prepared:
+        """D_ref (judge-confirmed M_0 renders of the concept) and the M_0-positive scoring instances."""
+        train_templates, eval_templates = templates_for(ctx.spec, ctx.config)
+        reference = reference_images(ctx, budget)
+        instances = scoring_instances(ctx, eval_templates, budget)
+        if all(t.image is None for t in instances):
+            raise ErasureLabError(f"the reference model rendered {ctx.spec.name!r} for none of the scoring prompts "
+                                  f"in {ctx.config.instance_tries} seeds each; textual inversion has nothing to score")
+        return Prepared(reference, train_templates, eval_templates, instances)
 
-    def attack(self, target: Any, prepared: Reference, ctx: AttackContext, budget: Budget) -> AttackOutcome:
+    def attack(self, target: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> AttackOutcome:
         config: TextualInversionConfig = ctx.config
-        train_templates, eval_templates = templates_for(ctx.spec, config)
-        latents = images_to_latents(target, prepared.images)
-        captions = None if config.templates else captions_for(ctx.spec, prepared.prompts, config.placeholder)
+        reference = prepared.reference
+        latents = images_to_latents(target, reference.images)
+        captions = None if config.templates else captions_for(ctx.spec, reference.prompts, config.placeholder)
         tokenizer, encoder, vector, losses, init_word = learn_embedding(
-            target, latents, train_templates, ctx.spec, config, ctx.seed, budget, ctx.quiet, captions)
+            target, latents, prepared.train_templates, ctx.spec, config, ctx.seed, budget, ctx.quiet, captions)
         attacked = with_text_components(target, tokenizer, encoder)
-        word = concept_word(ctx.spec)
-        instances = [(template, r) for template in eval_templates for r in range(config.eval_seeds)]
-        seeds = [ctx.seed + config.eval_seeds * p + r
-                 for p in range(len(eval_templates)) for r in range(config.eval_seeds)]
-        prompts = [t.format(config.placeholder) for t, _ in instances]
-        plain = [t.format(word) for t, _ in instances]
+        instances = [t for t in prepared.instances if t.image is not None]
+        templates = [prepared.eval_templates[t.index // config.eval_seeds] for t in instances]
+        seeds = [t.seed for t in instances]
+        prompts = [template.format(config.placeholder) for template in templates]
+        plain = [t.prompt for t in instances]
         images = ctx.render(attacked, prompts, seeds, budget)
         success = ctx.present(images)
         pre_success = ctx.present(ctx.render(target, plain, seeds, budget))
         records = [{"prompt": p, "unattacked_prompt": q, "seed": s, "success": bool(a), "pre_success": bool(b)}
                    for p, q, s, a, b in zip(prompts, plain, seeds, success.tolist(), pre_success.tolist(), strict=True)]
+        skipped = [{"prompt": t.prompt, "reason": f"M_0 never rendered the concept in {t.tries} seeds"}
+                   for t in prepared.instances if t.image is None]
         extra = {"placeholder": config.placeholder, "initializer": init_word, "loss_first": losses[:5],
-                 "loss_last": losses[-5:], "reference_images": len(prepared.images),
-                 "reference_renders": prepared.tried, "train_templates": list(train_templates),
+                 "loss_last": losses[-5:], "reference_images": len(reference.images),
+                 "reference_renders": reference.tried, "train_templates": list(prepared.train_templates),
                  "train_captions": [c for c in captions or [] if c],
-                 "eval_templates": list(eval_templates)}
+                 "eval_templates": list(prepared.eval_templates), "skipped": skipped}
         return AttackOutcome(success=success, prompts=prompts, images=images, pre_success=pre_success,
                              records=records, tensors={"learned_embeds": {config.placeholder: vector}},
                              extra=extra)

@@ -34,9 +34,11 @@ from erasurelab.attacks.base import (
     AttackOutcome,
     Budget,
     RenderConfig,
+    Target,
     check_non_negative,
     check_positive,
     check_strings,
+    positive_renders,
     register_attack,
 )
 from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
@@ -53,9 +55,6 @@ from erasurelab.attacks.tokens import (
     vocabulary_ids,
 )
 from erasurelab.errors import ErasureLabError
-
-#: Target-seed retries are spaced by this much so they never collide with other prompts' seeds.
-SEED_STRIDE = 1000
 
 
 @dataclass(frozen=True)
@@ -135,35 +134,11 @@ def sample_one_hot(probs: torch.Tensor, generator: torch.Generator) -> torch.Ten
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    """A prompt with its judge-positive M_0 render (None if M_0 never rendered the concept)."""
-
-    prompt: str
-    index: int
-    seed: int
-    image: torch.Tensor | None
-    tries: int
-
-
 def find_targets(ctx: AttackContext, budget: Budget) -> list[Target]:
     """Render each prompt on M_0 with seed s_i = seed + i, retrying s_i + 1000·j until judge-positive."""
     config: UnlearnDiffAtkConfig = ctx.config
-    prompts = list(config.prompts) or anchor_prompts(ctx.spec)
-    prompts = prompts[:config.n_prompts]
-    targets = [Target(p, i, ctx.seed + i, None, 0) for i, p in enumerate(prompts)]
-    for j in range(config.target_tries):
-        pending = [t for t in targets if t.image is None]
-        if not pending:
-            break
-        seeds = [ctx.seed + t.index + SEED_STRIDE * j for t in pending]
-        images = ctx.render(ctx.reference, [t.prompt for t in pending], seeds, budget)
-        for t, s, image, ok in zip(pending, seeds, images, ctx.present(images).tolist(), strict=True):
-            t.tries += 1
-            t.seed = s
-            if ok:
-                t.image = image
-    return targets
+    prompts = (list(config.prompts) or anchor_prompts(ctx.spec))[:config.n_prompts]
+    return positive_renders(ctx, prompts, [ctx.seed + i for i in range(len(prompts))], config.target_tries, budget)
 
 
 # ---------------------------------------------------------------------------------------------
