@@ -196,7 +196,11 @@ def templates_for(spec: Any, config: TextualInversionConfig) -> tuple[tuple[str,
 
 
 def reference_images(ctx: AttackContext, budget: Budget) -> Reference:
-    """Render the concept's anchor/paraphrase prompts on M_0 and keep judge-positive images (D_ref)."""
+    """Render source prompts on M_0 and keep judge-positive images (D_ref).
+
+    Sources: `source_prompts`, else the world's fully described prompts, else the anchors and
+    paraphrase prompts interleaved.
+    """
     config: TextualInversionConfig = ctx.config
     sources = (list(config.source_prompts) or described_prompts(ctx.spec)
                or round_robin([anchor_prompts(ctx.spec), paraphrase_prompts(ctx.spec)]))
