@@ -194,9 +194,10 @@ def _concept_section(result: EvaluationResult, c: Any, grid_files: dict[str, tup
             for name, info in c.suites.items()]
     parts.append("<h4>Prompt suites</h4>" + _table(["suite", "prompts", "images/prompt", "images", "sha256"], rows))
     for suite_name, (before, after) in grid_files.items():
+        legend = (" then [reference|edited]: T where the judge sees the target"
+                  if suite_name in ("anchor", "paraphrase") else "")
         parts.append(f"<h4>{_esc(suite_name)}: before / after</h4>"
-                     '<p class="sub">Captions: prompt, then [reference|edited] with T where the judge sees the '
-                     "target (anchor and paraphrase suites).</p>"
+                     f'<p class="sub">Same prompts and seeds in both grids. Captions: the prompt,{legend}.</p>'
                      f'<div class="pair"><figure>{_img(before, suite_name + " reference")}'
                      f"<figcaption>reference (no edit)</figcaption></figure><figure>"
                      f'{_img(after, suite_name + " edited")}<figcaption>edited</figcaption></figure></div>')
