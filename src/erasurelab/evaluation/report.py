@@ -116,10 +116,11 @@ def tradeoff_figure(results: Sequence[EvaluationResult]) -> bytes:
 
     fig = Figure(figsize=(5.6, 4.4), dpi=110)
     ax = fig.add_subplot()
-    concepts = list(dict.fromkeys(c.concept for r in results for c in r.concepts))
+    references: dict[str, dict[str, float]] = {}  # concept -> the unedited model's terms (first result's)
+    for c in (c for result in results for c in result.concepts):
+        references.setdefault(c.concept, c.terms_reference)
     # One concept: its name goes in the title; per-point labels would only pile up where methods agree.
-    label_points = len(concepts) > 1
-    drawn_reference: set[str] = set()
+    label_points = len(references) > 1
     for k, result in enumerate(results):
         label = _label(result) if len(results) == 1 or result.method else f"{_label(result)} ({k + 1})"
         xs = [c.terms["f"] for c in result.concepts]
@@ -128,18 +129,16 @@ def tradeoff_figure(results: Sequence[EvaluationResult]) -> bytes:
         if label_points:
             for c, x, y in zip(result.concepts, xs, ys, strict=True):
                 ax.annotate(c.concept, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    for c in (c for result in results for c in result.concepts):  # after the methods: "no edit" ends the legend
-        if c.concept not in drawn_reference:
-            drawn_reference.add(c.concept)
-            ax.scatter([c.terms_reference["f"]], [c.terms_reference["r"]], marker="x", color="gray", s=40,
-                       label="no edit" if len(drawn_reference) == 1 else None, zorder=2)
+    if references:  # after the methods: "no edit" ends the legend
+        ax.scatter([t["f"] for t in references.values()], [t["r"] for t in references.values()], marker="x",
+                   color="gray", s=40, label="no edit", zorder=2)
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("forget  f = 1 − TP(paraphrase)   →  better")
     ax.set_ylabel("retain  r (neighbour retention)   →  better")
     ax.grid(alpha=0.3)
-    if not label_points and concepts:
-        ax.set_title(concepts[0], fontsize=9)
+    if len(references) == 1:
+        ax.set_title(next(iter(references)), fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     buffer = io.BytesIO()
