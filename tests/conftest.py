@@ -10,6 +10,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests never share the on-disk cache with a user's runs (or a previous test session).
+if "ERASURELAB_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["ERASURELAB_CACHE"] = tempfile.mkdtemp(prefix="erasurelab-test-cache-")
 
 
 def _assets_present() -> bool:
