@@ -108,3 +108,15 @@ def test_pickled_weights_are_refused(tmp_path, clip_folder):
     (folder / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ErasureLabError, match="safetensors"):
         ClipJudge(folder)
+
+
+def test_clip_loads_through_the_registry_as_clip_colon_folder(clip_folder, specs):
+    from erasurelab.judges import available_judges, load_judge
+    from erasurelab.judges.base import is_judge_name
+
+    assert "clip:ARGUMENT" in available_judges()
+    assert is_judge_name(f"clip:{clip_folder}") and not is_judge_name("clip:") and not is_judge_name("clap:x")
+    judge = load_judge(f"clip:{clip_folder}").with_specs(specs)
+    assert judge.concepts() == sorted(["snoopy", "Garfield", "a dog", "van_gogh", "Monet", "Picasso", NULL_LABEL])
+    with pytest.raises(ErasureLabError, match="needs an argument"):
+        load_judge("clip:")

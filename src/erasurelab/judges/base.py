@@ -37,6 +37,8 @@ class Judge(Protocol):
 
 
 _JUDGES: dict[str, Callable[[], Judge]] = {}
+#: Judges named "NAME:ARGUMENT" (e.g. "clip:/models/clip-vit-large"): the factory takes the argument.
+_PARAMETRIC: dict[str, Callable[[str], Judge]] = {}
 
 
 def register_judge(name: str) -> Callable[[Callable[[], Judge]], Callable[[], Judge]]:
@@ -49,13 +51,35 @@ def register_judge(name: str) -> Callable[[Callable[[], Judge]], Callable[[], Ju
     return add
 
 
+def register_parametric_judge(name: str) -> Callable[[Callable[[str], Judge]], Callable[[str], Judge]]:
+    """Decorator adding a judge factory that is loaded as "NAME:ARGUMENT" (a folder, a file, ...)."""
+
+    def add(factory: Callable[[str], Judge]) -> Callable[[str], Judge]:
+        _PARAMETRIC[name] = factory
+        return factory
+
+    return add
+
+
 def available_judges() -> list[str]:
-    return sorted(_JUDGES)
+    """Registered judge names; parametric ones are listed as "NAME:ARGUMENT"."""
+    return sorted([*_JUDGES, *(f"{name}:ARGUMENT" for name in _PARAMETRIC)])
+
+
+def is_judge_name(name: str) -> bool:
+    """True for a registered name or a "NAME:ARGUMENT" of a registered parametric judge."""
+    prefix, sep, argument = name.partition(":")
+    return name in _JUDGES or bool(sep and argument and prefix in _PARAMETRIC)
 
 
 def load_judge(name: str = "shapes") -> Judge:
     """Instantiate a registered judge; unknown names give a one-line error listing valid ones."""
+    prefix, sep, argument = name.partition(":")
+    if name not in _JUDGES and sep and prefix in _PARAMETRIC:
+        if not argument:
+            raise ErasureLabError(f"judge {prefix!r} needs an argument: {prefix}:ARGUMENT (e.g. a folder)")
+        return _PARAMETRIC[prefix](argument)
     if name not in _JUDGES:
-        raise ErasureLabError(f"unknown judge {name!r}{did_you_mean(name, _JUDGES)}; "
+        raise ErasureLabError(f"unknown judge {name!r}{did_you_mean(name, [*_JUDGES, *_PARAMETRIC])}; "
                               f"available: {', '.join(available_judges())}")
     return _JUDGES[name]()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.judges.base import register_parametric_judge
 
 JUDGE_VERSION = "1"
 #: CLIP's own normalisation, used when the folder has no preprocessor_config.json.
@@ -214,3 +215,9 @@ def _load_clip(folder: Path) -> tuple[Any, Any, tuple[float, ...], tuple[float, 
                 digest.update(block)
     digest.update(json.dumps(config, sort_keys=True).encode())
     return model, tokenizer, mean, std, digest.hexdigest()
+
+
+@register_parametric_judge("clip")
+def _clip_judge(folder: str) -> ClipJudge:
+    """`clip:FOLDER`: the CLIP model in FOLDER with no label groups yet (`with_specs` adds the concepts)."""
+    return ClipJudge(folder)
