@@ -72,21 +72,26 @@ def _one_line(info: pytest.ExceptionInfo) -> None:
 # -- Identity edit and determinism ----------------------------------------------------------------------
 
 def test_identity_edit_keeps_everything(pipe) -> None:
+    """Evaluating the unedited model as if edited: every ratio is 1, so f = 0 and H = 0 (no credit for no edit)."""
     settings = EvaluationSettings(**{**SMALL.to_dict(), "measure_overhead": True})
-    result = evaluate(pipe, "red", reference=pipe, judge=StubJudge(), settings=settings)
-    c = result.concept("red")
+    result = evaluate(pipe, "blue", reference=pipe, judge=StubJudge(), settings=settings)
+    c = result.concept("blue")
     assert c.neighbours and all(n["rho"] == 1.0 for n in c.neighbours)
     assert c.quality["q"] == 1.0 and c.quality["fd_edited"] == c.quality["fd_floor"]
-    for suite in ("anchor", "paraphrase"):
+    for suite in ("anchor", "paraphrase", "selective"):
         assert c.target[suite]["edited"] == c.target[suite]["reference"]
+    assert any(d["counted"] for d in c.forget.values())
+    assert all(d["ratio"] == 1.0 for d in c.forget.values() if d["counted"])
     assert c.selective["edited"] == c.selective["reference"]
     assert c.unrelated["edited"] == c.unrelated["reference"]
+    assert c.unrelated["attributes"] and all(v["edited"] == v["reference"] for v in c.unrelated["attributes"].values())
     assert c.terms["r"] == 1.0 and c.terms["a"] == 1.0
-    assert c.h == c.h_reference
+    assert c.terms["f"] == 0.0 and c.terms_reference["f"] == 0.0
+    assert c.h == 0.0 and c.h_reference == 0.0
     assert result.model_hash == result.reference_hash
     assert math.isfinite(result.efficiency["inference_overhead"])
     assert any("no attacks run" in n for n in c.notes)
-    assert result.summary()[0].startswith("red: H ")
+    assert result.summary()[0].startswith("blue: H ")
 
 
 def test_identical_copies_share_renders(pipe) -> None:

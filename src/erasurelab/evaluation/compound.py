@@ -349,11 +349,14 @@ def _check_lengths(suites: CompoundSuites, side: str, observations: Mapping[str,
                                   f"{len(observations[suite.name])} images, the suite has {len(suite)}")
 
 
-def drop_term(edited: Rate, reference: Rate) -> float:
-    """1 − edited/reference rate, clipped to [0, 1]; nan when the reference never shows the target."""
-    if reference.numerator == 0:
-        return float("nan")
-    return metrics.clip01(1.0 - edited.value / reference.value)
+def drop_term(edited: Rate, reference: Rate, floor: float = 0.0) -> float:
+    """1 − edited/reference rate, clipped to [0, 1]: the single-concept forget term on one suite.
+
+    nan ("not measurable") when the reference never shows the target or shows it on fewer than
+    `floor` of the images, exactly as metrics.forget_term leaves such a suite out.
+    """
+    f, _ = metrics.forget_term({"F_ev": {"edited": edited, "reference": reference}}, floor)
+    return f
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -374,8 +377,12 @@ def _retention(name: str, suite: Suite, concepts: tuple[str, ...], reference: Se
 
 
 def compound_metrics(spec: ConceptSpec, suites: CompoundSuites, reference: Mapping[str, Sequence[Observation]],
-                     edited: Mapping[str, Sequence[Observation]]) -> CompoundMetrics:
+                     edited: Mapping[str, Sequence[Observation]],
+                     min_reference_rate: float = EvaluationSettings.min_reference_rate) -> CompoundMetrics:
     """The compound facets from per-image judge answers of both models.
+
+    min_reference_rate: below this reference rate on F_ev the forget term is not measurable (the
+    floor of the single-concept f, EvaluationSettings.min_reference_rate).
 
     reference/edited: suite name -> one Observation per image, in `suite.indices()` order (all
     seeds), on the unedited and the edited model.
@@ -389,9 +396,10 @@ def compound_metrics(spec: ConceptSpec, suites: CompoundSuites, reference: Mappi
     forget_parts = {c: {"reference": _rate(f_ev, reference["F_ev"], (c,)), "edited": _rate(f_ev, edited["F_ev"], (c,))}
                     for c in shown}
     notes = []
-    f = drop_term(forget["edited"], forget["reference"])
+    f = drop_term(forget["edited"], forget["reference"], min_reference_rate)
     if math.isnan(f):
-        notes.append("the reference never shows the target on F_ev: forgetting cannot be measured")
+        notes.append(f"the reference shows the target on fewer than {min_reference_rate:.0%} of F_ev images "
+                     f"({forget['reference']}): forgetting cannot be measured")
     if spec.kind == "combination":
         entries = [_retention(s.name, s, suites.measure[s.name], reference[s.name], edited[s.name], s.name != "R_U")
                    for s in suites.retain]
@@ -424,7 +432,9 @@ def observe_suites(judge: Any, suites: CompoundSuites, images: Mapping[str, torc
 
 def evaluate_compound(spec: ConceptSpec, suites: CompoundSuites, judge: Any,
                       reference_images: Mapping[str, torch.Tensor],
-                      edited_images: Mapping[str, torch.Tensor]) -> CompoundMetrics:
-    """The runner's hook: judge both models' renders of every suite, then compound_metrics."""
+                      edited_images: Mapping[str, torch.Tensor],
+                      min_reference_rate: float = EvaluationSettings.min_reference_rate) -> CompoundMetrics:
+    """The runner's hook: judge both models' renders of every suite (judge.present, the target's
+    rule, for parts and retention alike), then compound_metrics."""
     return compound_metrics(spec, suites, observe_suites(judge, suites, reference_images),
-                            observe_suites(judge, suites, edited_images))
+                            observe_suites(judge, suites, edited_images), min_reference_rate)

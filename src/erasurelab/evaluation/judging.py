@@ -99,3 +99,63 @@ def accuracy_dict(accuracy: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if accuracy is None:
         return None
     return {k: v.to_dict() if isinstance(v, Rate) else float(v) for k, v in accuracy.items()}
+
+
+#: Attributes on which a second judge's agreement is reported (those a pixel-rule judge can read).
+AGREEMENT_ATTRIBUTES: tuple[str, ...] = ("object", "color")
+
+
+def _local_agreement(judge_a: Judge, judge_b: Judge, images: torch.Tensor,
+                     attributes: Sequence[str] = AGREEMENT_ATTRIBUTES) -> dict[str, Rate]:
+    """Fraction of images on which both judges' predict() give the same label, per attribute."""
+    if len(images) == 0:
+        return {a: Rate(0, 0) for a in attributes}
+    first, second = judge_a.predict(images), judge_b.predict(images)
+    return {a: Rate(sum(x.get(a) == y.get(a) for x, y in zip(first, second, strict=True)), len(images))
+            for a in attributes}
+
+
+def _agreement_function() -> Any:
+    """evaluation.agreement.judge_agreement when that module exists, else the local equivalent."""
+    try:
+        from erasurelab.evaluation.agreement import judge_agreement  # type: ignore[import-not-found]
+    except ImportError:
+        return _local_agreement
+    return judge_agreement
+
+
+def _shared_attributes(judge_a: Judge, judge_b: Judge) -> tuple[str, ...]:
+    """AGREEMENT_ATTRIBUTES on which both judges know at least one world label."""
+    known_a, known_b = set(judge_a.concepts()), set(judge_b.concepts())
+    return tuple(a for a in AGREEMENT_ATTRIBUTES
+                 if known_a & set(vocab.classes(a)) and known_b & set(vocab.classes(a)))  # type: ignore[arg-type]
+
+
+def second_judge_agreement(judge: Judge, second: str | None, reference: Sequence[torch.Tensor],
+                           edited: Sequence[torch.Tensor]) -> dict[str, Any] | None:
+    """How often a second, independent judge agrees with `judge` on every rendered image.
+
+    second: a registry name; None, an unregistered name, or a judge sharing no attribute with
+    `judge` gives None (nothing to report). reference / edited: image batches of each model.
+    Why: every rate is a verdict of one judge; agreement with a judge built on other principles
+    (pixel rules instead of learned weights) says how far those verdicts can be trusted, on the
+    unedited model's images and on the edited model's, where an edit may produce images the
+    main judge was never trained on.
+    """
+    if not second or second not in available_judges():
+        return None
+    other = load_judge(second)
+    attributes = _shared_attributes(judge, other)
+    if not attributes:
+        return None
+    agree = _agreement_function()
+
+    def over(batches: Sequence[torch.Tensor]) -> dict[str, Rate]:
+        batches = [b for b in batches if len(b) and b.shape[-1] > 1]
+        images = torch.cat([b.float() for b in batches]) if batches else torch.empty(0, 3, 32, 32)
+        if len(images) == 0:
+            return {a: Rate(0, 0) for a in attributes}
+        return dict(agree(judge, other, images, attributes=attributes))
+
+    return {"second_judge": str(getattr(other, "id", second)), "attributes": list(attributes),
+            "reference": over(reference), "edited": over(edited)}

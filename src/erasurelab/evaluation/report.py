@@ -25,7 +25,7 @@ from typing import Any
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.result import EvaluationResult, jsonable
 from erasurelab.evaluation.suites import Suite, save_suite
-from erasurelab.evaluation.types import Rate
+from erasurelab.evaluation.types import REFERENCE_MIN_ASR, Rate
 from erasurelab.runinfo import replace_folder
 
 #: Section ids every report has (a test checks them).
@@ -61,10 +61,12 @@ def _esc(value: Any) -> str:
 
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
+        return "n/a"
+    if isinstance(value, bool):
+        return "passed" if value else "<b>failed</b>"
     if isinstance(value, Rate):
         return f"{value.value:.{digits}f} <small>({value.numerator}/{value.denominator})</small>" \
-            if value.denominator else "—"
+            if value.denominator else "n/a <small>(0/0)</small>"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return _esc(value)
@@ -111,7 +113,7 @@ def _slug(text: str) -> str:
 
 
 def tradeoff_figure(results: Sequence[EvaluationResult]) -> bytes:
-    """Forget (f = 1 − TP_paraphrase) against retain (r) per concept: edited models and the unedited one."""
+    """Forget f against retain r per concept: edited models and the unedited one (f not measurable: no point)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     fig = Figure(figsize=(5.6, 4.4), dpi=110)
@@ -123,18 +125,20 @@ def tradeoff_figure(results: Sequence[EvaluationResult]) -> bytes:
     label_points = len(references) > 1
     for k, result in enumerate(results):
         label = _label(result) if len(results) == 1 or result.method else f"{_label(result)} ({k + 1})"
-        xs = [c.terms["f"] for c in result.concepts]
-        ys = [c.terms["r"] for c in result.concepts]
+        shown = [c for c in result.concepts if math.isfinite(c.terms["f"]) and math.isfinite(c.terms["r"])]
+        xs = [c.terms["f"] for c in shown]
+        ys = [c.terms["r"] for c in shown]
         ax.scatter(xs, ys, s=46, label=label, zorder=3)
         if label_points:
-            for c, x, y in zip(result.concepts, xs, ys, strict=True):
+            for c, x, y in zip(shown, xs, ys, strict=True):
                 ax.annotate(c.concept, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if references:  # after the methods: "no edit" ends the legend
-        ax.scatter([t["f"] for t in references.values()], [t["r"] for t in references.values()], marker="x",
-                   color="gray", s=40, label="no edit", zorder=2)
+    points = [t for t in references.values() if math.isfinite(t["f"]) and math.isfinite(t["r"])]
+    if points:  # after the methods: "no edit" ends the legend
+        ax.scatter([t["f"] for t in points], [t["r"] for t in points], marker="x", color="gray", s=40,
+                   label="no edit", zorder=2)
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("forget  f = 1 − TP(paraphrase)   →  better")
+    ax.set_xlabel("forget  f = 1 − max TP(edited) / TP(reference)   →  better")
     ax.set_ylabel("retain  r (neighbour retention)   →  better")
     ax.grid(alpha=0.3)
     if len(references) == 1:
@@ -154,11 +158,13 @@ def _summary(results: Sequence[EvaluationResult]) -> str:
             rows.append((_esc(_label(result)), _esc(c.concept), c.h, c.h_reference, c.terms["f"],
                          c.terms["r"], c.terms["a"], c.terms["q"], t["anchor"]["edited"], t["anchor"]["reference"],
                          t["paraphrase"]["edited"], t["paraphrase"]["reference"], c.selective["edited"],
-                         c.unrelated["ratio"]))
+                         c.unrelated.get("min_ratio", c.unrelated["ratio"])))
     header = ["model", "concept", "H", "H no edit", "f", "r", "a", "q", "TP anchor", "TP anchor (ref)",
-              "TP para", "TP para (ref)", "SA", "unrelated ratio"]
-    note = ('<p class="sub">H = 4 / (1/f + 1/r + 1/a + 1/q), each term in [0, 1]; f = 1 − TP on held-out '
-            "paraphrases, r = mean neighbour retention, a = 1 − max attack ASR, q = min(1, FD floor / FD edited). "
+              "TP para", "TP para (ref)", "SA", "unrelated ratio (worst attribute)"]
+    note = ('<p class="sub">H = 4 / (1/f + 1/r + 1/a + 1/q), each term in [0, 1]; f = 1 − max over the anchor, '
+            "paraphrase and selective suites of TP edited / TP reference (suites whose reference TP is below the "
+            "floor are left out), r = mean neighbour retention, a = 1 − max attack ASR, q = min(1, FD floor / "
+            "FD edited). n/a: not measurable (see the concept's notes), and then H is not reported. "
             "TP: target proportion (lower is better after erasure). Rates show (numerator/denominator).</p>")
     return _table(header, rows, "h") + note
 
@@ -180,6 +186,19 @@ def _concept_section(result: EvaluationResult, c: Any, grid_files: dict[str, tup
         ("H", c.h, c.h_reference),
     ]
     parts.append("<h4>Facets</h4>" + _table(["metric", "edited", "reference (no edit)"], rows))
+    if c.forget:
+        rows = [(_esc(name), d["reference"], d["edited"], d["ratio"],
+                 "yes" if d["counted"] else f"no: {_esc(d['reason'])}") for name, d in c.forget.items()]
+        parts.append("<h4>Forgetting per suite</h4>"
+                     + _table(["suite", "TP reference", "TP edited", "ratio edited/reference", "counts toward f"],
+                              rows)
+                     + f'<p class="sub">f = 1 − the largest counted ratio = {_num(c.terms["f"])}.</p>')
+    per_attribute = c.unrelated.get("attributes") or {}
+    if per_attribute:
+        rows = [(_esc(a), v["reference"], v["edited"], v["ratio"]) for a, v in per_attribute.items()]
+        parts.append("<h4>Retention per attribute (unrelated prompts, seeds A)</h4>"
+                     + _table(["attribute", "detected, reference", "detected, edited", "ratio edited/reference"],
+                              rows))
     parts.append(f'<p class="sub">unrelated retention ratio {_num(c.unrelated["ratio"])}; '
                  f"q = {_num(q['q'])} (FD floor = reference seeds A vs B, {q['images']} images, "
                  f"{q['features']} features).</p>")
@@ -194,7 +213,7 @@ def _concept_section(result: EvaluationResult, c: Any, grid_files: dict[str, tup
     parts.append("<h4>Prompt suites</h4>" + _table(["suite", "prompts", "images/prompt", "images", "sha256"], rows))
     for suite_name, (before, after) in grid_files.items():
         legend = (" then [reference|edited]: T where the judge sees the target"
-                  if suite_name in ("anchor", "paraphrase") else "")
+                  if suite_name in ("anchor", "paraphrase", "selective") else "")
         parts.append(f"<h4>{_esc(suite_name)}: before / after</h4>"
                      f'<p class="sub">Same prompts and seeds in both grids. Captions: the prompt,{legend}.</p>'
                      f'<div class="pair"><figure>{_img(before, suite_name + " reference")}'
@@ -229,13 +248,18 @@ def _attack_section(result: EvaluationResult) -> str:
 
     parts = []
     rows = [(_esc(a.name), _esc(a.concept), a.asr, a.pre_asr, a.delta_asr, a.reference_asr,
+             "not run" if a.reference_passed is None else _num(a.reference_passed),
              _esc(", ".join(f"{k}={v}" for k, v in a.budget.items()))) for a in result.attacks]
-    parts.append(_table(["attack", "concept", "ASR (edited)", "pre-ASR", "ΔASR", "ASR (reference)", "budget"], rows))
+    parts.append(_table(["attack", "concept", "ASR (edited)", "pre-ASR", "ΔASR", "ASR (reference)",
+                         f"reference check (ASR ≥ {REFERENCE_MIN_ASR})", "budget"], rows))
     for a in result.attacks:
         parts.append(f"<h4>{_esc(a.name)} on {_esc(a.concept)}</h4>")
-        if a.reference_asr is not None and a.reference_asr.numerator == 0:
-            parts.append('<div class="note">This attack fails on the unedited model: its ASR on the edited model '
-                         "says little.</div>")
+        if a.reference_passed is False:
+            parts.append(f'<div class="note">Reference check failed: the attack reaches ASR {_esc(a.reference_asr)} '
+                         f"on the unedited model (needs ≥ {REFERENCE_MIN_ASR}), so its ASR on the edited model says "
+                         "little.</div>")
+        if a.asr.denominator == 0:
+            parts.append('<div class="note">No scoreable instance on the edited model: a is not measurable.</div>')
         if a.prompts:
             items = "".join(f"<li><code>{_esc(p)}</code></li>" for p in a.prompts[:8])
             parts.append(f"<p>Example adversarial prompts:</p><ul>{items}</ul>")
@@ -244,6 +268,17 @@ def _attack_section(result: EvaluationResult) -> str:
             captions = [p for p in a.prompts[:len(images)]] if len(a.prompts) >= len(images) else None
             parts.append(_img(_png_bytes(grid(images, captions)), f"{a.name} images"))
     return "".join(parts)
+
+
+def _agreement(agreement: dict[str, Any] | None) -> str:
+    """The second judge's agreement with the main judge, per attribute, on reference and edited images."""
+    if not agreement:
+        return '<p class="sub">No second judge: agreement not measured.</p>'
+    reference, edited = agreement.get("reference", {}), agreement.get("edited", {})
+    rows = [(_esc(a), reference.get(a), edited.get(a)) for a in agreement.get("attributes", reference)]
+    return (f"<p>Agreement with the second judge <code>{_esc(agreement.get('second_judge'))}</code> "
+            "(same predicted label on an image):</p>"
+            + _table(["attribute", "reference images", "edited images"], rows))
 
 
 def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
@@ -276,10 +311,13 @@ def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
         rows = [(_esc(k), v if isinstance(v, Rate) else float(v)) for k, v in accuracy.items()]
         judge_parts.append(f"<p>id <code>{_esc(r.judge['id'])}</code>; accuracy: {_esc(r.judge['accuracy_source'])}"
                            f"</p>" + (_table(["attribute", "accuracy"], rows) if rows else ""))
+        judge_parts.append(_agreement(r.judge.get("agreement")))
     body.append('<section id="judge"><h2>Judge</h2>' + "".join(judge_parts) + "</section>")
     body.append('<section id="settings"><h2>Settings</h2>'
                 + "".join(_kv({**r.sampler, **r.settings, "model_hash": r.model_hash,
-                               "reference_hash": r.reference_hash}) for r in results) + "</section>")
+                               "reference_hash": r.reference_hash,
+                               **{f"provenance.{k}": v for k, v in jsonable(r.provenance).items()}})
+                          for r in results) + "</section>")
     body.append('<section id="versions"><h2>Versions</h2>' + _kv(first.versions)
                 + _kv({k: round(v, 3) for k, v in first.timings.items()}) + "</section>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'

@@ -52,13 +52,19 @@ class Examples:
 class ConceptResult:
     """Every facet of one concept.
 
-    target: {"anchor"|"paraphrase": {"edited": Rate, "reference": Rate}} (target proportion TP).
+    target: {"anchor"|"paraphrase"|"selective": {"edited": Rate, "reference": Rate}} (target proportion TP;
+    on the selective suite, the target's own share of its images).
+    forget: per suite of `target` {"edited", "reference", "ratio", "counted", "reason"}: how f was made
+    (f = 1 − max ratio over the counted suites; a suite counts when its reference TP reaches the floor).
     neighbours: per kept neighbour {name, labels, cosine, reference: Rate, edited: Rate, rho}.
     dropped_neighbours: neighbours the reference renders on < min_neighbour_rate of images.
-    unrelated: {"edited": Rate, "reference": Rate, "ratio": float} attribute accuracy on seed set A.
+    unrelated: {"edited": Rate, "reference": Rate, "ratio": float} attribute accuracy on seed set A, plus
+    "attributes": per attribute {"edited", "reference", "ratio"} and "min_ratio" (the worst attribute).
     selective: {"edited": Rate, "reference": Rate} selective alignment.
     quality: {"fd_edited", "fd_floor", "q", "features", "images"}.
-    terms / terms_reference: {"f", "r", "a", "q"} of the edited model and of the unedited one.
+    terms / terms_reference: {"f", "r", "a", "q"} of the edited model and of the unedited one; a term
+    that cannot be measured is nan (null in JSON, "n/a" in tables), and so is H then.
+    problems: one line per term that is not a number and why (also among notes; the CLI prints them).
     """
 
     concept: str
@@ -77,9 +83,11 @@ class ConceptResult:
     h_reference: float
     notes: list[str] = field(default_factory=list)
     examples: dict[str, Examples] = field(default_factory=dict, repr=False)
+    forget: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
+        return jsonable({"forget": self.forget, "problems": self.problems,
             "concept": self.concept, "attribute": self.attribute, "suites": self.suites, "target": self.target,
             "neighbours": self.neighbours, "dropped_neighbours": self.dropped_neighbours,
             "unrelated": self.unrelated, "selective": self.selective, "quality": self.quality,
@@ -96,6 +104,7 @@ class EvaluationResult:
     sampler: steps, guidance, scheduler class, base seed.
     efficiency: edit cost from the manifest (see evaluation.efficiency) and inference overhead.
     report: the report folder when one was written.
+    provenance: git commit (or "unknown"), command line and time of the run that made the numbers.
     """
 
     model: str
@@ -112,6 +121,7 @@ class EvaluationResult:
     attacks: list[AttackResult] = field(default_factory=list, repr=False)
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None
 
     def concept(self, name: str) -> ConceptResult:
@@ -122,12 +132,15 @@ class EvaluationResult:
 
     @property
     def h(self) -> float:
-        """Mean H over the evaluated concepts."""
+        """Mean H over the evaluated concepts (nan when any concept's H is not measurable)."""
         values = [c.h for c in self.concepts]
         return sum(values) / len(values) if values else float("nan")
 
     def summary(self) -> list[str]:
-        """One line per concept for the CLI: H, the four terms and the paraphrase target proportion."""
+        """One line per concept for the CLI: H, the four terms and the paraphrase target proportion.
+
+        A term that is not measurable shows as n/a, followed by one "note:" line saying why.
+        """
         def fmt(x: float) -> str:
             return f"{x:.3f}" if math.isfinite(x) else "n/a"
 
@@ -137,6 +150,7 @@ class EvaluationResult:
             para = c.target["paraphrase"]
             lines.append(f"{c.concept}: H {fmt(c.h)} (no edit {fmt(c.h_reference)}); {terms}; "
                          f"TP paraphrase {para['edited']} vs {para['reference']} unedited")
+            lines += [f"{c.concept}: note: {problem}" for problem in c.problems]
         for m in self.compound:
             rhos = " ".join(f"rho[{r.name}]={fmt(r.rho)}" for r in m.retention)
             lines.append(f"{m.concept} ({m.kind}): score {fmt(m.score)}; target {m.forget['edited']} vs "
@@ -154,5 +168,5 @@ class EvaluationResult:
             "judge": self.judge, "sampler": self.sampler, "settings": self.settings, "efficiency": self.efficiency,
             "h_mean": self.h, "concepts": self.metrics(),
             "compound": [c.to_dict() for c in self.compound], "attacks": [a.to_dict() for a in self.attacks],
-            "versions": self.versions, "timings": self.timings,
+            "versions": self.versions, "timings": self.timings, "provenance": self.provenance,
         })

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,10 +36,12 @@ from erasurelab.evaluation.rendering import (
 )
 from erasurelab.evaluation.result import ConceptResult, EvaluationResult, Examples
 from erasurelab.evaluation.suites import ConceptSuites, Suite, build_suites, method_anchors, world_attribute
-from erasurelab.evaluation.types import AttackResult, EvaluationSettings, Rate
+from erasurelab.evaluation.types import REFERENCE_MIN_ASR, AttackResult, EvaluationSettings, Rate
 from erasurelab.runinfo import library_versions
 
 ModelLike = Any  # a diffusers pipeline or a model spec (str / PathLike) for load_pipeline
+#: The suites whose target proportion enters the forget term f (evaluation.md §4).
+FORGET_SUITES: tuple[str, ...] = ("anchor", "paraphrase", "selective")
 
 __all__ = ["EvaluationResult", "evaluate"]
 
@@ -46,6 +49,19 @@ __all__ = ["EvaluationResult", "evaluate"]
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
+
+
+def provenance() -> dict[str, Any]:
+    """Where the numbers come from: git commit (or "unknown"), command line, argv, time.
+
+    erasurelab.runinfo.provenance when it exists; otherwise the commit is "unknown" and the command
+    is this process's argv, which is still enough to re-run it.
+    """
+    try:
+        from erasurelab.runinfo import provenance as _provenance  # type: ignore[attr-defined]
+    except ImportError:
+        return {"commit": "unknown", "command": " ".join(sys.argv)}
+    return dict(_provenance())
 
 
 def _is_spec(model: ModelLike) -> bool:
@@ -230,14 +246,50 @@ def _examples(ref: _Images, edited: _Images, k: int, judge: Any, concept: str | 
     return Examples(captions, before, after)
 
 
+def _unrelated(judge: Any, edited: _Images, reference: _Images) -> dict[str, Any]:
+    """Attribute accuracy on the unrelated prompts, pooled and per attribute, edited vs reference.
+
+    Every label is decided by judge.present with its threshold, the same rule as the target.
+    """
+    def answers(images: _Images) -> tuple[list[list[str]], list[list[bool]]]:
+        names = [list(images.suite.labels[p]) for p, _ in images.pairs]
+        return names, _labels_detected(judge, images)
+
+    names_e, detected_e = answers(edited)
+    names_0, detected_0 = answers(reference)
+    acc_e, acc_0 = metrics.attribute_accuracy(detected_e), metrics.attribute_accuracy(detected_0)
+    per_attribute = metrics.attribute_retention(metrics.attribute_rates(names_e, detected_e),
+                                                metrics.attribute_rates(names_0, detected_0))
+    ratios = [v["ratio"] for v in per_attribute.values() if v["ratio"] == v["ratio"]]
+    return {"edited": acc_e, "reference": acc_0, "ratio": metrics.retention_ratio(acc_e, acc_0),
+            "attributes": per_attribute, "min_ratio": min(ratios) if ratios else float("nan")}
+
+
+def _attack_rows(attacks: list[AttackResult], name: str, notes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for attack in (x for x in attacks if x.concept == name):
+        passed = attack.reference_passed
+        meaningful = passed is None or passed
+        if not meaningful:
+            notes.append(f"attack {attack.name} fails its reference check (reference ASR {attack.reference_asr} < "
+                         f"{REFERENCE_MIN_ASR}): it fails on the unedited model, so its ASR on the edited one "
+                         "means little")
+        if not attack.scoreable:
+            notes.append(f"attack {attack.name} has no scoreable instance on the edited model")
+        rows.append({**attack.to_dict(), "meaningful": meaningful})
+    return rows
+
+
 def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Images], edited: dict[str, _Images],
                     neighbour_ref: dict[str, Rate], kept: list[str], judge: Any, attacks: list[AttackResult],
                     settings: EvaluationSettings) -> ConceptResult:
     notes: list[str] = []
+    problems: list[str] = []
     name = spec.name
+    # TP on anchor, paraphrase and selective (the target's own share of the selective images).
     target = {s: {"edited": metrics.target_proportion(_flags(judge, edited[s], name)),
                   "reference": metrics.target_proportion(_flags(judge, ref[s], name))}
-              for s in ("anchor", "paraphrase")}
+              for s in FORGET_SUITES}
 
     # Neighbours (pinpoint-ness).
     neighbour_edit = _neighbour_rates(judge, edited["neighbours"]) if kept else {}
@@ -255,12 +307,10 @@ def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Im
                      + ", ".join(d["name"] for d in dropped))
 
     # Unrelated prompts (seed set A on both models) and quality (FD of judge features).
-    acc_e = metrics.attribute_accuracy(_labels_detected(judge, edited["unrelated"]))
     ref_a = _Images(suites.unrelated, suites.unrelated.indices([0]),
                     ref["unrelated"].take(suites.unrelated.indices([0])))
     ref_b = ref["unrelated"].take(suites.unrelated.indices([1]))
-    acc_0 = metrics.attribute_accuracy(_labels_detected(judge, ref_a))
-    unrelated = {"edited": acc_e, "reference": acc_0, "ratio": metrics.retention_ratio(acc_e, acc_0)}
+    unrelated = _unrelated(judge, edited["unrelated"], ref_a)
     features_e = judging.features(judge, edited["unrelated"].images)
     features_a, features_b = judging.features(judge, ref_a.images), judging.features(judge, ref_b)
     if len(features_e) >= 2:
@@ -282,31 +332,47 @@ def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Im
 
     # Attacks.
     a, a_note = metrics.attack_term(attacks, name)
-    a_ref, _ = metrics.attack_term(attacks, name, use_reference=True)
+    a_ref, a_ref_note = metrics.attack_term(attacks, name, use_reference=True)
     if a_note == "no attacks run":
         notes.append("no attacks run: a = 1, so H is an upper bound")
-    attack_rows = []
-    for attack in (x for x in attacks if x.concept == name):
-        meaningful = attack.reference_asr is None or attack.reference_asr.value > 0
-        if not meaningful:
-            notes.append(f"attack {attack.name} fails on the unedited model: its ASR on the edited one means little")
-        attack_rows.append({**attack.to_dict(), "meaningful": meaningful})
+    attack_rows = _attack_rows(attacks, name, notes)
+    if attack_rows:
+        notes.append(a_note)
+        if a != a:
+            problems.append(f"attack term a not measurable ({a_note}); H is not reported")
 
-    # Summary terms.
+    # Forgetting relative to the unedited model; the "no edit" row uses the same formula.
+    f, forget = metrics.forget_term(target, settings.min_reference_rate)
+    f_ref, _ = metrics.forget_term({s: {"edited": t["reference"], "reference": t["reference"]}
+                                    for s, t in target.items()}, settings.min_reference_rate)
+    left_out = [s for s, d in forget.items() if not d["counted"]]
+    if left_out and f == f:
+        notes.append(f"suites left out of f (reference TP below {settings.min_reference_rate:g}): "
+                     + ", ".join(left_out))
+    if f != f:
+        problems.append(f"forget term f not measurable: the unedited model shows {name} on fewer than "
+                        f"{settings.min_reference_rate:.0%} of images in every suite ({', '.join(forget)}); "
+                        "H is not reported")
+
+    # Retention: mean neighbour rho; without neighbours, the worst attribute of the unrelated suite.
     rhos = [n["rho"] for n in neighbours]
     if rhos:
         r = sum(rhos) / len(rhos)
     else:
-        ratio = unrelated["ratio"]
-        r = min(1.0, ratio) if ratio == ratio else float("nan")
-        notes.append("no neighbour survived the reference filter: r = min(1, unrelated retention ratio)")
-    f = 1.0 - target["paraphrase"]["edited"].value
-    if attack_rows:
-        notes.append(a_note)
+        worst = unrelated["min_ratio"]
+        r = min(1.0, worst) if worst == worst else float("nan")
+        notes.append("no neighbour survived the reference filter: r = min(1, min over attributes of the unrelated "
+                     "retention ratio)")
     terms = {"f": f, "r": r, "a": a, "q": q}
-    terms_ref = {"f": 1.0 - target["paraphrase"]["reference"].value, "r": 1.0, "a": a_ref, "q": 1.0}
+    terms_ref = {"f": f_ref, "r": 1.0, "a": a_ref, "q": 1.0}
     h = metrics.harmonic_h(f, r, a, q)
-    h_ref = metrics.harmonic_h(terms_ref["f"], 1.0, a_ref, 1.0)
+    h_ref = metrics.harmonic_h(f_ref, 1.0, a_ref, 1.0)
+    if h != h and not problems:
+        problems.append("H not reported: a term is not measurable (" + ", ".join(k for k, v in terms.items()
+                                                                                 if v != v) + ")")
+    notes += problems
+    if a_ref != a_ref and attack_rows and a == a:
+        notes.append(f"no-edit row: {a_ref_note}")
 
     suite_info = {s.name: s.summary() for s in suites.all()}
     suite_info["neighbours"]["kept"] = list(kept)
@@ -314,11 +380,11 @@ def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Im
     for s in ("anchor", "paraphrase", "neighbours", "unrelated", "selective"):
         if edited[s].pairs:
             examples[s] = _examples(ref[s], edited[s], settings.examples, judge,
-                                    name if s in ("anchor", "paraphrase") else None)
+                                    name if s in FORGET_SUITES else None)
     return ConceptResult(concept=name, attribute=suites.attribute, suites=suite_info, target=target,
                          neighbours=neighbours, dropped_neighbours=dropped, unrelated=unrelated, selective=selective,
                          quality=quality, attacks=attack_rows, terms=terms, terms_reference=terms_ref, h=h,
-                         h_reference=h_ref, notes=notes, examples=examples)
+                         h_reference=h_ref, notes=notes, examples=examples, forget=forget, problems=problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,8 +483,13 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     results = [_concept_result(spec, suites, r, e, n_ref, kept, judge_obj, attack_list, settings)
                for spec, suites, r, e, n_ref, kept in zip(spec_list, all_suites, ref_images, edit_images,
                                                          neighbour_refs, kept_lists, strict=True)]
-    compound_results = [compound.evaluate_compound(s, cs, judge_obj, r, e) for s, cs, r, e in
-                        zip(compound_specs, compound_suites, ref_compound, edit_compound, strict=True)]
+    compound_results = [compound.evaluate_compound(s, cs, judge_obj, r, e, settings.min_reference_rate)
+                        for s, cs, r, e in zip(compound_specs, compound_suites, ref_compound, edit_compound,
+                                               strict=True)]
+    agreement = judging.second_judge_agreement(
+        judge_obj, settings.second_judge,
+        [x.images for images in ref_images for x in images.values()] + [x for c in ref_compound for x in c.values()],
+        [x.images for images in edit_images for x in images.values()] + [x for c in edit_compound for x in c.values()])
     if judge_accuracy is not None:
         accuracy, source = dict(judge_accuracy), "given"
     else:
@@ -440,14 +511,14 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
         model=model_label, reference=ref.label, method=efficiency.get("method"), model_hash=model_key,
         reference_hash=ref_key,
         judge={"id": judge_obj.id, "accuracy": accuracy, "accuracy_source": source,
-               "concepts": sorted(known)},
+               "concepts": sorted(known), **({"agreement": agreement} if agreement is not None else {})},
         sampler={"steps": steps, "guidance": guidance, "scheduler": type(scheduler).__name__,
                  "base_seed": settings.base_seed, "seed_rule": "base_seed + n_rep*p + r",
                  "device": str(getattr(model_pipe, "device", "cpu")), "processes": world_size(),
                  "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
         settings=settings.to_dict(), efficiency=efficiency, concepts=results, compound=compound_results,
         attacks=attack_list,
-        versions=library_versions(), timings=timings)
+        versions=library_versions(), timings=timings, provenance=provenance())
     if out_path is not None and is_main_process():
         from erasurelab.evaluation.report import write_report
 

@@ -34,7 +34,7 @@ from erasurelab.world import vocab
 from erasurelab.world.captions import HELDOUT_TEMPLATES, canonical_prompt, canonical_suite, paraphrase_prompts
 
 #: Bump when the construction of any suite changes: it is part of every suite hash.
-SUITE_VERSION = "1"
+SUITE_VERSION = "2"
 SUITE_NAMES: tuple[str, ...] = ("anchor", "paraphrase", "neighbours", "unrelated", "selective")
 #: Suites whose prompts must never be among a method's anchors.
 HELD_OUT_SUITES: tuple[str, ...] = ("paraphrase", "neighbours", "selective")
@@ -176,6 +176,12 @@ def method_anchors(spec: ConceptSpec, manifest_concepts: Sequence[dict[str, Any]
 # ---------------------------------------------------------------------------------------------
 # Construction
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    prompt: str
+    labels: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -344,10 +350,31 @@ def neighbour_suite(spec: ConceptSpec, neighbours: Sequence[Neighbour], settings
                  base_seed=settings.base_seed)
 
 
+def _character_items() -> list[tuple[str, dict[str, str]]]:
+    """Each character on each background (first selective template): the unrelated suite's characters."""
+    template = _SELECTIVE_CHARACTER_TEMPLATES[0]
+    return [(template.format(name=_display("character", c), bg=bg), {"character": c, "background": bg})
+            for c in vocab.classes("character") if c != vocab.NO_CHARACTER for bg in vocab.classes("background")]
+
+
 def unrelated_suite(spec: ConceptSpec, settings: EvaluationSettings, judge_concepts: set[str]) -> Suite:
-    """Canonical world prompts that do not contain the target, rendered with seed sets A and B."""
+    """World prompts that do not contain the target, rendered with seed sets A and B.
+
+    The canonical scenes (object, colour, style, background) plus every character on every
+    background, interleaved so that a capped suite keeps both: retention must cover every attribute
+    the judge reads, and a scene-only suite never asks for a character.
+    """
     world_attribute(spec.name)
-    items = [x for x in canonical_suite() if spec.name not in x.labels.values()]
+    scenes = [(x.prompt, dict(x.labels)) for x in canonical_suite()]
+    characters = _character_items()
+    step = max(1, len(scenes) // max(1, len(characters)))
+    merged: list[tuple[str, dict[str, str]]] = []
+    for i, item in enumerate(scenes):
+        merged.append(item)
+        if i % step == step - 1 and characters:
+            merged.append(characters.pop(0))
+    merged += characters
+    items = [_Item(prompt, labels) for prompt, labels in merged if spec.name not in labels.values()]
     items = [items[i] for i in _spread(len(items), settings.unrelated_max)]
     return _nonempty(Suite("unrelated", spec.name, tuple(x.prompt for x in items), 2,
                            tuple(_known(x.labels, judge_concepts) for x in items), base_seed=settings.base_seed))
