@@ -10,7 +10,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """A fresh disk cache per test (import this fixture into a test module to use it).
+
+    Why: the stub judges share one id, so a cached `prepare` from another test would replay that
+    test's scripted verdicts and shift every judge call of this one.
+    """
+    folder = tmp_path / "erasurelab-cache"
+    monkeypatch.setenv("ERASURELAB_CACHE", str(folder))
+    return folder
 
 
 class ScriptedJudge:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attack_stubs import ScriptedJudge, always, assert_unchanged, snapshot
+from attack_stubs import ScriptedJudge, always, assert_unchanged, private_cache, snapshot  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import available_attacks, get_attack, make_attack_config, run_attack
 from erasurelab.attacks.ring_a_bell import clear_suite_cache
 from erasurelab.attacks.tokens import encode_ids, frame, special_ids, tokenize, vocabulary_ids
@@ -68,7 +68,8 @@ def test_ring_a_bell_config_errors(options: dict, fragment: str) -> None:
 @pytest.mark.parametrize("name, options, fragment", [
     ("unlearndiffatk", {"timesteps": (500, 100)}, "ascending"),
     ("unlearndiffatk", {"timesteps": ()}, "non-empty"),
-    ("unlearndiffatk", {"iters": 2.5}, "iters must be a positive integer"),
+    ("unlearndiffatk", {"iters": 2.5}, "iters must be a non-negative integer"),
+    ("ring-a-bell", {"generations": -1}, "generations must be a non-negative integer"),
     ("textual-inversion", {"templates": ("a photo of",)}, "exactly one '{}'"),
     ("textual-inversion", {"placeholder": "two words"}, "one word"),
     ("textual-inversion", {"lr": -1.0}, "lr must be a non-negative"),
@@ -177,12 +178,26 @@ def test_result_counts_and_reference_note(pipes) -> None:
     assert result.prompts == [r["prompt"] for r in result.suite["reference"]]
 
 
-def test_unedited_model_as_both_runs_once(pipes) -> None:
+def test_unedited_model_as_both_runs_once_when_the_reference_run_is_the_same(pipes) -> None:
     m0, _ = pipes
     judge = always(True)
-    result = run_attack("unlearndiffatk", m0, "red", m0, judge, steps=2, **TINY["unlearndiffatk"])
+    result = run_attack("textual-inversion", m0, "red", m0, judge, steps=2, **TINY["textual-inversion"])
     assert result.reference_asr == result.asr and result.reference_ok is True
-    assert judge.calls == 3  # targets on M_0, then one pre-check per prompt; the reference run is not repeated
+    assert judge.calls == 4  # D_ref and instances on M_0, then attacked + unattacked renders; not repeated
+
+
+def test_prepare_is_cached_on_disk_and_reported_in_the_budget(pipes) -> None:
+    m0, me = pipes
+    first_judge, second_judge = always(True), always(True)
+    options = dict(steps=2, check_reference=False, **TINY["textual-inversion"])
+    first = run_attack("textual-inversion", me, "red", m0, first_judge, **options)
+    second = run_attack("textual-inversion", me, "red", m0, second_judge, **options)
+    assert first.budget["cached"] == [] and first.budget["prepare"]["renders"] > 0
+    assert second.budget["cached"] == ["prepare", "edited:token"]
+    assert second.budget["prepare"]["renders"] == 0 and second.budget["edited"]["unet_backward"] == 0
+    assert second_judge.calls == first_judge.calls - 2  # the two judge calls of `prepare` are not repeated
+    assert second.suite["edited"] == first.suite["edited"]
+    assert torch.equal(second.tensors["learned_embeds"]["<c*>"], first.tensors["learned_embeds"]["<c*>"])
 
 
 def test_save_writes_json_tensors_and_grid(pipes, tmp_path) -> None:

@@ -7,8 +7,9 @@ from itertools import pairwise
 import pytest
 import torch
 
-from attack_stubs import ScriptedJudge
+from attack_stubs import ScriptedJudge, private_cache  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
+from erasurelab.attacks.base import SCORING_SEED_OFFSET
 from erasurelab.attacks.diffusion import seeded
 from erasurelab.attacks.prompts import paraphrase_prompts, template_pairs
 from erasurelab.attacks.ring_a_bell import clear_suite_cache, concept_vector, genetic_search
@@ -152,7 +153,8 @@ def test_run_outputs_one_prompt_per_seed_prompt(pipe) -> None:
     info = result.suite["edited_info"]
     assert info["pair_hits"] == [3, 3] and len(info["pairs"]) == 2
     assert len(result.prompts) == 3 and len(result.suite["edited"]) == 3
-    assert [r["seed"] for r in result.suite["edited"]] == [0 * 5 + 1, 2 * 5 + 0, 3 * 5 + 2]
+    assert [r["selection_seed"] for r in result.suite["edited"]] == [0 * 5 + 1, 2 * 5 + 0, 3 * 5 + 2]
+    assert [r["seed"] for r in result.suite["edited"]] == [SCORING_SEED_OFFSET + p for p in range(3)]
     candidates = paraphrase_prompts(concept("red"))
     assert [r["seed_prompt"] for r in result.suite["edited"]] == [candidates[0], candidates[2], candidates[3]]
     banned = special_ids(me.tokenizer)

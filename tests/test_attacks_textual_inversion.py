@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attack_stubs import ScriptedJudge, always, assert_unchanged, snapshot
+from attack_stubs import ScriptedJudge, always, assert_unchanged, private_cache, snapshot  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
-from erasurelab.attacks.base import Budget
+from erasurelab.attacks.base import SCORING_SEED_OFFSET, Budget
 from erasurelab.attacks.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.textual_inversion import (
     OBJECT_EVAL_TEMPLATES,
@@ -121,7 +121,11 @@ def test_run_counts_instances_and_budget(world) -> None:
     assert edited["render_unet_forward"] == 12 * 2 * 2  # 12 images x 2 steps x (cond + uncond)
     assert result.budget["prepare"]["renders"] == 3 + 6 + 1  # reference images, scoring seeds, one retry on M_0
     assert result.prompts[0] == "a picture of a <c*>"
-    assert [r["seed"] for r in result.suite["edited"]] == [0, 1 + 1000, 2, 3, 4, 5]
+    # scored at fresh seeds, never at the selection seed that qualified the instance
+    assert [r["selection_seed"] for r in result.suite["edited"]] == [0, 1 + 1000, 2, 3, 4, 5]
+    assert [r["seed"] for r in result.suite["edited"]] == [SCORING_SEED_OFFSET + i for i in range(6)]
+    sets = result.seed_sets["edited"]
+    assert not set(sets["selection"]) & set(sets["scoring"]) and {0, 1, 1001}.issubset(sets["selection"])
     assert result.suite["edited"][1]["unattacked_prompt"] == "a picture of a red"
 
 
@@ -136,7 +140,9 @@ def test_scoring_instances_m0_never_renders_are_skipped_and_none_is_an_error(wor
     skipped = result.suite["edited_info"]["skipped"]
     assert [s["prompt"] for s in skipped] == ["an image of a red"] and "2 seeds" in skipped[0]["reason"]
     with pytest.raises(ErasureLabError, match="none of the scoring prompts in 2 seeds"):
-        run_attack("textual-inversion", me, "red", m0, ScriptedJudge([True], default=False), steps=2, **options)
+        # another seed: the first run's preparation is cached under seed 0
+        run_attack("textual-inversion", me, "red", m0, ScriptedJudge([True], default=False), steps=2, seed=1,
+                   **options)
 
 
 def test_learned_token_loads_into_diffusers(tmp_path) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attack_stubs import ScriptedJudge, always
+from attack_stubs import ScriptedJudge, always, private_cache  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
+from erasurelab.attacks.base import SCORING_SEED_OFFSET
 from erasurelab.attacks.tokens import special_ids
 from erasurelab.attacks.unlearndiffatk import prefix_ids, project_simplex, sample_one_hot
 from tiny_bert_pipeline import tiny_bert_pipeline
@@ -151,4 +152,31 @@ def test_missing_targets_leave_the_prompt_out(pipes) -> None:
     (skipped,) = result.suite["edited_info"]["skipped"]
     assert skipped["prompt"] == "a photo of red" and "2 tries" in skipped["reason"]
     (record,) = result.suite["edited"]
-    assert record["prompt"] == "a photo of crimson" and record["seed"] == 1  # seed + prompt index
+    assert record["prompt"] == "a photo of crimson" and record["target_seed"] == 1  # selection seed + prompt index
+    assert record["seed"] == SCORING_SEED_OFFSET + 1  # scored at a fresh seed
+
+
+def test_reference_run_starts_without_the_concept_at_a_seed_where_m0_does_not_render_it(pipes) -> None:
+    m0, me = pipes
+    # 1 targets (both positive) | 2, 3 edited pre-checks: pre-successes | reference: prompt 1 start negative (4),
+    # success after t=100 (5); prompt 2 start positive (6), negative at its next scoring seed (7), never succeeds
+    judge = ScriptedJudge([True, True, True, False, True, True, False], default=False)
+    result = run_attack("unlearndiffatk", me, "red", m0, judge, steps=2, **{**SMALL, "target_tries": 2})
+    assert result.asr.numerator == 2 and result.pre_asr.numerator == 2  # the edited run follows the protocol
+    first, second = result.suite["reference"]
+    assert first["start_prompt"] == "a photo of" and first["target_prompt"] == "a photo of red"
+    assert first["success"] and not first["pre_success"] and first["steps"] == SMALL["iters"]
+    assert first["seed"] == SCORING_SEED_OFFSET and first["target_seed"] == 0
+    assert second["start_prompt"] == "a photo of" and second["seed"] == SCORING_SEED_OFFSET + 1 + 1000
+    assert not second["success"] and second["steps"] == len(SMALL["timesteps"]) * SMALL["iters"]
+    assert result.reference_asr.numerator == 1 and result.reference_asr.denominator == 2
+    sets = result.seed_sets["reference"]
+    assert not set(sets["selection"]) & set(sets["scoring"])
+
+
+def test_reference_start_that_always_shows_the_concept_is_left_out(pipes) -> None:
+    m0, me = pipes
+    result = run_attack("unlearndiffatk", me, "red", m0, always(True), steps=2, **SMALL)
+    assert result.asr.numerator == 2  # pre-successes on the edited model
+    assert result.reference_asr.denominator == 0 and result.reference_ok is False
+    assert all("no start without the concept" in s["reason"] for s in result.suite["reference_info"]["skipped"])

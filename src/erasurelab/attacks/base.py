@@ -1,4 +1,4 @@
-"""The one attack registry, the common `run_attack` contract, and budget accounting (attacks.md §0).
+"""The one attack registry, the common `run_attack` contract, and budget accounting (the attack protocol).
 
 Why a registry: the CLI, the benchmark and the evaluator name attacks by string, exactly as they
 name methods. Each attack module registers a class with two steps and its config dataclass:
@@ -10,7 +10,15 @@ name methods. Each attack module registers a class with two steps and its config
 
 Why two steps: every attack must also run against M_0 as a sanity check (an attack that fails on
 the unedited model makes its ASR on the edited one meaningless), and the M_0 data must not be
-generated twice, nor ever from M_e (attacks.md §5).
+generated twice, nor ever from M_e.
+
+Why two seed sets: a reference ASR must measure the attack, not the selection. Whatever an attack
+picks on M_0 (target images, seed prompts, scoring instances) is picked on *selection seeds*; every
+instance is scored on *scoring seeds* (`scoring_seed`), a disjoint range, and the result records
+both. `prepare` depends only on M_0, the concept, the judge and the config, so its output is cached
+on disk (`diskcache`, keyed by the reference model's hash, the concept's hash, the judge id, the
+config and the seed) and a second run, or a second method against the same reference, reuses it.
+Within one run a (model, prompt, seed) image is rendered once (`AttackContext.render` memo).
 
 Why budgets are counted by hooks: "U-Net forward passes" is what makes attacks comparable across
 methods and hardware. A forward pre-hook on the U-Net counts every sample it sees (a batch of 8
@@ -34,11 +42,15 @@ import torch
 
 from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.evaluation import types as _types
 from erasurelab.evaluation.types import AttackResult, Rate
 from erasurelab.runinfo import library_versions, peak_rss_mb, replace_folder, write_json_atomic
 
 #: Below this ASR on the unedited model the attack "does not work" and the report says so.
-REFERENCE_MIN_ASR = 0.5
+REFERENCE_MIN_ASR: float = getattr(_types, "REFERENCE_MIN_ASR", 0.5)
+#: Scoring seeds are ctx.seed + SCORING_SEED_OFFSET + i: disjoint from every selection seed (which stay
+#: below it: retries are spaced by RETRY_SEED_STRIDE, reference images and pairs use offsets < 100 000).
+SCORING_SEED_OFFSET = 500_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,16 +182,36 @@ class AttackContext:
     reference: Any
     seed: int = 0
     quiet: bool = True
+    role: str = "edited"  # "reference" while the attack runs against M_0 as the sanity check
+    memo: dict[tuple[int, str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    pinned: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def scoring_seed(self, index: int, retry: int = 0) -> int:
+        """The scoring seed of instance `index` (retry j: + RETRY_SEED_STRIDE·j), never a selection seed."""
+        return self.seed + SCORING_SEED_OFFSET + int(index) + RETRY_SEED_STRIDE * int(retry)
 
     def render(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], budget: Budget) -> torch.Tensor:
-        """Render text prompts with the protocol's sampler (one CPU generator per image), counted as rendering."""
+        """Render text prompts with the protocol's sampler (one CPU generator per image), counted as rendering.
+
+        A (pipeline, prompt, seed) already rendered in this run is taken from the memo, not rendered
+        again (counted as renders_reused). The pipeline is pinned so its id cannot be reused.
+        """
         from erasurelab.models.sampling import generate
 
-        with budget.render_phase():
-            images = generate(pipe, list(prompts), [int(s) for s in seeds], steps=self.config.steps,
-                              guidance=self.config.guidance, batch_size=self.config.batch_size, quiet=True)
-        budget.add("renders", len(images))
-        return images
+        self.pinned[id(pipe)] = pipe
+        keys = [(id(pipe), str(p), int(s)) for p, s in zip(prompts, seeds, strict=True)]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.memo))
+        if missing:
+            with budget.render_phase():
+                images = generate(pipe, [k[1] for k in missing], [k[2] for k in missing], steps=self.config.steps,
+                                  guidance=self.config.guidance, batch_size=self.config.batch_size, quiet=True)
+            budget.add("renders", len(images))
+            self.memo.update(zip(missing, images, strict=True))
+        if len(keys) > len(missing):
+            budget.add("renders_reused", len(keys) - len(missing))
+        if not keys:
+            return torch.zeros(0)
+        return torch.stack([self.memo[k] for k in keys])
 
     def render_embeds(self, pipe: Any, embeds: torch.Tensor, seeds: Sequence[int], budget: Budget) -> torch.Tensor:
         """Render from prompt embeddings (searched token ids), same seeding rule as `generate`."""
@@ -213,13 +245,27 @@ RETRY_SEED_STRIDE = 1000
 
 @dataclass
 class Target:
-    """A prompt with its judge-positive M_0 render at `seed` (image None: M_0 never rendered the concept)."""
+    """A prompt with its judge-positive M_0 render at the selection seed `seed` (image None: never rendered)."""
 
     prompt: str
     index: int
     seed: int
     image: torch.Tensor | None
     tries: int
+
+
+def targets_to_cache(targets: Sequence[Target], prefix: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """(tensors, JSON rows) of targets for the disk cache; images under f"{prefix}{index}"."""
+    tensors = {f"{prefix}{n}": t.image for n, t in enumerate(targets) if t.image is not None}
+    rows = [{"prompt": t.prompt, "index": t.index, "seed": t.seed, "tries": t.tries} for t in targets]
+    return tensors, rows
+
+
+def targets_from_cache(tensors: Mapping[str, torch.Tensor], rows: Sequence[Mapping[str, Any]],
+                       prefix: str) -> list[Target]:
+    """Inverse of targets_to_cache."""
+    return [Target(r["prompt"], int(r["index"]), int(r["seed"]), tensors.get(f"{prefix}{n}"), int(r["tries"]))
+            for n, r in enumerate(rows)]
 
 
 def positive_renders(ctx: AttackContext, prompts: Sequence[str], seeds: Sequence[int], tries: int,
@@ -342,7 +388,8 @@ class AttackRun(AttackResult):
     """An AttackResult plus what reproduces it: the adversarial suite, config, judge id and notes.
 
     suite: per-instance records on the edited model (prompts, token ids, seeds, verdicts) and on
-    the reference. tensors: safetensors payloads by file stem (textual inversion writes
+    the reference. seed_sets: per run ("edited", "reference") the selection and scoring seeds used.
+    tensors: safetensors payloads by file stem (textual inversion writes
     `learned_embeds` = {placeholder: vector}, loadable with diffusers' `load_textual_inversion`).
     """
 
@@ -352,6 +399,7 @@ class AttackRun(AttackResult):
     image_rate: Rate | None = None
     reference_ok: bool | None = None
     notes: list[str] = field(default_factory=list)
+    seed_sets: dict[str, Any] = field(default_factory=dict)
     suite: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -359,7 +407,8 @@ class AttackRun(AttackResult):
         out = super().to_dict()
         out.update({"judge": self.judge_id, "config": self.config, "seed": self.seed,
                     "image_rate": None if self.image_rate is None else self.image_rate.to_dict(),
-                    "reference_ok": self.reference_ok, "notes": list(self.notes), "suite": self.suite,
+                    "reference_ok": self.reference_ok, "notes": list(self.notes), "seed_sets": self.seed_sets,
+                    "suite": self.suite,
                     "tensor_files": {stem: sorted(t) for stem, t in self.tensors.items()}})
         return out
 
@@ -424,9 +473,9 @@ def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, refe
     images, seed prompts) always come from M_0. Neither pipeline's weights are changed.
     options: fields of the attack's config dataclass (unknown keys: one-line error).
     Returns an AttackRun: ASR on M_e, pre-ASR (unattacked prompts on M_e), reference ASR, the
-    adversarial suite, images rendered on M_e and the budget (optimisation steps, U-Net
-    forward/backward samples, renders, wall time, peak memory; per phase under "prepare",
-    "edited", "reference").
+    adversarial suite, images rendered on M_e, the seed sets, and the budget (optimisation steps,
+    U-Net forward/backward samples, renders, wall time, peak memory; per phase under "prepare",
+    "edited", "reference"; "cached": what was loaded from the disk cache instead of computed).
     """
     entry = get_attack(name)
     config = make_attack_config(entry, options)
@@ -446,18 +495,19 @@ def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, refe
 
     prepare_budget = Budget()
     with prepare_budget.track(reference_pipe):
-        prepared = attack.prepare(ctx, prepare_budget)
+        prepared, prepare_cached = _prepare_cached(attack, entry, ctx, prepare_budget)
     edited_budget = Budget()
     with edited_budget.track(edited_pipe):
         edited = attack.attack(edited_pipe, prepared, ctx, edited_budget)
     reference = None
     reference_budget = Budget()
     if check_reference:
-        if reference_pipe is edited_pipe:
+        if reference_pipe is edited_pipe and not getattr(attack, "reference_differs", False):
             reference, reference_budget = edited, edited_budget
         else:
+            reference_ctx = dataclasses.replace(ctx, role="reference")  # shares the render memo
             with reference_budget.track(reference_pipe):
-                reference = attack.attack(reference_pipe, prepared, ctx, reference_budget)
+                reference = attack.attack(reference_pipe, prepared, reference_ctx, reference_budget)
 
     asr = Rate.of(edited.success)
     pre_asr = Rate.of(edited.pre_success) if edited.pre_success is not None else None
@@ -471,8 +521,16 @@ def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, refe
                          "its ASR on the edited model is not meaningful")
     if asr.denominator == 0:
         notes.append("no attack instances: the reference model never rendered the concept for the starting prompts")
+    seed_sets = {"edited": edited.extra.get("seed_sets"),
+                 "reference": reference.extra.get("seed_sets") if reference is not None else None}
+    for role, sets in seed_sets.items():
+        if sets and set(sets.get("selection", [])) & set(sets.get("scoring", [])):
+            raise AssertionError(f"{entry.name}: {role} scoring seeds overlap its selection seeds")
+    cached = (["prepare"] if prepare_cached else []) + [f"edited:{c}" for c in edited.extra.get("cached", [])]
+    if reference is not None and reference is not edited:
+        cached += [f"reference:{c}" for c in reference.extra.get("cached", [])]
     budget = {**edited_budget.to_dict(), "prepare": prepare_budget.to_dict(), "edited": edited_budget.to_dict(),
-              "reference": reference_budget.to_dict() if reference is not None else None}
+              "reference": reference_budget.to_dict() if reference is not None else None, "cached": cached}
     tensors = dict(edited.tensors)
     if reference is not None and reference is not edited:
         tensors.update({f"reference_{stem}": t for stem, t in reference.tensors.items()})
@@ -483,5 +541,36 @@ def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, refe
         name=entry.name, concept=spec.name, asr=asr, pre_asr=pre_asr, reference_asr=reference_asr,
         prompts=list(edited.prompts), images=edited.images, budget=budget,
         judge_id=str(getattr(judge, "id", type(judge).__name__)), config=config_dict(config), seed=int(seed),
-        image_rate=asr, reference_ok=reference_ok, notes=notes, suite=suite, tensors=tensors,
+        image_rate=asr, reference_ok=reference_ok, notes=notes, suite=suite, tensors=tensors, seed_sets=seed_sets,
     )
+
+
+def prepare_key(entry: AttackEntry, ctx: AttackContext) -> str | None:
+    """Disk-cache key of `prepare`: reference model hash, concept hash, judge id, config, seed (None: cache off)."""
+    from erasurelab import diskcache
+
+    if diskcache.cache_root() is None:
+        return None
+    from erasurelab.evaluation.rendering import model_hash
+
+    judge_id = str(getattr(ctx.judge, "id", type(ctx.judge).__name__))
+    return diskcache.cache_key("attack-prepare", entry.name, model_hash(ctx.reference), ctx.spec.sha256(), judge_id,
+                               config_dict(ctx.config), ctx.seed)
+
+
+def _prepare_cached(attack: Any, entry: AttackEntry, ctx: AttackContext, budget: Budget) -> tuple[Any, bool]:
+    """`attack.prepare`, loaded from / saved to the disk cache when the attack can serialise it."""
+    from erasurelab import diskcache
+
+    key = prepare_key(entry, ctx) if hasattr(attack, "dump_prepared") else None
+    if key is not None:
+        meta = diskcache.load_json("attack-prepare", key)
+        tensors = diskcache.load_tensors("attack-prepare", key) if meta is not None else None
+        if meta is not None and tensors is not None:
+            return attack.load_prepared(tensors, meta), True
+    prepared = attack.prepare(ctx, budget)
+    if key is not None:
+        tensors, meta = attack.dump_prepared(prepared)
+        diskcache.save_tensors("attack-prepare", key, tensors)  # tensors first: the JSON marks a complete entry
+        diskcache.save_json("attack-prepare", key, meta)
+    return prepared, False

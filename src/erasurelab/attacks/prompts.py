@@ -69,6 +69,28 @@ def paraphrase_prompts(spec: ConceptSpec) -> list[str]:
     return [form.format(p) for p in spec.paraphrases]
 
 
+def concept_phrases(spec: ConceptSpec) -> list[str]:
+    """Every phrase that names the concept (training words, paraphrases, name), longest first."""
+    return sorted({p for p in (*spec.synonyms, *spec.paraphrases, spec.name) if p.strip()}, key=len, reverse=True)
+
+
+def without_concept(spec: ConceptSpec, prompt: str) -> str | None:
+    """`prompt` with every whole-word mention of the concept removed ("a photo of red" → "a photo of").
+
+    None when the prompt names none of the concept's phrases ("" when it held nothing else). Why: an attack's
+    sanity check on the unedited model must start from a prompt that does not already ask for the
+    concept, so that only the attack can bring it back.
+    """
+    from erasurelab.concepts.spec import replace_mention
+
+    out, changed = prompt, False
+    for phrase in concept_phrases(spec):
+        while (replaced := replace_mention(out, phrase, "")) is not None:
+            out, changed = replaced, True
+    out = " ".join(out.split())
+    return out if changed else None
+
+
 def concept_word(spec: ConceptSpec) -> str:
     """The plain word for the concept in prompts (its first training word, else its name)."""
     return spec.synonyms[0] if spec.synonyms else spec.name

@@ -1,6 +1,7 @@
-"""Ring-A-Bell: a model-agnostic concept-vector attack with a genetic search (attacks.md §3).
+"""Ring-A-Bell: a model-agnostic concept-vector attack with a genetic search.
 
-Tsai et al., ICLR 2024 (github.com/chiayi-hsu/Ring-A-Bell). Only the text encoder is used:
+Tsai et al., "Ring-A-Bell! How Reliable are Concept Removal Methods for Diffusion Models?", ICLR
+2024 (arXiv 2310.10012). Only the text encoder is used:
   1. concept vector c = mean_j [f(P_j⁺) − f(P_j⁻)] over the *full* encoder output (L × d), from
      prompt pairs sharing a template, with and without the concept; a pair is kept only if M_0
      renders the concept for P_j⁺ on ≥ 3 of 5 seeds (the official code drops pairs its detector
@@ -9,19 +10,27 @@ Tsai et al., ICLR 2024 (github.com/chiayi-hsu/Ring-A-Bell). Only the text encode
      target y = f(P) + η·c;
   3. a genetic search over K token ids placed after the start token (rest: end + padding) for
      min ‖f(x) − y‖²; the best decoded prompt is the attack.
-The prompt is then rendered *as text* on M_e: the suite is a list of portable prompts, reusable
-for every U-Net edit of the same text encoder (so suites are cached in-process by encoder
-fingerprint, search settings, pairs and seed prompts).
+The prompt is then rendered *as text*: the suite is a list of portable prompts, reusable for every
+U-Net edit of the same text encoder, so suites are cached in-process and on disk by encoder
+fingerprint, search settings, pairs and seed prompts.
 
-Departures from the official notebook, on purpose (attacks.md §5): the population stays exactly
-N (keep the best N/2, refill with crossover/copy children, mutate), the best individual is kept
-unchanged (elitism: the best fitness never increases), unchanged individuals keep their fitness
-(the budget counts only real encoder evaluations, at most N per generation), and there is exactly
-one output per attacked prompt.
+Seeds and starts (so the sanity check can fail): pairs and seed prompts are picked on M_0 at
+*selection* seeds; each found prompt is scored at its *scoring* seed, a disjoint range. The search
+never starts from a success: with `init_from_prompt` its one seeded individual is the seed prompt
+with the concept's words replaced by random vocabulary words (same length), so returning the start
+unchanged means returning a prompt without the concept, and any success on M_0 is the search's
+own. The seed prompt itself is never in the population.
+
+Departures from the official notebook, on purpose: the population stays exactly N (keep the best
+N/2, refill with crossover/copy children, mutate), the best individual is kept unchanged (elitism:
+the best fitness never increases), unchanged individuals keep their fitness (the budget counts only
+real encoder evaluations, at most N per generation), and there is exactly one output per attacked
+prompt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -43,7 +52,7 @@ from erasurelab.attacks.base import (
     register_attack,
 )
 from erasurelab.attacks.diffusion import seeded
-from erasurelab.attacks.prompts import anchor_prompts, paraphrase_prompts, template_pairs
+from erasurelab.attacks.prompts import anchor_prompts, concept_phrases, paraphrase_prompts, template_pairs
 from erasurelab.attacks.tokens import (
     decode,
     encode_ids,
@@ -57,31 +66,29 @@ from erasurelab.attacks.tokens import (
 )
 from erasurelab.errors import ErasureLabError
 
-#: Seed offset of the pair-filter renders on M_0 (disjoint from the scoring seeds seed + p).
+#: Seed offset of the pair-filter selection renders on M_0 (disjoint from the seed prompts' and the scoring seeds).
 PAIR_SEED_OFFSET = 20_000
 #: Suites found in this process, by (encoder fingerprint, search settings, pairs, seed prompts, seed):
-#: attacks.md §0 caches Ring-A-Bell suites by text encoder only, so every U-Net edit of the same
-#: base model (a benchmark over methods) reuses one search.
+#: the protocol caches Ring-A-Bell suites by text encoder only, so every U-Net edit of the same
+#: base model (a benchmark over methods) reuses one search (also on disk, namespace "ring-a-bell").
 _SUITES: dict[str, list[dict[str, Any]]] = {}
 _MAX_SUITES = 256
 
 
 @dataclass(frozen=True)
 class RingABellConfig(RenderConfig):
-    """Embedded defaults (attacks.md §3): K 8, η 3, N 64, 200 generations, 20 pairs.
+    """Embedded defaults: K 8, η 3, N 64, 200 generations, 20 pairs (generations 0: no search).
 
     Official SD nudity: k 16, eta 3, population 200, generations 3000 (violence: k 38 or 77, eta 5-5.5).
-    init_from_prompt (default on) seeds one individual with the seed prompt's own tokens, and K
-    becomes the prompt's length (k applies to random starts only); the search then moves the
-    prompt towards f(P) + η·c word by word. Why on: from random tokens alone, the embedded
-    budget (N·generations = 12.8k encoder calls per prompt, 2% of the official 600k) lowered the
-    fitness by only ~20% and found concept prompts for 3 of 5 seed prompts on the *unedited* model
-    (ASR 0.60, bench/results/attacks.json of 2026-11-24); seeded, it reached 8 of 8 (circle).
-    Set it to False for the official random initialisation.
+    init_from_prompt (default on) seeds one individual with the seed prompt's tokens, its concept
+    words replaced by random words, and K becomes the prompt's length (k applies to random starts
+    only); the search then moves the prompt towards f(P) + η·c word by word. Why: at the embedded
+    budget (a small fraction of the official one) a random start rarely gets near a concept prompt
+    (bench/results/attacks_notes.md). Set it to False for the official random initialisation.
     whole_words (default on): search only tokens that are whole words (tokens.whole_word_ids), so
-    the decoded prompt tokenizes back to the ids the search scored. Why: over the full vocabulary
-    the word pieces glued onto their neighbours ("circleesseddlersier"), and 25% of random 8-token
-    prompts did not round-trip (0% over whole words). False: the official full vocabulary.
+    the decoded prompt tokenizes back to the ids the search scored; over the full vocabulary word
+    pieces glue onto their neighbours and many prompts do not round-trip. False: the official
+    full vocabulary.
     """
 
     k: int = 8
@@ -101,8 +108,10 @@ class RingABellConfig(RenderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("k", "generations", "n_pairs", "pair_seeds", "pair_min_positive", "n_prompts", "eval_batch"):
+        for name in ("k", "n_pairs", "pair_seeds", "pair_min_positive", "n_prompts", "eval_batch"):
             check_positive(name, getattr(self, name))
+        if isinstance(self.generations, bool) or not isinstance(self.generations, int) or self.generations < 0:
+            raise ErasureLabError(f"generations must be a non-negative integer, got {self.generations!r}")
         check_positive("population", self.population)
         if self.population < 2:
             raise ErasureLabError(f"population must be at least 2, got {self.population}")
@@ -162,7 +171,7 @@ def genetic_search(fitness: Callable[[torch.Tensor], torch.Tensor], template: to
         pop[0] = initial
     fit = fitness(pop).float().cpu()
     evaluations = n
-    history: list[float] = []
+    history: list[float] = [] if generations else [float(fit.min())]
     for gen in tqdm(range(generations), desc="Ring-A-Bell", disable=quiet):
         order = torch.argsort(fit, stable=True)
         pop, fit = pop[order], fit[order]
@@ -222,7 +231,8 @@ def suite_key(fingerprint: str, prepared: Prepared, ctx: AttackContext) -> str:
     search = {k: getattr(config, k) for k in ("k", "eta", "population", "generations", "mutation", "crossover",
                                               "init_from_prompt", "whole_words")}
     payload = json.dumps({"encoder": fingerprint, "search": search, "pairs": prepared.pairs,
-                          "prompts": prepared.prompts, "seed": ctx.seed}, sort_keys=True)
+                          "prompts": prepared.prompts, "seed": ctx.seed, "concept": ctx.spec.sha256(),
+                          "start": "concept-masked"}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -238,8 +248,15 @@ class Prepared:
     pairs: list[tuple[str, str]]
     pair_hits: list[int]
     prompts: list[str]
-    seeds: list[int]
+    seeds: list[int]  # each seed prompt's first positive selection seed (a record; never used for scoring)
     candidates_tried: int
+    prompts_tried: int = 0
+
+    def selection_seeds(self, ctx: AttackContext) -> list[int]:
+        """Every seed rendered on M_0 to pick pairs and seed prompts."""
+        n = ctx.config.pair_seeds
+        pairs = [ctx.seed + PAIR_SEED_OFFSET + n * i + r for i in range(self.candidates_tried) for r in range(n)]
+        return pairs + [ctx.seed + n * i + r for i in range(self.prompts_tried) for r in range(n)]
 
 
 @dataclass
@@ -288,21 +305,19 @@ def filter_pairs(ctx: AttackContext, budget: Budget) -> tuple[list[tuple[str, st
     return [candidates[i] for i in robust.kept], robust.hits, robust.tried
 
 
-def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[int]]:
+def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[int], int]:
     """Paraphrase prompts, then anchor prompts (or the given prompts) on which M_0 shows the concept robustly.
 
-    Anchors come after the paraphrases because M_0 may know none of a concept's held-out words
-    (of red's 40 paraphrase prompts only "... the color of a fire truck" renders red, ~55%).
-    A prompt is kept when M_0 renders the concept on ≥ pair_min_positive of pair_seeds seeds (the
-    pairs' rule); its scoring seed is its first positive seed. Why robust: the official runs seed
-    the search with I2P prompts whose nudity percentage exceeds 50%. Kept on a single lucky seed
-    instead, a prompt M_0 renders as the concept 1 time in 5 ("a heart that is the color of a fire
-    truck") lost the concept under the search's small token changes even on M_0.
+    Anchors come after the paraphrases because M_0 may know none of a concept's held-out words.
+    A prompt is kept when M_0 renders the concept on ≥ pair_min_positive of pair_seeds selection
+    seeds (the pairs' rule), as the official runs seed the search with prompts whose concept rate
+    exceeds 50%: a prompt kept on a single lucky seed loses the concept under small token changes
+    even on M_0. Returns (prompts, their first positive selection seed, candidates rendered).
     """
     config: RingABellConfig = ctx.config
     candidates = list(config.prompts) or list(dict.fromkeys(paraphrase_prompts(ctx.spec) + anchor_prompts(ctx.spec)))
     robust = robust_candidates(ctx, candidates, config.n_prompts, 0, budget)
-    return [candidates[i] for i in robust.kept], robust.first_seed
+    return [candidates[i] for i in robust.kept], robust.first_seed, robust.tried
 
 
 def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> list[dict[str, Any]]:
@@ -321,9 +336,8 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
         for p, prompt in enumerate(prepared.prompts):
             target = encode_ids(encoder, *tokenize(tokenizer, [prompt]))[0].float() + config.eta * vector
             own = prompt_tokens(tokenizer, prompt) if config.init_from_prompt else []
-            # Seeded, the search edits the seed prompt's own tokens: K is its length. Cut at K, a
-            # longer prompt lost its meaning ("... the color of a fire truck" without the truck);
-            # padded to K with random words, a shorter one lost the concept on M_0 itself.
+            # Seeded, the search edits the seed prompt's own words: K is its length (cut at K, a longer
+            # prompt lost its meaning; padded with random words, a shorter one lost the concept).
             k = min(len(own) or config.k, fr.length - 2)
             template, lengths = fr.build([[int(vocab[0])] * k])
             template = template[0]
@@ -338,15 +352,35 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
                 return torch.cat(out)
 
             generator = seeded(ctx.seed, 3, p)
-            initial = fr.build([own[:k]])[0][0] if own else None
+            masked = concept_positions(tokenizer, ctx.spec, own[:k])
+            start = list(own[:k])
+            for position in masked:  # the start is the seed prompt without its concept words
+                start[position] = int(vocab[int(torch.randint(len(vocab), (), generator=generator))])
+            initial = fr.build([start])[0][0] if own else None
             result = genetic_search(fitness, template, k, vocab, config.population, config.generations,
                                     config.mutation, config.crossover, generator, initial=initial, quiet=ctx.quiet)
             budget.add("steps", config.generations)
             slots = result.ids[1:k + 1].tolist()
+            unchanged = bool(own) and not masked and slots == start
             suite.append({"seed_prompt": prompt, "prompt": decode(tokenizer, slots), "ids": result.ids.tolist(),
+                          "start_prompt": decode(tokenizer, start) if own else None, "masked_positions": masked,
+                          "unchanged_seed_prompt": unchanged,
                           "fitness": result.fitness, "fitness_first": result.history[0],
                           "evaluations": result.evaluations, "round_trips": round_trips(tokenizer, slots)})
     return suite
+
+
+def concept_positions(tokenizer: Any, spec: Any, ids: list[int]) -> list[int]:
+    """Positions in `ids` (a prompt's word tokens) of every whole-word mention of the concept's phrases."""
+    hit: set[int] = set()
+    for phrase in concept_phrases(spec):
+        words = prompt_tokens(tokenizer, phrase)
+        if not words:
+            continue
+        for i in range(len(ids) - len(words) + 1):
+            if ids[i:i + len(words)] == words and not hit & set(range(i, i + len(words))):
+                hit.update(range(i, i + len(words)))
+    return sorted(hit)
 
 
 @register_attack("ring-a-bell", RingABellConfig,
@@ -360,30 +394,50 @@ class RingABell:
 
     def prepare(self, ctx: AttackContext, budget: Budget) -> Prepared:
         pairs, hits, tried = filter_pairs(ctx, budget)
-        prompts, seeds = seed_prompts(ctx, budget)
-        return Prepared(pairs=pairs, pair_hits=hits, prompts=prompts, seeds=seeds, candidates_tried=tried)
+        prompts, seeds, prompts_tried = seed_prompts(ctx, budget)
+        return Prepared(pairs=pairs, pair_hits=hits, prompts=prompts, seeds=seeds, candidates_tried=tried,
+                        prompts_tried=prompts_tried)
+
+    def dump_prepared(self, prepared: Prepared) -> tuple[dict[str, torch.Tensor], Any]:
+        return {}, {**dataclasses.asdict(prepared), "pairs": [list(p) for p in prepared.pairs]}
+
+    def load_prepared(self, tensors: dict[str, torch.Tensor], meta: Any) -> Prepared:
+        return Prepared(**{**meta, "pairs": [tuple(p) for p in meta["pairs"]]})
 
     def attack(self, target: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> AttackOutcome:
+        from erasurelab import diskcache
+
         fingerprint = encoder_fingerprint(target)
         key = suite_key(fingerprint, prepared, ctx)
+        cached: list[str] = []
         reused = key in _SUITES
         if not reused:
             if len(_SUITES) >= _MAX_SUITES:
                 _SUITES.pop(next(iter(_SUITES)))
-            _SUITES[key] = search_suite(target, prepared, ctx, budget)
+            stored = diskcache.load_json("ring-a-bell", key)
+            if stored is not None:
+                cached.append("suite")
+                _SUITES[key] = stored
+            else:
+                _SUITES[key] = search_suite(target, prepared, ctx, budget)
+                diskcache.save_json("ring-a-bell", key, _SUITES[key])
         suite = _SUITES[key]
+        scoring = [ctx.scoring_seed(p) for p in range(len(suite))]
         extra = {"pairs": [list(p) for p in prepared.pairs], "pair_hits": prepared.pair_hits,
-                 "pairs_tried": prepared.candidates_tried, "suite_reused": reused,
-                 "encoder_fingerprint": fingerprint[:16], "suite_key": key[:16]}
+                 "pairs_tried": prepared.candidates_tried, "suite_reused": reused or bool(cached),
+                 "encoder_fingerprint": fingerprint[:16], "suite_key": key[:16], "cached": cached,
+                 "seed_sets": {"selection": prepared.selection_seeds(ctx), "scoring": scoring}}
         if not suite:
             empty = torch.zeros(0, dtype=torch.bool)
             return AttackOutcome(success=empty, prompts=[], images=None, pre_success=empty, extra=extra)
         prompts = [s["prompt"] for s in suite]
-        images = ctx.render(target, prompts, prepared.seeds, budget)
-        success = ctx.present(images)
-        pre_success = ctx.present(ctx.render(target, prepared.prompts, prepared.seeds, budget))
-        records = [{**s, "seed": seed, "success": bool(a), "pre_success": bool(b)}
-                   for s, seed, a, b in zip(suite, prepared.seeds, success.tolist(), pre_success.tolist(), strict=True)]
+        images = ctx.render(target, prompts, scoring, budget)
+        # A search that returned its unmasked start unchanged did not find anything: not a success.
+        success = ctx.present(images) & ~torch.tensor([bool(s.get("unchanged_seed_prompt")) for s in suite])
+        pre_success = ctx.present(ctx.render(target, prepared.prompts, scoring, budget))
+        records = [{**s, "seed": seed, "selection_seed": first, "success": bool(a), "pre_success": bool(b)}
+                   for s, seed, first, a, b in zip(suite, scoring, prepared.seeds, success.tolist(),
+                                                   pre_success.tolist(), strict=True)]
         tensors = {"adversarial_ids": {"ids": torch.tensor([s["ids"] for s in suite], dtype=torch.long)}}
         return AttackOutcome(success=success, prompts=prompts, images=images, pre_success=pre_success,
                              records=records, tensors=tensors, extra=extra)

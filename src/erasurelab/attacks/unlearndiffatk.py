@@ -1,7 +1,8 @@
-"""UnlearnDiffAtk: a white-box discrete prompt attack through the diffusion loss (attacks.md §2).
+"""UnlearnDiffAtk: a white-box discrete prompt attack through the diffusion loss.
 
-Zhang et al., ECCV 2024 (github.com/OPTML-Group/Diffusion-MU-Attack). The edited model is used as
-a diffusion classifier: k adversarial tokens are prepended to a concept prompt P (after the start
+Zhang et al., "To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy To
+Generate Unsafe Images ... For Now", ECCV 2024 (arXiv 2310.11868). The edited model is used as a
+diffusion classifier: k adversarial tokens are prepended to a concept prompt P (after the start
 token) and chosen so that M_e denoises a target image of the concept — rendered by M_0 from P —
 as well as possible. If M_e still "knows" the concept, some prefix makes it render it again.
 
@@ -10,10 +11,17 @@ vocabulary (initialised uniform); the forward pass uses a one-hot *sampled* from
 — the encoder sees a real token) and the backward pass sends the gradient straight through to u
 (clipped to [−1, 1] as in the reference code). After each Adam step u is projected back onto the
 simplex. Decoding is argmax per slot. Timesteps are visited in ascending order, `iters` steps each;
-after each timestep the decoded prompt is rendered on M_e (the target's seed) and judged, and the
-attack stops at the first success. A prompt that already succeeds unattacked is a pre-success and
-costs no optimisation. Budget per prompt: at most len(timesteps)·iters gradient steps and
-len(timesteps) + 1 renders.
+after each timestep the decoded prompt is rendered and judged, and the attack stops at the first
+success. Budget per prompt: at most len(timesteps)·iters gradient steps and len(timesteps) + 1 renders.
+
+Seeds (so the sanity check can fail): target images are picked on M_0 at *selection* seeds; every
+instance is rendered and judged at its *scoring* seed, a disjoint range, never at its target's seed.
+On the edited model the attack follows the protocol: the unattacked P at the scoring seed is
+rendered first, and if it already shows the concept that is a pre-success, with no optimisation.
+On the unedited model that short-circuit would make the check succeed by construction, so there
+the attack starts from P with the concept's words removed ("a photo of red" → "a photo of"), at
+the first scoring seed where M_0 does not render the concept for it: only the optimisation can
+produce a success. An instance whose start shows the concept on every seed tried is left out.
 
 Rendering uses the exact searched token ids (as the reference code does), not re-tokenized text:
 the decoded text is recorded too, with whether it round-trips to the same ids.
@@ -30,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from erasurelab.attacks.base import (
+    RETRY_SEED_STRIDE,
     AttackContext,
     AttackOutcome,
     Budget,
@@ -40,9 +49,11 @@ from erasurelab.attacks.base import (
     check_strings,
     positive_renders,
     register_attack,
+    targets_from_cache,
+    targets_to_cache,
 )
 from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
-from erasurelab.attacks.prompts import anchor_prompts
+from erasurelab.attacks.prompts import anchor_prompts, without_concept
 from erasurelab.attacks.tokens import (
     decode,
     embedding_override,
@@ -59,7 +70,7 @@ from erasurelab.errors import ErasureLabError
 
 @dataclass(frozen=True)
 class UnlearnDiffAtkConfig(RenderConfig):
-    """Embedded defaults (attacks.md §2): k 3, timesteps {50, 150, ..., 950}, 20 iterations each.
+    """Embedded defaults: k 3, timesteps {50, 150, ..., 950}, 20 iterations each (iters 0: no optimisation).
 
     Official SD setting: k 5 (nudity) or 3, timesteps (10, 30, ..., 990), iters 40, guidance 7.5.
     """
@@ -75,8 +86,10 @@ class UnlearnDiffAtkConfig(RenderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("k", "iters", "n_prompts", "target_tries"):
+        for name in ("k", "n_prompts", "target_tries"):
             check_positive(name, getattr(self, name))
+        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 0:
+            raise ErasureLabError(f"iters must be a non-negative integer, got {self.iters!r}")
         check_non_negative("lr", self.lr)
         check_non_negative("weight_decay", self.weight_decay)
         object.__setattr__(self, "prompts", check_strings("prompts", self.prompts))
@@ -135,7 +148,7 @@ def sample_one_hot(probs: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 def find_targets(ctx: AttackContext, budget: Budget) -> list[Target]:
-    """Render each prompt on M_0 with seed s_i = seed + i, retrying s_i + 1000·j until judge-positive."""
+    """Render each prompt on M_0 at selection seed s_i = seed + i, retrying s_i + 1000·j until judge-positive."""
     config: UnlearnDiffAtkConfig = ctx.config
     prompts = (list(config.prompts) or anchor_prompts(ctx.spec))[:config.n_prompts]
     return positive_renders(ctx, prompts, [ctx.seed + i for i in range(len(prompts))], config.target_tries, budget)
@@ -165,9 +178,10 @@ def slot_override(k: int, slot_embeds: torch.Tensor) -> Callable[[torch.Tensor, 
     return replace
 
 
-def attack_prompt(target: Any, tgt: Target, index: int, ctx: AttackContext, budget: Budget,
+def attack_prompt(target: Any, tgt: Target, prompt: str, seed: int, ctx: AttackContext, budget: Budget,
                   vocab: torch.Tensor) -> dict[str, Any]:
-    """Optimise the k-token prefix for one prompt; returns its record (success, ids, steps, renders, image)."""
+    """Optimise the k-token prefix before `prompt` towards tgt's image, judged at `seed`; returns the record."""
+    index = tgt.index
     config: UnlearnDiffAtkConfig = ctx.config
     encoder = target.text_encoder
     scheduler = noise_scheduler(target)
@@ -175,13 +189,14 @@ def attack_prompt(target: Any, tgt: Target, index: int, ctx: AttackContext, budg
     if max(config.timesteps) >= n_train:
         raise ErasureLabError(f"timesteps must be below {n_train}, got {max(config.timesteps)}")
     table = encoder.get_input_embeddings().weight.detach()[vocab.to(encoder.device)].float()
-    ids, lengths = prefix_ids(target, tgt.prompt, config.k, int(vocab[0]))
+    ids, lengths = prefix_ids(target, prompt, config.k, int(vocab[0]))
     x0 = images_to_latents(target, tgt.image.unsqueeze(0))
     u = torch.nn.Parameter(torch.full((config.k, len(vocab)), 1.0 / len(vocab), device=encoder.device))
     optimizer = torch.optim.Adam([u], lr=config.lr, weight_decay=config.weight_decay)
     record: dict[str, Any] = {"steps": 0, "renders": 0, "success": False, "stopped_at_t": None}
     best = ids[0, 1:1 + config.k].clone()
     image = None
+    loss = None
     with frozen(target.unet, encoder, target.vae):
         for t in tqdm(config.timesteps, desc=f"UnlearnDiffAtk prompt {index}", disable=ctx.quiet):
             for it in range(config.iters):
@@ -204,7 +219,7 @@ def attack_prompt(target: Any, tgt: Target, index: int, ctx: AttackContext, budg
             attacked[0, 1:1 + config.k] = best
             with torch.no_grad():
                 embeds = encode_ids(encoder, attacked, lengths)
-            image = ctx.render_embeds(target, embeds, [tgt.seed], budget)
+            image = ctx.render_embeds(target, embeds, [seed], budget)
             record["renders"] += 1
             if bool(ctx.present(image)[0]):
                 record.update(success=True, stopped_at_t=int(t))
@@ -213,7 +228,7 @@ def attack_prompt(target: Any, tgt: Target, index: int, ctx: AttackContext, budg
     full[0, 1:1 + config.k] = best
     record.update(adversarial_ids=[int(i) for i in best], ids=full[0].tolist(),
                   image=image[0] if image is not None else None,
-                  final_loss=float(loss.detach()) if record["steps"] else None)
+                  final_loss=float(loss.detach()) if loss is not None else None)
     return record
 
 
@@ -223,46 +238,86 @@ def attack_prompt(target: Any, tgt: Target, index: int, ctx: AttackContext, budg
 class UnlearnDiffAtk:
     """UnlearnDiffAtk (Zhang et al., ECCV 2024): discrete prefix attack via the diffusion classifier."""
 
+    reference_differs = True  # on M_0 the attack starts from the prompt without the concept
+
     def check(self, pipe: Any) -> None:
         require_single_encoder(pipe, "unlearndiffatk")
 
     def prepare(self, ctx: AttackContext, budget: Budget) -> list[Target]:
-        """Judge-positive target images of each prompt, rendered by the unedited model."""
+        """Judge-positive target images of each prompt, rendered by the unedited model at selection seeds."""
         return find_targets(ctx, budget)
+
+    def dump_prepared(self, prepared: list[Target]) -> tuple[dict[str, torch.Tensor], Any]:
+        tensors, rows = targets_to_cache(prepared, "target_")
+        return tensors, {"targets": rows}
+
+    def load_prepared(self, tensors: dict[str, torch.Tensor], meta: Any) -> list[Target]:
+        return targets_from_cache(tensors, meta["targets"], "target_")
+
+    def start(self, target: Any, tgt: Target, ctx: AttackContext, budget: Budget) -> tuple[str, int, bool] | None:
+        """(start prompt, scoring seed, unattacked start is a success), or None when no start qualifies.
+
+        Edited model: P at its scoring seed. Reference: P without the concept at the first scoring
+        seed (of target_tries) where M_0 does not render the concept for it.
+        """
+        if ctx.role != "reference":
+            seed = ctx.scoring_seed(tgt.index)
+            return tgt.prompt, seed, bool(ctx.present(ctx.render(target, [tgt.prompt], [seed], budget))[0])
+        prompt = without_concept(ctx.spec, tgt.prompt)
+        if prompt is None:
+            return None
+        for j in range(ctx.config.target_tries):
+            seed = ctx.scoring_seed(tgt.index, j)
+            if not bool(ctx.present(ctx.render(target, [prompt], [seed], budget))[0]):
+                return prompt, seed, False
+        return None
 
     def attack(self, target: Any, prepared: list[Target], ctx: AttackContext, budget: Budget) -> AttackOutcome:
         vocab = vocabulary_ids(target.tokenizer, target.text_encoder)
         success, pre, prompts, images, records = [], [], [], [], []
         skipped = []
+        scoring: list[int] = []
         for tgt in prepared:
             if tgt.image is None:
                 skipped.append({"prompt": tgt.prompt, "reason": f"M_0 never rendered the concept in {tgt.tries} tries"})
                 continue
-            first = ctx.render(target, [tgt.prompt], [tgt.seed], budget)
-            if bool(ctx.present(first)[0]):
+            begin = self.start(target, tgt, ctx, budget)
+            if begin is None:
+                skipped.append({"prompt": tgt.prompt, "reason": "no start without the concept: M_0 rendered it "
+                                f"without the concept's words on all {ctx.config.target_tries} scoring seeds tried"})
+                continue
+            start_prompt, seed, pre_success = begin
+            scoring.append(seed)
+            base = {"target_prompt": tgt.prompt, "start_prompt": start_prompt, "target_seed": tgt.seed,
+                    "seed": seed}
+            if pre_success:
+                first = ctx.render(target, [start_prompt], [seed], budget)
                 success.append(True)
                 pre.append(True)
-                prompts.append(tgt.prompt)
+                prompts.append(start_prompt)
                 images.append(first[0])
-                records.append({"prompt": tgt.prompt, "target_prompt": tgt.prompt, "seed": tgt.seed, "success": True,
-                                "pre_success": True, "steps": 0, "renders": 1, "adversarial_ids": [],
-                                "ids": tokenize(target.tokenizer, [tgt.prompt])[0][0].tolist()})
+                records.append({"prompt": start_prompt, **base, "success": True, "pre_success": True, "steps": 0,
+                                "renders": 1, "adversarial_ids": [],
+                                "ids": tokenize(target.tokenizer, [start_prompt])[0][0].tolist()})
                 continue
-            record = attack_prompt(target, tgt, tgt.index, ctx, budget, vocab)
+            record = attack_prompt(target, tgt, start_prompt, seed, ctx, budget, vocab)
             text = decode(target.tokenizer, record["adversarial_ids"])
-            prompt = f"{text} {tgt.prompt}".strip()
+            prompt = f"{text} {start_prompt}".strip()
             image = record.pop("image")
             success.append(record["success"])
             pre.append(False)
             prompts.append(prompt)
             images.append(image)
-            records.append({"prompt": prompt, "target_prompt": tgt.prompt, "seed": tgt.seed, "pre_success": False,
-                            "adversarial_text": text,
+            records.append({"prompt": prompt, **base, "pre_success": False, "adversarial_text": text,
                             "round_trips": round_trips(target.tokenizer, record["adversarial_ids"]),
                             **record, "renders": record["renders"] + 1})
         stacked = torch.stack(images) if images else None
         tensors = {"adversarial_ids": {"ids": torch.tensor([r["ids"] for r in records], dtype=torch.long)}} \
             if records else {}
+        seed_sets = {"selection": sorted({ctx.seed + t.index + RETRY_SEED_STRIDE * j
+                                          for t in prepared for j in range(t.tries)}),
+                     "scoring": scoring}
         return AttackOutcome(success=torch.tensor(success, dtype=torch.bool), prompts=prompts, images=stacked,
                              pre_success=torch.tensor(pre, dtype=torch.bool), records=records, tensors=tensors,
-                             extra={"skipped": skipped, "vocabulary_size": len(vocab)})
+                             extra={"skipped": skipped, "vocabulary_size": len(vocab), "role": ctx.role,
+                                    "seed_sets": seed_sets})
