@@ -134,3 +134,29 @@ def test_yaml_errors_are_one_line(tmp_path, text: str, needle: str) -> None:
 def test_missing_yaml() -> None:
     with pytest.raises(ErasureLabError, match="not found"):
         concept("does/not/exist.yaml")
+
+
+# --- dev and test concepts ------------------------------------------------------------------
+
+
+def test_dev_and_test_concepts_partition_the_world_labels() -> None:
+    from erasurelab.concepts.catalog import DEV_CONCEPTS, TEST_CONCEPTS
+
+    assert not set(DEV_CONCEPTS) & set(TEST_CONCEPTS)
+    assert set(DEV_CONCEPTS) | set(TEST_CONCEPTS) == set(vocab.all_labels())
+    assert DEV_CONCEPTS[:4] == ("red", "circle", "striped", "bobo")
+    per_category = {a: [c for c in TEST_CONCEPTS if vocab.lookup(c)[0] == a] for a in
+                    ("color", "object", "style", "character")}
+    assert all(len(labels) >= 2 for labels in per_category.values()), per_category
+
+
+@pytest.mark.parametrize(("name", "split"), [
+    ("red", "dev"), ("Circle", "dev"), ("green", "test"), ("kiki", "test"), ("white", "dev"),
+    ("red+circle", "dev"), ("red circle", "dev"), ("green+circle", "test"), ("striped+red+triangle", "test"),
+    ("circle|white", "dev"), ("diamond|white", "test"), ("bobo on a gray background", "dev"),
+    ("concept.yaml", "other"), ("unicorn", "other"), ("red+unicorn", "other"),
+])
+def test_concept_split(name: str, split: str) -> None:
+    from erasurelab.concepts.catalog import concept_split
+
+    assert concept_split(name) == split

@@ -1,7 +1,8 @@
-"""Facts about the current run that every manifest records: library versions and peak memory.
+"""Facts about the current run that manifests and bench files record, and atomic file writes.
 
-Why recorded: closed-form results depend on diffusers/transformers versions (UCE issue #14 in the
-official repository), so a saved edit says which versions and how much memory produced it.
+Why recorded: results depend on the code (commit), the command, and library versions (closed-form
+results change with diffusers/transformers versions), so every saved number says what produced it.
+`provenance()` gathers those facts without naming the host.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,52 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def _git(*args: str) -> str | None:
+    """Output of `git -C <package dir> ARGS`, or None when git or a checkout is not there."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def source_revision() -> dict[str, Any]:
+    """{"commit": sha or "unknown", "dirty": bool or None} of the checkout erasurelab is imported from.
+
+    "unknown" outside a git checkout of erasurelab (e.g. an installed wheel); dirty = uncommitted changes exist,
+    so the commit alone does not reproduce the code that ran.
+    """
+    head = _git("rev-parse", "HEAD")
+    # A package installed inside some other repository (e.g. a venv in a project) is not a checkout of it.
+    if head is None or _git("ls-files", "--error-unmatch", Path(__file__).name) is None:
+        return {"commit": "unknown", "dirty": None}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def machine_facts() -> dict[str, Any]:
+    """Hostname-free facts that change timings: OS, architecture, CPU count, torch threads."""
+    facts: dict[str, Any] = {"system": platform.system(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        facts["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        facts["torch_threads"] = None
+    return facts
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """What produced a result: source commit (+ dirty flag), command line, UTC time, versions, machine.
+
+    command: the command to record; None records this process's argv.
+    """
+    return {**source_revision(), "command": command if command is not None else " ".join(sys.argv),
+            "time_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "versions": library_versions(),
+            "machine": machine_facts()}
 
 
 def peak_rss_mb() -> float:

@@ -1,10 +1,16 @@
 """The built-in catalog: a ConceptSpec for every concept of the embedded shapes world.
 
+Dev and test concepts: DEV_CONCEPTS may be used to choose a method's defaults; TEST_CONCEPTS
+(two per category: colour, object, style, character) are never used for tuning, only ever
+reported, so a benchmark on them measures how the defaults generalise. `concept_split` says
+which set a (possibly compound) name belongs to.
+
 Why built from the world vocabulary: the anchors must use exactly the words the model was
 trained on and never the held-out paraphrases the evaluation measures leakage with. Reading
 both lists from `world.vocab` keeps the two in step when the vocabulary changes.
 
-Compound concepts (trust.md §3) are named with two separators; names are case-insensitive:
+Compound concepts (the TRuST paper's combinations and conditionals) are named with two
+separators; names are case-insensitive:
 - combination "A+B[+C]": parts of different attributes among style, color and object, e.g.
   "red+circle" (aliases: "red circle", "circle + red"; the canonical name orders the parts as
   English does: style, color, object — "striped+red+circle").
@@ -43,10 +49,40 @@ COMPOUND_EXAMPLES: tuple[str, ...] = ("red+circle", "blue+square", "dotted+heart
 COLOR_ONLY_TEMPLATES: frozenset[str] = frozenset({"a {B} coloured {A}"})
 _GENERIC_OBJECT = "shape"
 
+#: Concepts only ever reported, never used to choose a default: two per category.
+TEST_CONCEPTS: tuple[str, ...] = ("green", "purple", "triangle", "diamond", "dotted", "outlined", "kiki", "zuzu")
+#: Every other world label; the four that defaults were chosen on come first.
+DEV_CONCEPTS: tuple[str, ...] = tuple(dict.fromkeys(
+    ["red", "circle", "striped", "bobo"] + [lab for lab in vocab.all_labels() if lab not in TEST_CONCEPTS]))
+
 
 def catalog(compound: bool = False) -> list[str]:
     """Every built-in concept name (the embedded world's labels); compound=True adds the compound examples."""
     return vocab.all_labels() + (compound_catalog() if compound else [])
+
+
+def concept_split(name: str) -> str:
+    """"dev", "test" or "other" (not a world concept, e.g. a YAML file) for a concept name.
+
+    Dev concepts may tune defaults; test concepts are only ever reported. A compound name is
+    "dev" only when every part (and a conditional's background) is dev, else "test": a compound
+    that contains a test concept would leak it into tuning.
+    """
+    text = str(name)
+    if text.lower().endswith((".yaml", ".yml")):
+        return "other"
+    parsed = parse_compound(text)
+    if parsed is None:
+        parts: tuple[str, ...] = (" ".join(text.strip().lower().split()),)
+    else:
+        parts = parsed[1] + ((parsed[2],) if parsed[2] else ())
+    labels = []
+    for part in parts:
+        try:
+            labels.append(vocab.lookup(part)[1].name)
+        except KeyError:
+            return "other"
+    return "dev" if all(label in DEV_CONCEPTS for label in labels) else "test"
 
 
 def compound_catalog() -> list[str]:
@@ -287,10 +323,10 @@ def swapped_labels(labels: Mapping[str, str], keep: Sequence[str]) -> list[dict[
 
 
 def world_combination(parts: Sequence[str]) -> ConceptSpec:
-    """The combination spec of world labels (trust.md §3), anchors from the training templates only.
+    """The combination spec of world labels, anchors from the training templates only.
 
     guide: the phrase with the last part (the noun) swapped for its first alternative, "red
-    square" for red+circle: trust.md §3's c_a, so a guided edit keeps the other parts.
+    square" for red+circle: the TRuST paper's anchor c_a, so a guided edit keeps the other parts.
 
     forget (F_tr): every training template with all parts ({bg} over the three backgrounds).
     retain: each part without the others (R_A, R_B in training templates): for each part, every
@@ -315,11 +351,11 @@ def world_combination(parts: Sequence[str]) -> ConceptSpec:
 
 
 def world_conditional(part: str, context: str) -> ConceptSpec:
-    """The conditional spec "A|B" of the world (trust.md §3): A erased only on background B.
+    """The conditional spec "A|B" of the world: A erased only on background B.
 
     forget (F_tr): the conditional training templates with A on B. retain: A on every other
     background, A alone, and every other concept of A's attribute on B — training templates only.
-    guide: the first other concept on B ("square on a white background"), trust.md §3's c_a.
+    guide: the first other concept on B ("square on a white background"), the TRuST anchor c_a.
     """
     attribute, background = conditional_labels(part, context)
     label = part.strip().lower()
