@@ -238,6 +238,59 @@ class Edit:
         """Rank per edited tensor (None for dense or full-weight entries)."""
         return {k: d.rank if isinstance(d, LowRank) else None for k, d in self.deltas.items()}
 
+    # -- peft adapters and sums ---------------------------------------------------------------
+    @classmethod
+    def from_peft(cls, target: Any, adapter_name: str = "default", meta: Mapping[str, Any] | None = None) -> Edit:
+        """The exact low-rank deltas of one attached peft LoRA adapter: ΔW = B·(scale·A) per wrapped Linear.
+
+        Why exact factors instead of merging: the Edit then exports as the same LoRA (and as full
+        weights) without an SVD, and the adapter can be removed, leaving the model as it was.
+        """
+        deltas: dict[str, Delta] = {}
+        for name, module in unet_of(target).named_modules():
+            lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+            if lora_a is None or lora_b is None or adapter_name not in lora_a:
+                continue
+            if not isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
+                raise ErasureLabError(f"{name} carries a LoRA on a {type(module.base_layer).__name__}: only "
+                                      "Linear layers have an exact low-rank delta")
+            if (getattr(module, "use_dora", None) or {}).get(adapter_name):
+                raise ErasureLabError(f"{name} is a DoRA adapter: its delta is not low-rank")
+            scale = float(module.scaling[adapter_name])
+            deltas[f"{name}.weight"] = LowRank(lora_b[adapter_name].weight.detach().cpu().double(),
+                                               lora_a[adapter_name].weight.detach().cpu().double() * scale)
+        if not deltas:
+            raise ErasureLabError(f"the model carries no LoRA adapter named {adapter_name!r}")
+        return cls(deltas, meta)
+
+    def __add__(self, other: Edit) -> Edit:
+        """The sum of two edits (one LoRA per concept, applied together with weight 1 each).
+
+        Low-rank + low-rank stays exact: B = [B₁ B₂], A = [A₁; A₂]. Full-weight entries have no
+        delta without their base, so they cannot be summed.
+        """
+        if not isinstance(other, Edit):
+            return NotImplemented
+        deltas: dict[str, Delta] = dict(self.deltas)
+        for key, entry in other.deltas.items():
+            mine = deltas.get(key)
+            if isinstance(entry, Replace) or isinstance(mine, Replace):
+                raise ErasureLabError(f"{key}: a full-weights edit cannot be summed; load it as a LoRA instead")
+            if mine is None:
+                deltas[key] = entry
+            elif isinstance(mine, LowRank) and isinstance(entry, LowRank):
+                deltas[key] = LowRank(torch.cat([mine.B.double(), entry.B.double()], dim=1),
+                                      torch.cat([mine.A.double(), entry.A.double()], dim=0))
+            else:
+                deltas[key] = Dense(mine.delta() + entry.delta())
+        return Edit(deltas, {"summed": [dict(self.meta), dict(other.meta)]})
+
+    def __radd__(self, other: Any) -> Edit:
+        """`sum(edits)` starts from 0."""
+        if isinstance(other, int) and other == 0:
+            return self
+        return NotImplemented
+
     def bind_source(self, target: Any) -> Edit:
         """Remember (weakly) the model this edit was computed from, for `save(format="full")`."""
         self._source = weakref.ref(unet_of(target))

@@ -1,0 +1,226 @@
+"""The LoRA fine-tuning engine: train a peft adapter on `pipe.unet` and hand back its exact low-rank Edit.
+
+Why a second engine beside `finetune.FineTuner`: methods that train an adapter (DUO) need the
+reference model to be the same network with the adapter switched off, the optimiser to see only the
+adapter's tensors, and the result to be the adapter itself (a LoRA, exact, summable per concept),
+not dense weight differences. Built as diffusers' training examples do it: `LoraConfig` →
+`unet.add_adapter` → train → read the factors (`Edit.from_peft`).
+
+Guarantees:
+- **Reference pass.** `reference()` runs the U-Net under no_grad with every adapter disabled; in
+  eval mode with LoRA dropout 0 that is bit-identical to the base U-Net (tested).
+- **Determinism and resume.** The adapter's initial A is drawn from a generator seeded by `seed`
+  (the global RNG is forked, not consumed); every draw of step s comes from `seeded(seed, stream, s)`.
+  A checkpoint (adapter tensors, AdamW state, logs) therefore resumes to the same final adapter
+  as an uninterrupted run. Checkpoints reuse the full-weight engine's `Checkpointer`.
+- **The pipeline is left as it was.** On exit — also on an error or Ctrl-C — the adapter is
+  unloaded (the original Linear modules are put back), and requires_grad flags, `.grad` and
+  train/eval mode are restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from erasurelab.edits import Edit
+from erasurelab.errors import ErasureLabError
+from erasurelab.methods.finetune import (
+    Checkpointer,
+    Cond,
+    Trainer,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    run_key,
+    unet_output,
+)
+
+ADAPTER = "erasurelab"
+#: Self-attention projections DUO trains (duo.md §5: `attn1.{to_q,to_k,to_v,to_out.0}`).
+ATTN1_PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def attn1_targets(unet: torch.nn.Module, projections: Sequence[str] = ATTN1_PROJECTIONS) -> list[str]:
+    """Full module names of every self-attention (`attn1`) projection Linear, in module order."""
+    suffixes = tuple(f"attn1.{p}" for p in projections)
+    names = [n for n, m in unet.named_modules() if n.endswith(suffixes) and isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise ErasureLabError("the U-Net has no self-attention (attn1) projections to train a LoRA on")
+    return names
+
+
+def check_rank(unet: torch.nn.Module, targets: Sequence[str], rank: int) -> None:
+    """One-line error when the rank exceeds a targeted layer's min(in, out) (the factors would be rank-deficient)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ErasureLabError(f"LoRA rank must be a positive integer, got {rank!r}")
+    for name in targets:
+        module = unet.get_submodule(name)
+        width = min(int(module.in_features), int(module.out_features))
+        if rank > width:
+            raise ErasureLabError(f"LoRA rank {rank} is larger than layer {name} allows (min(in, out) = {width}); "
+                                  f"use rank <= {width}")
+
+
+class LoraTuner:
+    """Trains a fresh LoRA adapter on `pipe.unet` with AdamW; use as a context manager.
+
+    `with LoraTuner(pipe, targets, rank, lr) as tuner: tuner.run(trainer, steps); edit = tuner.edit()`.
+    `predict` is the adapted U-Net (gradients reach only the adapter), `reference` the base one.
+    """
+
+    def __init__(self, pipe: Any, targets: Sequence[str], rank: int, lr: float, alpha: float | None = None,
+                 weight_decay: float = 1e-2, grad_clip: float | None = 1.0, seed: int = 0, quiet: bool = True,
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50,
+                 key: Mapping[str, Any] | None = None) -> None:
+        self.pipe, self.unet = pipe, pipe.unet
+        self.targets = list(targets)
+        check_rank(self.unet, self.targets, rank)
+        if getattr(self.unet, "peft_config", None):
+            raise ErasureLabError("the U-Net already carries a LoRA adapter: fuse or unload it first "
+                                  "(pipe.fuse_lora(); pipe.unload_lora_weights())")
+        if self.unet.dtype != torch.float32:
+            raise ErasureLabError(f"LoRA training needs a float32 U-Net, got {self.unet.dtype}; load it in float32")
+        self.rank, self.alpha = int(rank), float(rank if alpha is None else alpha)
+        self.lr, self.weight_decay, self.grad_clip = float(lr), float(weight_decay), grad_clip
+        self.seed, self.quiet = int(seed), quiet
+        self.checkpointer = None
+        if checkpoint_dir is not None:
+            identity = {**dict(key or {}), "rank": self.rank, "alpha": self.alpha, "targets": self.targets}
+            self.checkpointer = Checkpointer(checkpoint_dir, checkpoint_every,
+                                             run_key(identity, self.unet, [f"{t}.weight" for t in self.targets]))
+        self.params: dict[str, torch.nn.Parameter] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.logs: list[dict[str, float]] = []
+        self.resumed_from = 0
+        self._saved: dict[str, Any] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> LoraTuner:
+        from peft import LoraConfig
+
+        every = list(self.unet.named_parameters())
+        self._saved = {"flags": {n: p.requires_grad for n, p in every}, "grads": {n: p.grad for n, p in every},
+                       "training": self.unet.training}
+        try:
+            config = LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian",
+                                target_modules=self.targets, lora_dropout=0.0)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.unet.add_adapter(config, adapter_name=ADAPTER)
+            for _, p in self.unet.named_parameters():
+                p.requires_grad_(False)
+                p.grad = None
+            self.params = {n: p for n, p in self.unet.named_parameters() if ".lora_" in n}
+            for p in self.params.values():
+                p.requires_grad_(True)
+            self.unet.eval()
+            self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=self.lr, betas=(0.9, 0.999),
+                                               eps=1e-8, weight_decay=self.weight_decay)
+        except BaseException:
+            self.restore()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Unload the adapter and put back flags, gradients and mode (idempotent)."""
+        if not self._saved:
+            return
+        if getattr(self.unet, "peft_config", None):
+            self.unet.unload_lora()
+        for name, param in self.unet.named_parameters():
+            param.requires_grad_(self._saved["flags"].get(name, param.requires_grad))
+            param.grad = self._saved["grads"].get(name)
+        self.unet.train(self._saved["training"])
+        self.params, self.optimizer, self._saved = {}, None, {}
+
+    # -- predictions ----------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor, t: torch.Tensor | int, cond: Cond) -> torch.Tensor:
+        """ε_θ: the U-Net with the adapter on (gradients reach only the adapter's tensors)."""
+        return unet_output(self.unet, x, t, cond)
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor, t: torch.Tensor | int, cond: Cond) -> torch.Tensor:
+        """ε_ref: the same network with every adapter disabled (the base U-Net, bit for bit)."""
+        self.unet.disable_adapters()
+        try:
+            return unet_output(self.unet, x, t, cond)
+        finally:
+            self.unet.enable_adapters()
+
+    # -- updates ----------------------------------------------------------------------------------
+    def step(self, loss: torch.Tensor) -> float:
+        """Backward, clip the adapter's gradient norm, one AdamW step; returns the pre-clip norm."""
+        if self.optimizer is None:
+            raise RuntimeError("use LoraTuner as a context manager")
+        if not torch.isfinite(loss):
+            raise ErasureLabError(f"the training loss became {float(loss)}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(self.params.values())
+        if self.grad_clip is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip)))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        self.optimizer.step()
+        return norm
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, trainer: Trainer, steps: int, desc: str = "LoRA") -> list[dict[str, float]]:
+        """Train steps [start, steps), resuming from the checkpoint folder when it holds one."""
+        start = self._resume(trainer, steps)
+        bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=self.quiet)
+        for step in bar:
+            logs = trainer.train_step(step)
+            self.logs.append({k: float(v) for k, v in logs.items()})
+            if "loss" in logs:
+                bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
+            done = step + 1
+            if self.checkpointer is not None and (done % self.checkpointer.every == 0 or done == steps):
+                self._save(trainer, done)
+        return self.logs
+
+    def _save(self, trainer: Trainer, step: int) -> None:
+        assert self.checkpointer is not None and self.optimizer is not None
+        opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+        method_state, method_tensors = trainer.state()
+        groups = {"weights": {n: p.detach() for n, p in self.params.items()}, "optimizer": opt_tensors,
+                  "method": method_tensors}
+        self.checkpointer.save(step, groups, {"seed": self.seed, "optimizer": opt_meta, "method": method_state,
+                                              "logs": self.logs})
+
+    def _resume(self, trainer: Trainer, steps: int) -> int:
+        if self.checkpointer is None:
+            return 0
+        loaded = self.checkpointer.load()
+        if loaded is None:
+            return 0
+        step, groups, state = loaded
+        if step > steps:
+            raise ErasureLabError(f"the checkpoint in {self.checkpointer.directory} is at step {step}, "
+                                  f"beyond steps={steps}; use another checkpoint_dir")
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(groups["weights"][name])
+        assert self.optimizer is not None
+        load_optimizer_tensors(self.optimizer, groups.get("optimizer", {}), state["optimizer"])
+        trainer.load_state(state.get("method", {}), groups.get("method", {}))
+        self.logs = [dict(entry) for entry in state.get("logs", [])]
+        self.resumed_from = step
+        return step
+
+    # -- the result -------------------------------------------------------------------------------
+    def edit(self, meta: Mapping[str, Any] | None = None) -> Edit:
+        """The trained adapter as exact low-rank deltas (call inside the `with` block)."""
+        losses = [entry["loss"] for entry in self.logs if "loss" in entry]
+        info = {"lora_rank": self.rank, "lora_alpha": self.alpha, "lora_targets": self.targets,
+                "trainable_parameters": int(sum(p.numel() for p in self.params.values())),
+                "steps_run": len(self.logs), "resumed_from_step": self.resumed_from,
+                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+        return Edit.from_peft(self.unet, ADAPTER, {**info, **dict(meta or {})})
