@@ -35,7 +35,13 @@ class PixelRules:
 
     foreground_floor: float = 0.10     # min channel distance from the background to count as object
     foreground_fraction: float = 0.45  # ... or this fraction of the image's strongest distance, if larger
+    silhouette_floor: float = 0.06     # weaker pixels joined to the object when connected to it (hysteresis)
+    silhouette_fraction: float = 0.3
+    closing: int = 2                   # closing iterations before filling holes (bridges gaps in outlines)
     chroma_floor: float = 0.12         # pixels less chromatic than this do not vote on colour
+    core_quantile: float = 0.6         # only painted pixels at least this far (quantile) from the background vote
+    hue_scale: float = 30.0            # degrees of hue that cost as much as ...
+    saturation_scale: float = 0.25     # ... this much saturation (max - min) / max; separates pink from red
     grid: int = 16                     # side of the bounding-box-normalised silhouette
     aspect_weight: float = 0.5         # penalty per unit |log aspect ratio| difference from the template
     templates_per_object: int = 24     # renders averaged into one template
@@ -69,7 +75,9 @@ def _hue(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 _COLOUR_NAMES = vocab.classes("color")
 _OBJECT_NAMES = vocab.classes("object")
-_COLOUR_HUES = _hue(np.array([vocab.lookup(c)[1].rgb for c in _COLOUR_NAMES]))[0]
+_COLOUR_RGB = np.array([vocab.lookup(c)[1].rgb for c in _COLOUR_NAMES])
+_COLOUR_HUES, _COLOUR_CHROMAS = _hue(_COLOUR_RGB)
+_COLOUR_SATURATIONS = _COLOUR_CHROMAS / _COLOUR_RGB.max(axis=-1)
 _BACKGROUNDS = {c.name: np.array(c.rgb) for c in vocab.BACKGROUNDS}
 
 
@@ -85,7 +93,14 @@ def _segment(image: np.ndarray, rules: PixelRules) -> tuple[np.ndarray, np.ndarr
     distance = np.abs(image - background).max(axis=-1)
     threshold = max(rules.foreground_floor, rules.foreground_fraction * float(np.percentile(distance, 99)))
     painted = distance > threshold
-    filled = ndimage.binary_fill_holes(ndimage.binary_closing(painted, iterations=1) | painted)
+    strongest = float(np.percentile(distance, 99))
+    weak = distance > max(rules.silhouette_floor, rules.silhouette_fraction * strongest)
+    labels, count = ndimage.label(weak)
+    touched = np.unique(labels[painted & weak])
+    joined = np.isin(labels, touched[touched > 0]) | painted
+    if rules.closing:
+        joined |= ndimage.binary_closing(joined, iterations=rules.closing)
+    filled = ndimage.binary_fill_holes(joined)
     labels, count = ndimage.label(filled)
     if count > 1:
         sizes = ndimage.sum(filled, labels, index=range(1, count + 1))
@@ -127,17 +142,33 @@ def _templates(rules: PixelRules) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(shapes), np.array(aspects)
 
 
+def _colour_votes(pixels: np.ndarray, background: np.ndarray, rules: PixelRules) -> np.ndarray:
+    """Chroma-weighted shares of the world colours nearest to the object's core pixels.
+
+    Core pixels are the painted pixels farthest from the background (edges mix with it). Each votes
+    for the colour nearest in hue and saturation: hue alone cannot tell a pale pink from red.
+    """
+    votes = np.zeros(len(_COLOUR_NAMES))
+    if len(pixels) == 0:
+        return votes
+    distance = np.abs(pixels - background).max(axis=-1)
+    core = pixels[distance >= np.quantile(distance, rules.core_quantile)]
+    hue, chroma = _hue(core)
+    keep = chroma >= rules.chroma_floor
+    if not keep.any():
+        return votes
+    saturation = chroma[keep] / np.maximum(core[keep].max(axis=-1), 1e-6)
+    gap = np.abs(hue[keep, None] - _COLOUR_HUES[None, :])
+    cost = (np.minimum(gap, 360.0 - gap) / rules.hue_scale) ** 2 \
+        + ((saturation[:, None] - _COLOUR_SATURATIONS[None, :]) / rules.saturation_scale) ** 2
+    np.add.at(votes, cost.argmin(axis=1), chroma[keep])
+    return votes / votes.sum()
+
+
 def read_image(image: np.ndarray, rules: PixelRules) -> Reading:
     """Apply the rules to one (32, 32, 3) float image."""
     background, painted, filled = _segment(image, rules)
-    hue, chroma = _hue(image[painted])
-    votes = np.zeros(len(_COLOUR_NAMES))
-    keep = chroma >= rules.chroma_floor
-    if keep.any():
-        gap = np.abs(hue[keep, None] - _COLOUR_HUES[None, :])
-        nearest = np.minimum(gap, 360.0 - gap).argmin(axis=1)
-        np.add.at(votes, nearest, chroma[keep])
-        votes /= votes.sum()
+    votes = _colour_votes(image[painted], background, rules)
     mask, aspect = _normalised(filled, rules.grid)
     templates, log_aspects = _templates(rules)
     overlap = np.minimum(templates, mask).sum(axis=(1, 2)) / np.maximum(templates, mask).sum(axis=(1, 2))
