@@ -1,4 +1,4 @@
-"""PURE (pure.md §5): operator algebra, energy rank, exact LoRA factors, and the method on a tiny BERT pipeline."""
+"""PURE: operator algebra, energy rank, exact LoRA factors, and the method on a tiny BERT pipeline."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from erasurelab.models.capture import ToOutInputRecorder, capture_activations, s
 from erasurelab.models.conditioning import encode
 from erasurelab.models.layers import cross_attention_layers
 from tiny_bert_pipeline import assert_lora_round_trip, tiny_bert_pipeline
+
+from conftest import needs_assets
 
 torch.set_num_threads(1)
 
@@ -436,3 +438,49 @@ def test_each_concept_is_centred_on_its_own_neighbours() -> None:
     single_retain.append("")
     (rows_f, rows_r), = concept_groups([red], single_forget, single_retain)
     assert rows_f == list(range(len(single_forget))) and sorted(rows_r) == list(range(len(single_retain)))
+
+
+# --- end to end on the embedded model ---------------------------------------------------------------
+
+
+def anchor_rate(pipe, judge, label: str, seeds: int = 2) -> float:
+    """Fraction of renders of the concept's forget anchors that the judge says show it (seeds 20000+)."""
+    from erasurelab.models import generate
+
+    anchors = list(concept(label).forget)
+    images = generate(pipe, [a for a in anchors for _ in range(seeds)],
+                      [20_000 + k for _ in anchors for k in range(seeds)], batch_size=64)
+    return float(judge.present(images, label).float().mean())
+
+
+@needs_assets
+@pytest.mark.slow
+def test_default_options_erase_red_on_the_embedded_model(builtin_pipe, shapes_judge) -> None:
+    reference = anchor_rate(builtin_pipe, shapes_judge, "red")
+    edit = erase(builtin_pipe, "red", "pure")
+    assert edit.meta["solver"] == "least_squares" and edit.meta["config"]["solver"] == "auto"
+    edit.apply(builtin_pipe)
+    try:
+        edited = anchor_rate(builtin_pipe, shapes_judge, "red")
+    finally:
+        edit.revert(builtin_pipe)
+    assert reference >= 0.5, reference  # the unedited model draws red, so the drop is measurable
+    assert edited <= 0.2 * reference, (reference, edited)
+
+
+def test_auto_solver_is_the_projector_off_the_embedded_model(pipe) -> None:
+    edit = erase(pipe, "red", "pure", **FAST)
+    assert edit.meta["solver"] == "projector"
+    explicit = erase(pipe, "red", "pure", solver="projector", **FAST)
+    assert edit.deltas.keys() == explicit.deltas.keys()
+    assert all(torch.equal(edit.deltas[k].A, explicit.deltas[k].A) for k in explicit.deltas)
+
+
+@pytest.mark.parametrize(("options", "solver"), [({}, "least_squares"), ({"retain_strength": 0.5}, "projector"),
+                                                 ({"centre": False}, "projector"),
+                                                 ({"solver": "projector"}, "projector")])
+def test_auto_solver_resolution(monkeypatch, options, solver) -> None:
+    import erasurelab.methods.pure as pure
+
+    monkeypatch.setattr(pure, "is_embedded", lambda pipe: True)
+    assert PureConfig(**options).resolved(object()).solver == solver

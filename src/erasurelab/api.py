@@ -2,8 +2,8 @@
 
 Why a wrapper around the registry: whatever the method, a run must record the same facts in its
 Edit (method, validated config, concept specs with hashes, base-model fingerprint, wall time,
-peak memory, library versions), so that `Edit.save` writes a complete manifest and results can be
-compared across methods.
+peak memory, library versions, the erasurelab commit), so that `Edit.save` writes a complete
+manifest and results can be compared across methods and traced to the code that made them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from erasurelab.concepts import ConceptSpec, concept
 from erasurelab.edits import Edit, fingerprint
 from erasurelab.errors import ErasureLabError
-from erasurelab.runinfo import library_versions, peak_rss_mb
+from erasurelab.runinfo import library_versions, peak_rss_mb, source_revision
 
 ConceptLike = ConceptSpec | str | Path
 
@@ -51,6 +51,8 @@ def erase(pipe: Any, concepts: ConceptLike | Sequence[ConceptLike], method: str 
 
     concepts: ConceptSpec(s), built-in names ("red") or concept YAML paths.
     method: a registered method ("pure", "uce", ...); options: fields of its config dataclass.
+    A method's settings that depend on the model (e.g. PURE's solver="auto") are resolved by the
+    method and recorded in `edit.meta` beside the config as given.
     Returns an Edit to `apply(pipe)` or `save(dir, format="lora"|"full")`.
     """
     from erasurelab.methods import get_method, make_config
@@ -65,7 +67,7 @@ def erase(pipe: Any, concepts: ConceptLike | Sequence[ConceptLike], method: str 
     edit.meta.update({
         "method": entry.name, "config": config_dict(config), "concepts": [s.manifest_entry() for s in specs],
         "base": base_description(pipe, edit.deltas), "wall_time_s": wall, "peak_rss_mb": peak_rss_mb(),
-        "versions": library_versions(),
+        "versions": library_versions(), "source_revision": source_revision(),
     })
     return edit.bind_source(pipe)
 

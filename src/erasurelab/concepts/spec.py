@@ -6,15 +6,15 @@ a concept — prompts that name it (forget anchors), prompts of neighbours that 
 evaluation may see. Keeping them in one hashed record lets a run manifest say exactly which
 anchors an edit was built from, and lets a test prove that no anchor leaks an evaluation phrase.
 
-Compound concepts (trust.md §3) use the same record with a `kind`:
+Compound concepts (the TRuST paper's combinations and conditionals) use the same record with a `kind`:
 - "combination": the parts are harmful only together ("red" ∧ "circle"); forget anchors name all
   parts, retain anchors each part without the others ("a red square", "a blue circle").
 - "conditional": one concept erased only in a context ("circle" on a white background); retain
   anchors hold the concept elsewhere, alone, and other concepts in the context.
 Compound anchors are built from *training* templates only; the evaluation uses the disjoint
 *evaluation* templates below, so no evaluation prompt is ever an anchor. Single concepts keep
-the defaults (kind "single", no parts, no context), which `to_dict` leaves out: the hash of
-every single-concept spec is what it was before compound concepts existed.
+the defaults (kind "single", no parts, no context), which `to_dict` leaves out, so a
+single-concept spec's hash depends only on the fields a single concept has.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from erasurelab.errors import ErasureLabError, did_you_mean
 
 CATEGORIES: tuple[str, ...] = ("color", "object", "style", "background", "character", "custom")
 
-#: PURE's six forget templates (pure.md §4). "{c}" is one training word of the concept.
+#: PURE's six forget templates (the PURE paper's). "{c}" is one training word of the concept.
 FORGET_TEMPLATES: tuple[str, ...] = (
     "a photo of {c}", "a picture of {c}", "an image of {c}", "{c}", "a painting of {c}", "a drawing of {c}",
 )
@@ -41,7 +41,7 @@ STYLE_FORGET_TEMPLATES: tuple[str, ...] = (
     "{c}", "in the style of {c}", "a photo in the style of {c}", "a picture in the style of {c}",
     "a painting in the style of {c}", "a drawing in the style of {c}",
 )
-#: Retain anchors use at most this many neighbours (the plateau of PURE's sweep: 6 x 9 = 54 anchors).
+#: Retain anchors use at most this many neighbours (6 templates x 9 = 54 anchors, where PURE's sweep levels off).
 MAX_NEIGHBOURS = 9
 
 #: What a spec describes: one concept, several parts harmful only together, or a concept in a context.
@@ -49,7 +49,7 @@ KINDS: tuple[str, ...] = ("single", "combination", "conditional")
 #: Slot names of the parts of a combination in templates: {A} = parts[0], {B} = parts[1], ...
 PART_SLOTS = "ABCDEFGH"
 
-# Compound templates (trust.md §3). Slots: {x} the whole combination phrase ("red circle"), {A}/{B}
+# Compound templates. Slots: {x} the whole combination phrase ("red circle"), {A}/{B}
 # its modifier/head (world) or parts (elsewhere), {bg} a world background ("a black background"),
 # {ctx} the condition phrase ("on a white background"). Train (anchor) and eval sets are disjoint.
 COMBINATION_TRAIN_TEMPLATES: tuple[str, ...] = (
@@ -68,7 +68,7 @@ CONDITIONAL_EVAL_TEMPLATES: tuple[str, ...] = (
     "there is a {A} {ctx}", "a small {A} {ctx}", "a large {A} {ctx}", "a rendering of a {A} {ctx}",
     "a close-up of a {A} {ctx}", "{A} {ctx}",
 )
-#: The conditioned concept alone: retain anchors (train) and the R_A evaluation prompts (eval, trust.md §3).
+#: The conditioned concept alone: retain anchors (train) and the R_A evaluation prompts (eval).
 ALONE_TRAIN_TEMPLATES: tuple[str, ...] = (
     "a photo of a {A}", "an image of a {A}", "a picture of a {A}", "a drawing of a {A}", "one {A}",
 )
@@ -336,7 +336,7 @@ def combination_spec(parts: Sequence[str], name: str | None = None, templates: S
     with alternatives, the templates with P replaced by each alternative ("an adult drinking
     beer" keeps "beer"). templates default to the combination training templates without {bg}.
     guide (None): the parts with the last one swapped for its first alternative ("child juice"),
-    trust.md §3's c_a, which keeps the other parts; "" when the last part has no alternative.
+    TRuST's anchor c_a, which keeps the other parts; "" when the last part has no alternative.
     """
     parts = tuple(p.strip() for p in parts)
     spec_name = name or "+".join(parts)
@@ -363,8 +363,8 @@ def conditional_spec(part: str, context: str, name: str | None = None, templates
     forget: templates with {A} = part, {ctx} = context. retain: the part alone (alone templates),
     and from alternatives {part: [...]} other concepts in the context, {"context": [...]} the part
     in other contexts. templates default to the conditional training templates.
-    guide (None): the first alternative concept in the same context ("dog on a table"), trust.md
-    §3's c_a, which keeps the context; "" when the part has no alternative.
+    guide (None): the first alternative concept in the same context ("dog on a table"), TRuST's
+    anchor c_a, which keeps the context; "" when the part has no alternative.
     """
     part, context = part.strip(), context.strip()
     spec_name = name or f"{part}|{context}"

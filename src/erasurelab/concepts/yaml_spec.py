@@ -12,7 +12,7 @@ Format (every key but `name` optional; `words` or `anchors` needed to erase anyt
     guide: art                            # default: "art" for styles, "" otherwise
     paraphrases: ["the painter of Sunflowers"]   # held out: evaluation only
 
-Compound concepts (trust.md §3) add `kind`, `parts` and `context` (no `words`):
+Compound concepts (combinations and conditionals) add `kind`, `parts` and `context` (no `words`):
 
     name: child_beer
     kind: combination                     # harmful only together

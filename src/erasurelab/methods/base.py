@@ -81,8 +81,8 @@ def config_dict(config: Any) -> dict[str, Any]:
 def resolve_defaults(config: Any, pipe: Any, defaults: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
     """config_dict(config) with every None among `defaults` replaced by its (SD, embedded) default.
 
-    Why one rule: the fine-tuning specs give each option one value for SD-family models and one
-    for the embedded model, where a short CPU run needs larger steps.
+    Why one rule: the fine-tuning methods take each such option's value from a pair, one for
+    SD-family models and one for the embedded model, where a short CPU run needs larger steps.
     """
     from erasurelab.models.sampling import is_embedded
 
@@ -137,7 +137,7 @@ def as_specs(specs: ConceptSpec | Sequence[ConceptSpec]) -> list[ConceptSpec]:
 
 
 def check_unwrapped(layers: Sequence[Any]) -> None:
-    """Refuse layers whose to_k/to_v carry an unmerged peft LoRA (pure.md §6).
+    """Refuse layers whose to_k/to_v carry an unmerged peft LoRA.
 
     Why: the methods read W from the base Linear, so an attached adapter would be ignored when
     computing the edit and then stacked on top of it.

@@ -1,15 +1,15 @@
-"""ESD: Erasing Concepts from Diffusion Models by negative-guidance fine-tuning (esd.md).
+"""ESD: Erasing Concepts from Diffusion Models by negative-guidance fine-tuning (Gandikota et al.).
 
 The trained U-Net ε_θ, conditioned on a forget anchor c, learns to predict what the original ε_*
 predicts under negative classifier-free guidance away from c:
     y = ε_*(x_t, t, e_∅) − η·[ε_*(x_t, t, e_c) − ε_*(x_t, t, e_∅)],   L = mean (ε_θ(x_t, t, e_c) − y)².
-η is stored in the paper's convention (the 2025 script's `negative_guidance` ng is η + 1).
+η is stored in the paper's convention (the official training script's `negative_guidance` ng is η + 1).
 
-Variants (parameter subsets, esd.md §2): x = every `attn2` parameter (styles), u = everything but
+Variants (the paper's parameter subsets): x = every `attn2` parameter (styles), u = everything but
 `attn2`, time_embedding, conv_norm_out, conv_out (objects, nudity), x-strict = attn2 to_k/to_v,
 all = every parameter. Where x_t comes from (`sample_with`): see the engine's docstring
 (`erasurelab.methods.finetune`); the default `pool` caches frozen-model DDIM trajectories once.
-Multi-concept and multi-anchor runs cycle the forget anchors across steps (esd.md §6).
+Multi-concept and multi-anchor runs cycle the forget anchors across steps.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from erasurelab.models.sampling import is_embedded
 
 VARIANTS: tuple[str, ...] = ("x", "u", "x-strict", "all")
 SAMPLE_WITH: tuple[str, ...] = ("pool", "trained", "frozen")
-#: (SD-1.x, embedded) defaults of esd.md §4.
+#: (SD-1.x, embedded) defaults; the embedded ones are in bench/results/methods_notes.md.
 LR = (1e-5, 5e-4)
 STEPS = (1000, 300)
 SAMPLE_STEPS = (50, 20)
@@ -56,11 +56,11 @@ POOL_CHUNK = 32
 
 @dataclass(frozen=True)
 class EsdConfig:
-    """esd.md §4 defaults; None means "the spec's default for this model" (SD-1.x or the embedded one).
+    """ESD's settings; None means "this model's default" (the paper's for SD-1.x, or the embedded one's).
 
     variant: x | u | x-strict | all (also "esd-x", ...); None: x for style concepts, u otherwise
     on SD, x always on the embedded model. eta: negative guidance η (paper convention).
-    lr: Adam learning rate (1e-5 SD, 5e-4 embedded: at 1e-4 300 steps of ESD-x left circle at 0.63).
+    lr: Adam learning rate (1e-5 SD, 5e-4 embedded: the small U-Net needs larger steps to forget in 300).
     steps: iterations (1000 SD, 300 embedded). batch_size: 1. sample_steps: DDIM steps of the x_t
     sampler (50 SD, 20 embedded). start_guidance: CFG while sampling x_t (3.0).
     sample_with: pool (default, cached frozen trajectories) | trained | frozen (fresh per step).
@@ -98,9 +98,9 @@ class EsdConfig:
             check_count(self, name)
 
     def resolve(self, pipe: Any, specs: list[ConceptSpec]) -> dict[str, Any]:
-        """Concrete settings for this model: the config with every None replaced by its spec default."""
-        # The embedded model takes text only through attn2, and ESD-u there (lr 1e-4, 300 steps) left
-        # circle at 0.95 with retention 0.875: x is its default for every category.
+        """Concrete settings for this model: the config with every None replaced by this model's default."""
+        # The embedded model reads text only through attn2, so ESD-u (which leaves attn2 out) barely
+        # moves it: x is its default for every category.
         styles_only = bool(specs) and all(s.category == "style" for s in specs)
         variant = self.variant or ("x" if styles_only or is_embedded(pipe) else "u")
         return {**resolve_defaults(self, pipe, {"lr": LR, "steps": STEPS, "sample_steps": SAMPLE_STEPS}),
@@ -112,17 +112,30 @@ class EsdConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-#: y = ε_∅ − η (ε_c − ε_∅) (esd.md §2): the engine's negative guidance with base ∅.
+#: y = ε_∅ − η (ε_c − ε_∅): the engine's negative guidance with base ∅.
 esd_target = negative_guidance
 
 
 def eta_from_negative_guidance(negative_guidance: float) -> float:
-    """The 2025 script's target ε_c − ng (ε_c − ε_∅) equals the paper's with η = ng − 1."""
+    """The official script's target ε_c − ng (ε_c − ε_∅) equals the paper's with η = ng − 1."""
     return float(negative_guidance) - 1.0
 
 
 def negative_guidance_from_eta(eta: float) -> float:
     return float(eta) + 1.0
+
+
+def manifest_eta(meta: dict[str, Any]) -> float | None:
+    """η of a saved ESD run: from its settings, else from the official-script value ng it records.
+
+    Older manifests named that value `negative_guidance_2025`; both keys are read.
+    """
+    if "eta" in meta.get("settings", {}):
+        return float(meta["settings"]["eta"])
+    for key in ("negative_guidance", "negative_guidance_2025"):
+        if key in meta:
+            return eta_from_negative_guidance(meta[key])
+    return None
 
 
 def subset_name(variant: str) -> str:
@@ -140,7 +153,7 @@ class EsdTrainer:
     def __init__(self, tuner: FineTuner, forget: Cond, empty: Cond, retain: Cond | None,
                  settings: dict[str, Any]) -> None:
         self.tuner, self.forget, self.empty, self.retain = tuner, forget, empty, retain
-        self.s = settings
+        self.settings = settings
         self.scheduler = ddim_scheduler(tuner.pipe, settings["sample_steps"])
         self.pool: torch.Tensor | None = None
         if settings["sample_with"] == "pool":
@@ -149,7 +162,7 @@ class EsdTrainer:
     # -- x_t ------------------------------------------------------------------------------------
     def build_pool(self) -> torch.Tensor:
         """(pool_size, N, C, H, W): every latent of each frozen-model trajectory; trajectory j uses anchor j mod n."""
-        s, unet = self.s, self.tuner.unet
+        s, unet = self.settings, self.tuner.unet
         chunks = []
         for start in range(0, s["pool_size"], POOL_CHUNK):
             idx = list(range(start, min(start + POOL_CHUNK, s["pool_size"])))
@@ -163,7 +176,7 @@ class EsdTrainer:
 
     def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """(x_t, t per sample, forget-anchor index per sample) for this step, from its own generator."""
-        s, n = self.s, len(self.forget)
+        s, n = self.settings, len(self.forget)
         generator = step_generator(s["seed"], STREAM_TRAIN, step)
         timesteps = self.scheduler.timesteps
         if self.pool is not None:
@@ -188,17 +201,17 @@ class EsdTrainer:
         with torch.no_grad():
             both = self.tuner.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([cond, self.empty.repeat(n)]))
             eps_c, eps_0 = both.chunk(2)
-            target = esd_target(eps_c, eps_0, self.s["eta"])
+            target = esd_target(eps_c, eps_0, self.settings["eta"])
         return noise_mse(self.tuner.predict(x_t, t, cond), target)
 
     def train_step(self, step: int) -> dict[str, float]:
         x_t, t, prompts = self.sample(step)
         erase = self.loss(x_t, t, prompts)
         loss, logs = erase, {"esd": erase.item()}
-        if self.s["retain_weight"] > 0:
-            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.s["seed"])
+        if self.settings["retain_weight"] > 0:
+            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.settings["seed"])
             if keep is not None:
-                loss = loss + self.s["retain_weight"] * keep
+                loss = loss + self.settings["retain_weight"] * keep
                 logs["retain"] = keep.item()
         self.tuner.step(loss)
         return {"loss": loss.item(), **logs}
@@ -241,5 +254,5 @@ def erase_esd(pipe: Any, specs: list[ConceptSpec], config: EsdConfig, quiet: boo
         tuner.run(trainer, settings["steps"], desc=f"ESD-{settings['variant']}")
         meta = {"settings": settings, "subset": subset_name(settings["variant"]), "forget": forget,
                 "retain": retain if settings["retain_weight"] > 0 else [],
-                "negative_guidance_2025": negative_guidance_from_eta(settings["eta"])}
+                "negative_guidance": negative_guidance_from_eta(settings["eta"])}
         return tuner.edit(meta)

@@ -15,7 +15,7 @@ Design choices:
   `.grad` and train/eval mode are restored, so the pipeline is left unmodified.
 - **Masked full-weight updates.** Gradients are multiplied by a per-parameter mask and, after the
   optimiser step, entries where the mask is 0 are restored from their pre-step values: Adam's
-  stale moments can then never move a weight outside the mask (trust.md §2 "update confinement").
+  stale moments can then never move a weight outside the mask (TRuST's update confinement).
   Moments are kept for every trainable entry.
 - **Determinism and resume.** Every random draw of step s comes from a CPU generator seeded by
   (seed, stream, s); nothing carries random state from one step to the next. A checkpoint
@@ -25,9 +25,9 @@ Design choices:
   with the *current* model (`sample_with="trained"`), on average N/2 extra CFG U-Net calls per step.
   The default here is cheaper: `sample_with="pool"` caches, once at the start, a pool of full DDIM
   trajectories of the forget prompts from the frozen model (every intermediate latent kept) and
-  draws a (trajectory, step) pair per training step. It is the 2025 rewrite's choice of sampling
-  with the frozen base (esd.md §4 `sample_with = frozen`) with a finite pool of start noises; the
-  spec's per-step recipes (`trained`, `frozen`) remain available. TRuST trains on x_0 latents its
+  draws a (trajectory, step) pair per training step. It is the official code's later choice of
+  sampling with the frozen base, with a finite pool of start noises; the per-step recipes
+  (`trained`, `frozen`) remain available. TRuST trains on x_0 latents its
   forget prompts generate under the original model (its D_f), generated once the same way.
 """
 
@@ -73,14 +73,14 @@ def sample_timesteps(generator: torch.Generator, n: int, num_train_timesteps: in
 
 
 def noise_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over all elements of (prediction - target)^2, in float32 (the loss of esd.md / trust.md)."""
+    """Mean over all elements of (prediction - target)^2, in float32 (the loss of ESD and TRuST)."""
     return (prediction.float() - target.float()).pow(2).mean()
 
 
 def negative_guidance(eps_concept: torch.Tensor, eps_base: torch.Tensor, eta: float) -> torch.Tensor:
     """y = ε_base − η (ε_c − ε_base): the base prediction pushed away from the concept.
 
-    ESD's target with base ∅ (esd.md §2); TRuST's L_prev target with base = the guide anchor.
+    ESD's target with base ∅; TRuST's L_prev target with base = the guide anchor.
     """
     return eps_base - eta * (eps_concept - eps_base)
 
@@ -89,7 +89,7 @@ def negative_guidance(eps_concept: torch.Tensor, eps_base: torch.Tensor, eta: fl
 # Trainable-parameter selection by name
 # ---------------------------------------------------------------------------------------------
 
-#: Top-level modules ESD-u leaves out besides cross-attention (esd.md §2, the paper-era list).
+#: Top-level modules ESD-u leaves out besides cross-attention (the original ESD code's list).
 ESD_U_EXCLUDED: tuple[str, ...] = ("time_embedding", "conv_norm_out", "conv_out")
 
 
@@ -209,7 +209,7 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 def ddim_scheduler(pipe: Any, steps: int) -> Any:
     """A DDIM copy of the pipeline's noise schedule with `steps` timesteps (the pipeline's own is untouched).
 
-    Why DDIM: deterministic and stateless between steps (esd.md §6), so x_t depends only on its start noise.
+    Why DDIM: deterministic and stateless between steps, so x_t depends only on its start noise.
     """
     import warnings
 
@@ -261,8 +261,8 @@ def apply_masked_update(optimizer: torch.optim.Optimizer, params: Mapping[str, t
     Why: multiplying the gradient by the mask keeps new gradient out, restoring the value keeps
     stale moments (and Adam's bias correction) from moving an entry outside the mask, and restoring
     the moments keeps zero gradients from decaying them (first moment ×0.9 per step). With a mask
-    re-drawn every step (TRuST: Jaccard ≈ 0.2–0.4 between steps) decayed moments would leave an
-    entry re-entering the mask only a fraction of a step; trust.md §2 asks that they be kept.
+    re-drawn often (TRuST's masks overlap only partly between refreshes) decayed moments would
+    leave an entry re-entering the mask only a fraction of a step; TRuST keeps them.
     """
     if not masks:
         optimizer.step()
@@ -595,7 +595,7 @@ def anchor_prompt(anchor: str, target_words: Sequence[str], guide: str) -> str:
 
     When no target phrase occurs but one has as many words as the guide, the words that differ are
     swapped one by one: a combination "child beer" with guide "child juice" turns "a child
-    drinking beer" into "a child drinking juice" (trust.md §3's c_a). Otherwise: the guide itself.
+    drinking beer" into "a child drinking juice" (TRuST's anchor c_a). Otherwise: the guide itself.
     """
     out = anchor
     for word in sorted(target_words, key=len, reverse=True):

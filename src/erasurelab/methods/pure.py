@@ -1,4 +1,4 @@
-"""PURE: closed-form projection of cross-attention K/V built from U-Net activations (pure.md).
+"""PURE: closed-form projection of cross-attention K/V built from U-Net activations.
 
 For every `attn2` layer: capture the pooled `to_out[0]` inputs of the unedited model on forget
 anchors (H_F) and retain anchors plus "" (H_R), take energy-rank bases V_F, V_R of their right
@@ -6,14 +6,14 @@ singular vectors, and left-multiply to_k and to_v by E = I − P_F (I − P_R). 
 a layer's output that lies in the forget span unless it is also in the retain span. The delta is
 exactly ΔW = B A with B = −V_F and A = V_Fᵀ (I − P_R) W (K and V share B), so it ships as a LoRA.
 All linear algebra runs in float64 (fp16 SVD is inaccurate for near-equal singular values).
-solver="least_squares" keeps the inputs and the form E = I − V_F X but fits X in activation space
-instead of imposing E P_R = P_R exactly (PureConfig says when and why).
+The least-squares solver keeps the inputs and the form E = I − V_F X but fits X in activation
+space instead of imposing E P_R = P_R exactly (PureConfig says when and why).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,33 +24,34 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.methods.base import MethodWarning, check_fraction, check_number, check_unwrapped, register_method
 from erasurelab.models.capture import CaptureConfig, capture_activations, stack_rows
 from erasurelab.models.layers import cross_attention_layers
+from erasurelab.models.sampling import is_embedded
 
 PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
-SOLVERS: tuple[str, ...] = ("projector", "least_squares")
+SOLVERS: tuple[str, ...] = ("auto", "projector", "least_squares")
 
 
 @dataclass(frozen=True)
 class PureConfig:
-    """pure.md §4 defaults. projections=("to_v",) is the V-only ablation; latent_size (None: the
-    U-Net's sample_size) lets SDXL users collect at a lower resolution to save time.
+    """PURE's settings; the paper's defaults except where stated.
 
-    Two knobs beyond the spec (defaults keep the spec's operator exactly):
-    centre: build the forget basis from forget activations minus the retain mean at the same
-    (latent seed, sampler step), so the shared template and timestep components drop out and the
-    basis holds what is specific to the concept. Needs retain anchors.
-    retain_strength α in [0, 1]: E = I − P_F (I − α P_R). α = 1 is PURE; α < 1 lets the edit also
-    remove the part of the forget directions that neighbours share. Why: when concepts of one
-    category are linear mixtures of each other in activation space (the embedded model's colours),
-    the target's direction lies inside the neighbours' span and α = 1 cancels the edit.
+    solver: "projector" is the paper's operator E = I − P_F (I − α P_R). "least_squares" keeps
+    the same inputs and the exactly exportable form E = I − V_F X, but fits X instead of
+    imposing E P_R = P_R: X minimises mean_f ‖X f − V_Fᵀ(f − m_f)‖² + λ·mean_r ‖X r‖² + ε‖X‖²
+    over forget rows f (m_f: the retain mean at f's seed and step, so E f ≈ "an average
+    neighbour") and retain rows r (E r ≈ r). A hard span constraint protects every direction a
+    neighbour touches, however little; the fit protects what neighbours compute, weighted by how
+    much they use it, so it still removes a target that is a near-mixture of its neighbours (the
+    embedded model's colours are, and there the projector changes nothing). "auto" (default)
+    picks least_squares on the embedded model and the paper's projector on SD-family models,
+    or the projector whenever a projector-only option (centre=False, retain_strength) is set.
+    retain_weight λ and ridge ε (relative to the Gram trace) apply to least_squares only.
 
-    solver="least_squares" (with retain_weight λ and ridge ε) keeps PURE's inputs and its low-rank,
-    exactly exportable form E = I − V_F X, but replaces the hard retain constraint E P_R = P_R by a
-    fit in activation space: X minimises mean_f ‖X f − V_Fᵀ(f − m_f)‖² + λ·mean_r ‖X r‖² + ε‖X‖²
-    over the forget rows f (m_f: retain mean at f's seed and step, so E f ≈ m_f, "an average
-    neighbour") and the retain rows r (E r ≈ r). Why: a hard span constraint protects every
-    direction a neighbour touches, however little; the fit protects what the neighbours actually
-    compute, weighted by how much they use it, and removes the target's direction even when it is
-    a near-mixture of its neighbours. It always centres (it needs m_f) and ignores retain_strength.
+    centre (projector): build the forget basis from forget activations minus the retain mean at
+    the same (latent seed, sampler step), so template and timestep components drop out.
+    retain_strength α in [0, 1] (projector): α < 1 also removes the part of the forget
+    directions that neighbours share.
+    projections=("to_v",) is the V-only ablation; latent_size (None: the U-Net's sample_size)
+    lets SDXL users collect activations at a lower resolution.
     """
 
     tau_forget: float = 0.95
@@ -64,7 +65,7 @@ class PureConfig:
     latent_size: int | None = None
     centre: bool | None = None
     retain_strength: float = 1.0
-    solver: str = "projector"
+    solver: str = "auto"
     retain_weight: float = 30.0
     ridge: float = 1e-3
 
@@ -78,7 +79,8 @@ class PureConfig:
             raise ErasureLabError("solver='least_squares' always centres the forget rows; drop centre=False")
         if least_squares and self.retain_strength != 1.0:
             raise ErasureLabError("retain_strength applies to solver='projector' only")
-        object.__setattr__(self, "centre", least_squares or bool(self.centre))
+        if self.solver != "auto":
+            object.__setattr__(self, "centre", least_squares or bool(self.centre))
         check_number(self, "retain_weight", strict=False)
         check_number(self, "ridge", strict=False)
         check_fraction("tau_forget", self.tau_forget)
@@ -90,6 +92,14 @@ class PureConfig:
                                   f"got {', '.join(projections) or '(none)'}")
         object.__setattr__(self, "projections", projections)
         self.capture()  # validates the trajectory
+
+    def resolved(self, pipe: Any) -> PureConfig:
+        """This config with solver="auto" replaced by the solver used on `pipe` (see the class docstring)."""
+        if self.solver != "auto":
+            return self
+        projector_only = self.centre is False or self.retain_strength != 1.0
+        solver = "least_squares" if is_embedded(pipe) and not projector_only else "projector"
+        return replace(self, solver=solver)
 
     def capture(self) -> CaptureConfig:
         return CaptureConfig(steps=self.steps, guidance=self.guidance, seeds=self.seeds, batch_size=self.batch_size,
@@ -165,12 +175,10 @@ def least_squares_factors(raw_groups: list[torch.Tensor], centred_groups: list[t
                           retain: torch.Tensor, config: PureConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """V_F (d, Σk_c) and X (Σk_c, d) with E = I − Σ_c V_c X_c: one independent fit per concept.
 
-    Why not one joint fit over the stacked rows: erasing red, circle and striped together, a
-    joint basis with one energy threshold let the loudest concept crowd the others out (circle
-    .28 vs .02 alone on the embedded model), and a joint fit with the extra freedom generalised
-    worse to held-out prompts. Separate fits reproduce each concept's single-call edit; they
-    share the retain set, so each also keeps the other concepts' neighbours. The sum stays an
-    exact low-rank delta: B = −[V_1 … V_k], A = [X_1; …; X_k] W.
+    Why not one joint fit over the stacked rows: with one energy threshold over all concepts the
+    loudest concept's directions crowd the others out of the basis. Separate fits reproduce each
+    concept's single-call edit; they share the retain set, so each also keeps the other concepts'
+    neighbours. The sum stays an exact low-rank delta: B = −[V_1 … V_k], A = [X_1; …; X_k] W.
     """
     bases, maps = [], []
     for raw, centred in zip(raw_groups, centred_groups, strict=True):
@@ -231,12 +239,14 @@ def _check_concepts_active(specs: list[ConceptSpec], forget: list[str], acts: di
 @register_method("pure", PureConfig, "PURE: project cross-attention K/V away from the concept's activation subspace")
 def erase_pure(pipe: Any, specs: list[ConceptSpec], config: PureConfig, quiet: bool = True) -> Edit:
     """PURE edit of every attn2 to_k/to_v; the pipeline itself is not modified."""
+    config = config.resolved(pipe)
     forget, retain = combine(specs)
     if config.retain_empty_prompt and "" not in retain:
         retain.append("")
     layers = cross_attention_layers(pipe.unet)
     check_unwrapped(layers)
-    meta: dict[str, Any] = {"anchors": {"forget": forget, "retain": retain}, "layers": {}}
+    meta: dict[str, Any] = {"solver": config.solver, "centre": config.centre,
+                            "anchors": {"forget": forget, "retain": retain}, "layers": {}}
     if not forget:
         warnings.warn("PURE: the forget set is empty; the edit is a no-op", MethodWarning, stacklevel=2)
         return Edit({}, meta)

@@ -1,28 +1,27 @@
-"""TRuST: selective fine-tuning of dynamically re-selected concept neurons (trust.md; erasurelab reconstruction).
+"""TRuST: selective fine-tuning of dynamically re-selected concept neurons (erasurelab reconstruction).
 
-Results of this module must be labelled "TRuST (erasurelab reconstruction)": the paper's saliency
-score, threshold rule, CIP/CSR formulas and step counts are not public (trust.md §1); [R] items
-of the spec are implemented as the spec reconstructs them, except where noted below.
+Results of this module must be labelled "TRuST (erasurelab reconstruction)": the paper does not
+publish its saliency score, threshold rule, CIP/CSR formulas or step counts, so they are
+reconstructed here; where this module departs from that reconstruction it says so below.
 
 Trainable set Θ_A: the weights of every `attn2.to_q`, `to_k`, `to_v` (to_out excluded).
 Each step (or every `refresh` steps) the mask M is re-estimated from the *current* weights:
   saliency: z_T ~ N(0, I) per forget prompt (1–4 prompts), DDIM with the current θ and no grad down
-  to t* drawn uniformly from a third of the trajectory (below), then one U-Net call with grad;
-  g = ∇_{Θ_A} S. Per weight matrix, M = 1[z(|g|) > ξ] (spec) or, with `mask_fraction` f, the
-  round(f·n) entries of largest |g| (the fraction the caller asks for).
-  Deviation (ours): S is the model's own concept score S = mean (ε_θ(z, t*, c_f) − sg[ε_θ(z, t*, ∅)])²,
-  the strength of the concept's guidance direction on its own trajectory, instead of a CLIP/scorer
-  network on the decoded x̂_0. It needs no extra network (any SD-family model works offline) and
-  cannot couple to the evaluation judge (trust.md §7).
-  Deviation (ours, measured): t* is drawn from the *first* third by default (saliency_window).
+  to t* drawn uniformly from a third of the trajectory (`saliency_window`), then one U-Net call
+  with grad; g = ∇_{Θ_A} S. Per weight matrix, M = 1[z(|g|) > ξ] or, with `mask_fraction` f, the
+  round(f·n) entries of largest |g|.
+  S is the model's own concept score S = mean (ε_θ(z, t*, c_f) − sg[ε_θ(z, t*, ∅)])², the strength
+  of the concept's guidance direction on its own trajectory, instead of a CLIP-like scorer on the
+  decoded x̂_0: it needs no extra network (any SD-family model works offline) and cannot couple to
+  the evaluation judge.
 Loss: L_prev = ‖ε_θ(x_t, t, c_f) − sg[y]‖², y = ε_θ0(x_t, t, c_a) − η·(ε_θ0(x_t, t, c_f) − ε_θ0(x_t, t, c_a))
-  (deviation: η = 2 by default for single concepts; η = 0, the spec's target, for compounds),
-  on x_0 ∈ D_f (latents the original model generates for the forget anchors; not judge-filtered,
-  unlike the spec), c_a = the anchor with the concept words replaced by the guide (for a compound:
-  one part swapped for a sibling, trust.md §3), plus
+  (η > 0 pushes the target past the anchor, ESD's idea with the anchor as base; η = 0 imitates
+  the anchor), on x_0 ∈ D_f (latents the original model generates for the forget anchors),
+  c_a = the anchor with the concept words replaced by the guide (for a compound: one part swapped
+  for a sibling, "a red square" for red+circle), plus
   CSR: β·R̂, R̂ = mean ‖ε_{θ+δ(M⊙v)} − ε_θ‖² / δ², v Rademacher, δ = 1e-3·RMS(θ_M) (a Hutchinson
-       estimate of the Gauss–Newton trace ‖J_M‖²_F; "mean" divides the spec's squared norm by the
-       number of output elements so β does not depend on resolution), β auto: β·R̂(θ0) = 0.5·L_prev(θ0);
+       estimate of the Gauss–Newton trace ‖J_M‖²_F; the mean over output elements keeps β
+       independent of resolution), β auto: β·R̂(θ0) = 0.5·L_prev(θ0);
   CIP: after each step the proximal shrink θ_i ← sign(θ_i) max(|θ_i| − κ_W ĝ_i, 0) on M,
        ĝ = |g| / mean_M |g| per matrix, κ_W = κ·RMS(W_0).
 Updates are confined to M (gradient masked, entries outside restored after the Adam step).
@@ -75,9 +74,9 @@ from erasurelab.models.sampling import noise_scheduler
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
 SALIENCY_WINDOWS: tuple[str, ...] = ("late", "early")
-#: (SD, embedded) defaults of trust.md §5.
+#: (SD, embedded) defaults; how the embedded ones were chosen: bench/results/methods_notes.md.
 LR = (1e-5, 2e-3)
-#: Mask re-estimation period: every step on SD (spec [K]); every 5 on the embedded model (cost).
+#: Mask re-estimation period: every step on SD; every 5 on the embedded model (cost).
 REFRESH = (1, 5)
 BATCH = (2, 8)
 STEPS = {"csr": (300, 100), "cip": (1000, 300)}
@@ -85,14 +84,12 @@ KAPPA = (1e-3, 3e-3)
 N_FORGET = (800, 64)
 SAMPLE_STEPS = (25, 10)
 #: (single, compound) defaults of η and the retain weight. A compound's anchor is a real sibling
-#: ("a red square" for red+circle), so the spec's plain target (η 0) already points away from the
-#: concept, while η > 0 would also push the shared part ("red") away; its retain set (R_A, R_B:
-#: the parts alone) is what keeps the parts. Measured (CR; ρ(R_A), ρ(R_B); 2 seeds): red+circle
-#: η 2, no retain: 0; .42, 0. η 0, no retain: 0; 1.0, .13. η 0, retain 1: 0; 1.0, .92, but
-#: blue+square 0; .92, .46. η 0, retain 5: red+circle 0; .96, 1.0 and blue+square 0; 1.0, .92.
+#: ("a red square" for red+circle), so the plain target (η 0) already points away from the
+#: concept, while η > 0 would also push the shared part ("red") away; its retain set (the parts
+#: alone) is what keeps the parts.
 ETA = (2.0, 0.0)
 RETAIN_WEIGHT = (0.0, 5.0)
-#: β·R̂(θ0) = BETA_RATIO·L_prev(θ0) (trust.md §4 calibrate(rho=0.5)).
+#: β·R̂(θ0) = BETA_RATIO·L_prev(θ0): the CSR term starts at half the erase loss.
 BETA_RATIO = 0.5
 #: δ = DELTA_SCALE·RMS(θ_M) for the CSR finite difference.
 DELTA_SCALE = 1e-3
@@ -101,7 +98,7 @@ DATA_CHUNK = 32
 
 @dataclass(frozen=True)
 class TrustConfig:
-    """trust.md §5 defaults; None means "the spec's default for this model" (SD or the embedded one).
+    """TRuST's settings; None means "this model's default" (SD or the embedded one).
 
     variant: csr (soft: curvature penalty) | cip (hard: proximal shrink). xi: per-matrix z-score
     threshold (2.0). mask_fraction: instead of xi, keep this fraction of each matrix (0 < f <= 1).
@@ -110,16 +107,14 @@ class TrustConfig:
     sample_steps (DDIM steps of saliency and D_f) 25/10, guidance 7.5. beta: CSR weight (None: auto).
     saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
     override (None: each concept's). retain_weight: preservation term on the concepts' retain
-    prompts (None: 0, the spec's α, for single concepts; 5 for combinations and conditionals).
-    Two departures from the spec's [R] reconstruction, both measured on the embedded model (see
-    docs/architecture.md; eta=0, saliency_window="late" restore the spec):
-    eta (None: 2.0 for single concepts, 0 for compounds, see ETA): negative guidance past the anchor
-    in L_prev's target (ESD's idea with the anchor as base). With eta=0 the target only imitates the
-    anchor: 100 steps at lr 1e-3 left circle at 0.80.
+    prompts (None: 0 for single concepts; 5 for combinations and conditionals, see ETA).
+    eta (None: 2.0 for single concepts, 0 for compounds): negative guidance past the anchor in
+    L_prev's target; eta=0 is the plain reconstruction, which only imitates the anchor.
     saliency_window ("early"): score saliency in the first third of the sampler's trajectory, where
-    the object and layout are decided; the last third (spec) chose neurons that shape details.
+    the object and layout are decided; "late" (the last third, the plain reconstruction) picks
+    neurons that shape details.
     Adam moments of entries outside the current mask are frozen, not decayed by zero gradients
-    (trust.md §2 "moments are kept"; finetune.apply_masked_update says why this matters).
+    (finetune.apply_masked_update says why this matters).
     """
 
     variant: str = "csr"
@@ -197,7 +192,7 @@ def fraction_mask(grad: torch.Tensor, fraction: float) -> torch.Tensor:
 def saliency_index(n_steps: int, window: str, generator: torch.Generator) -> int:
     """Sampler step at which saliency is scored, uniform within a third of the trajectory.
 
-    "late" (the spec's [R] choice): the last third, little noise left. "early": the first third,
+    "late" (the plain reconstruction): the last third, little noise left. "early": the first third,
     where the layout and the object are decided (the step index counts from pure noise).
     """
     third = max(1, math.ceil(n_steps / 3))
@@ -254,7 +249,7 @@ class TrustTrainer:
     def __init__(self, tuner: FineTuner, forget: Cond, anchors: Cond, empty: Cond, retain: Cond | None,
                  settings: dict[str, Any]) -> None:
         self.tuner, self.forget, self.anchors, self.empty, self.retain = tuner, forget, anchors, empty, retain
-        self.s = settings
+        self.settings = settings
         self.sampler = ddim_scheduler(tuner.pipe, settings["sample_steps"])
         self.noise = noise_scheduler(tuner.pipe)
         self.rms = {n: float(w.double().pow(2).mean().sqrt()) for n, w in tuner.originals.items()}
@@ -271,7 +266,7 @@ class TrustTrainer:
     # -- D_f ------------------------------------------------------------------------------------
     def build_forget_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """n_forget x_0 latents from the original model; item j uses forget anchor j mod n."""
-        s, unet = self.s, self.tuner.unet
+        s, unet = self.settings, self.tuner.unet
         latents, prompts = [], []
         for start in range(0, s["n_forget"], DATA_CHUNK):
             idx = list(range(start, min(start + DATA_CHUNK, s["n_forget"])))
@@ -285,7 +280,7 @@ class TrustTrainer:
     # -- saliency and mask ----------------------------------------------------------------------
     def saliency(self, step: int) -> dict[str, torch.Tensor]:
         """g = ∇_{Θ_A} S at a point of the current model's own trajectory for 1–4 forget prompts."""
-        s, tuner = self.s, self.tuner
+        s, tuner = self.settings, self.tuner
         generator = step_generator(s["seed"], STREAM_SALIENCY, step)
         k = min(s["saliency_prompts"], len(self.forget))
         prompts = torch.randperm(len(self.forget), generator=generator)[:k]
@@ -304,13 +299,14 @@ class TrustTrainer:
 
     def refresh(self, step: int) -> None:
         grads = self.saliency(step)
-        fraction = self.s["mask_fraction"]
-        mask = {n: fraction_mask(g, fraction) if fraction is not None else zscore_mask(g, self.s["xi"])
+        fraction = self.settings["mask_fraction"]
+        mask = {n: fraction_mask(g, fraction) if fraction is not None else zscore_mask(g, self.settings["xi"])
                 for n, g in grads.items()}
         size = sum(int(m.sum()) for m in mask.values())
         if size == 0 and not self.warned:
             warnings.warn(f"TRuST: the saliency mask is empty at step {step} (no entry has z-score > "
-                          f"{self.s['xi']}); nothing is updated until it is refreshed", MethodWarning, stacklevel=2)
+                          f"{self.settings['xi']}); nothing is updated until it is refreshed", MethodWarning,
+                          stacklevel=2)
             self.warned = True
         if self.mask:
             self.jaccards.append(jaccard(self.mask, mask))
@@ -323,8 +319,8 @@ class TrustTrainer:
     # -- losses ---------------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, t, forget-prompt index) for this step: D_f items noised at t ~ U{0..T−1}."""
-        generator = step_generator(self.s["seed"], STREAM_TRAIN, step)
-        n = self.s["batch_size"]
+        generator = step_generator(self.settings["seed"], STREAM_TRAIN, step)
+        n = self.settings["batch_size"]
         items = torch.randint(0, self.data.shape[0], (n,), generator=generator)
         t = sample_timesteps(generator, n, self.noise.config.num_train_timesteps)
         eps = torch.randn(self.data[items].shape, generator=generator).to(self.data.device, self.data.dtype)
@@ -339,44 +335,44 @@ class TrustTrainer:
         """
         forget = self.forget.take(prompts)
         target = self.tuner.frozen(x_t, t, self.anchors.take(prompts))
-        if self.s["eta"] > 0:  # η = 0 needs no ε_θ0(c_f): skip the extra U-Net call
-            target = negative_guidance(self.tuner.frozen(x_t, t, forget), target, self.s["eta"])
+        if self.settings["eta"] > 0:  # η = 0 needs no ε_θ0(c_f): skip the extra U-Net call
+            target = negative_guidance(self.tuner.frozen(x_t, t, forget), target, self.settings["eta"])
         pred = self.tuner.predict(x_t, t, forget)
         return noise_mse(pred, target), pred
 
     def csr(self, step: int, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor,
             pred: torch.Tensor) -> torch.Tensor:
         cond = self.forget.take(prompts)
-        generator = step_generator(self.s["seed"], STREAM_PROBE, step)
+        generator = step_generator(self.settings["seed"], STREAM_PROBE, step)
         return csr_estimate(lambda over: self.tuner.perturbed(over, x_t, t, cond), self.tuner.params, self.mask,
                             pred, generator)
 
     def train_step(self, step: int) -> dict[str, float]:
-        if step % self.s["refresh"] == 0 or not self.mask:
+        if step % self.settings["refresh"] == 0 or not self.mask:
             self.refresh(step)
         x_t, t, prompts = self.batch(step)
         l_prev, pred = self.l_prev(x_t, t, prompts)
         loss, logs = l_prev, {"l_prev": l_prev.item(), "mask": float(sum(int(m.sum()) for m in self.mask.values()))}
-        if self.s["variant"] == "csr":
+        if self.settings["variant"] == "csr":
             reg = self.csr(step, x_t, t, prompts, pred)
             if self.beta is None:
                 self.beta = BETA_RATIO * l_prev.item() / reg.item() if reg.item() > 0 else 0.0
             loss = loss + self.beta * reg
             logs["csr"] = reg.item()
-        if self.s["retain_weight"] > 0:
-            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.s["seed"])
+        if self.settings["retain_weight"] > 0:
+            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.settings["seed"])
             if keep is not None:
-                loss = loss + self.s["retain_weight"] * keep
+                loss = loss + self.settings["retain_weight"] * keep
                 logs["retain"] = keep.item()
         self.tuner.step(loss, self.mask)
-        if self.s["variant"] == "cip":
+        if self.settings["variant"] == "cip":
             self.shrink()
         return {"loss": loss.item(), **logs}
 
     @torch.no_grad()
     def shrink(self) -> None:
         for name, param in self.tuner.params.items():
-            kappa_w = self.s["kappa"] * self.rms[name]
+            kappa_w = self.settings["kappa"] * self.rms[name]
             param.copy_(proximal_shrink(param.detach(), self.mask[name], self.grad_abs[name], kappa_w))
 
     # -- checkpoint state -----------------------------------------------------------------------

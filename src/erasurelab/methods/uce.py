@@ -1,4 +1,4 @@
-"""UCE: Unified Concept Editing, the closed-form regularised least-squares edit of K/V (uce.md).
+"""UCE: Unified Concept Editing, the closed-form regularised least-squares edit of K/V (Gandikota et al.).
 
 For each projection W_0 (to_k / to_v of every attn2), with token vectors as rows:
     M  = λ I + s_e C_eᵀ C_e + s_p C_pᵀ C_p
@@ -31,7 +31,7 @@ from erasurelab.models.layers import cross_attention_layers
 
 PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
 TOKEN_MODES: tuple[str, ...] = ("auto", "tail", "last", "all")
-#: Official --expand_prompts lists (uce.md §4).
+#: The official implementation's --expand_prompts template lists.
 OBJECT_TEMPLATES: tuple[str, ...] = ("{c}", "image of {c}", "photo of {c}", "portrait of {c}", "picture of {c}",
                                      "painting of {c}")
 STYLE_TEMPLATES: tuple[str, ...] = ("{c}", "painting by {c}", "art by {c}", "artwork by {c}", "picture by {c}",
@@ -46,7 +46,7 @@ FACTOR_RTOL = 1e-12
 
 @dataclass(frozen=True)
 class UceConfig:
-    """uce.md §4 defaults.
+    """UCE's settings: λ (lam), erase scale s_e, preserve scale s_p; the official defaults.
 
     preserve_scale None: 0.1 for tail/all, 1.0 for last. template_guide None: True for `all`
     (our mode for bidirectional encoders), False for tail/last (the official code's bare guide).
@@ -95,7 +95,7 @@ def normal_matrix(c_erase: torch.Tensor, c_preserve: torch.Tensor, lam: float, s
 
 def solve_direct(w0: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_preserve: torch.Tensor,
                  lam: float, s_e: float, s_p: float) -> torch.Tensor:
-    """W* by the normal equations exactly as written in uce.md §2 (the reference implementation)."""
+    """W* by the normal equations exactly as the UCE paper writes them (the reference implementation)."""
     w0, c_e, c_g, c_p = w0.double(), c_erase.double(), c_guide.double(), c_preserve.double()
     m = normal_matrix(c_e, c_p, lam, s_e, s_p)
     v_star = c_g @ w0.T                                      # rows: v*_i = W_0 c*_i
