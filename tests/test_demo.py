@@ -61,3 +61,47 @@ def test_markdown_table_has_every_column() -> None:
     lines = demo.markdown(records).splitlines()
     assert lines[0] == "| method | concept | tp_anchor | asr |"
     assert lines[2] == "| uce | red | 0.125 | n/a |" and lines[3] == "| pure | red | 0.500 | 0.250 |"
+
+
+def test_demo_and_bench_run_both_attacks_by_default() -> None:
+    assert demo.resolve_attacks("default") == demo.DEMO_ATTACKS == ("textual-inversion", "ring-a-bell")
+    assert demo.resolve_attacks(None) == () and demo.resolve_attacks("none") == ()
+    assert demo.resolve_attacks("ring-a-bell, textual-inversion") == ("ring-a-bell", "textual-inversion")
+    with pytest.raises(ErasureLabError, match="ring-a-dong"):
+        demo.resolve_attacks(["ring-a-dong"])
+    import inspect
+
+    assert inspect.signature(demo.run_demo).parameters["attack"].default == demo.DEMO_ATTACKS
+    assert inspect.signature(demo.run_bench).parameters["attack"].default == demo.DEMO_ATTACKS
+    assert not hasattr(demo, "DEMO_METHOD_OPTIONS")
+
+
+def test_bench_defaults_to_the_test_concepts_and_names_the_set() -> None:
+    assert demo.BENCH_CONCEPTS == ("green", "purple", "triangle", "diamond", "dotted", "outlined", "kiki", "zuzu")
+    assert demo.concept_set(demo.BENCH_CONCEPTS) == "test"
+    assert demo.concept_set(demo.DEV_CONCEPTS) == "dev"
+    assert demo.concept_set(["red", "green"]) == "custom"
+
+
+@needs_assets
+@pytest.mark.slow
+def test_bench_rows_are_written_as_they_complete_and_skipped_on_resume(tmp_path: Path) -> None:
+    small = EvaluationSettings(anchor_seeds=1, paraphrase_max=4, neighbour_k=1, neighbour_templates=1,
+                               neighbour_seeds=1, unrelated_max=2, selective_max=4, judge_accuracy_n=0,
+                               batch_size=64, examples=1, second_judge=None)
+    first_lines: list[str] = []
+    first = demo.run_bench(tmp_path / "b", ["green"], ["uce"], None, quiet=True, echo=first_lines.append,
+                           settings=small)
+    row = tmp_path / "b" / "rows" / "uce-green"
+    assert (row / "row.json").is_file() and (row / "report" / "metrics.json").is_file()
+    lines: list[str] = []
+    second = demo.run_bench(tmp_path / "b", ["green"], ["uce"], None, quiet=True, echo=lines.append, settings=small)
+    assert any("skipped" in line for line in lines) and not any("erasing" in line for line in lines)
+    assert second == first
+    data = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert data["concept_set"] == "custom" and data["rows"][0]["concept"] == "green"
+    assert data["provenance"]["command"] and "f" in data["rows"][0] and "retention" in data["rows"][0]
+    changed = EvaluationSettings(**{**small.to_dict(), "anchor_seeds": 2})
+    lines.clear()
+    demo.run_bench(tmp_path / "b", ["green"], ["uce"], None, quiet=True, echo=lines.append, settings=changed)
+    assert any("erasing" in line for line in lines)

@@ -193,8 +193,8 @@ def demo(
     concept: Annotated[str, typer.Option(help="Built-in concept to erase.")] = "circle",
     method: Annotated[list[str] | None, typer.Option(help="Method to compare; repeatable (default: pure, uce).")]
     = None,
-    attack: Annotated[str, typer.Option(help="Attack run on every erased model ('none' to skip).")]
-    = "ring-a-bell",
+    attack: Annotated[str, typer.Option(help="Attacks run on every erased model, comma-separated ('none' to skip).")]
+    = "default",
     quiet: Quiet = False,
 ) -> None:
     """The main job on the embedded model: erase a concept with PURE and UCE, attack, evaluate, report."""
@@ -210,7 +210,7 @@ def bench(
     concept: Annotated[list[str] | None, typer.Option(help="Built-in concept; repeatable (default: red, circle, "
                                                            "striped, bobo).")] = None,
     method: Annotated[list[str] | None, typer.Option(help="Method; repeatable (default: pure, uce).")] = None,
-    attack: Annotated[str, typer.Option(help="Attack run on every erased model ('none' to skip).")] = "none",
+    attack: Annotated[str, typer.Option(help="Attacks, comma-separated ('none' to skip).")] = "default",
     quiet: Quiet = False,
 ) -> None:
     """Methods x concepts on the embedded model: every metric and timing as markdown + JSON, and a report."""
