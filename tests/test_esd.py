@@ -40,7 +40,7 @@ def test_target_formula_on_synthetic_tensors():
     assert torch.allclose(esd.esd_target(eps_c, eps_0, 2.0), eps_c - 3.0 * (eps_c - eps_0), atol=1e-6)
 
 
-def test_negative_guidance_of_the_2025_script_converts_to_eta():
+def test_negative_guidance_of_the_official_script_converts_to_eta():
     assert esd.eta_from_negative_guidance(2.0) == 1.0
     for eta in (0.0, 1.0, 2.5):
         assert esd.eta_from_negative_guidance(esd.negative_guidance_from_eta(eta)) == eta
@@ -259,3 +259,10 @@ def _trajectory_points(pipe, prompt):
                             10, record=True)
     index = [2, 5, 8]
     return trajectory[index, 0], scheduler.timesteps[index]
+
+
+def test_manifest_eta_reads_settings_the_new_key_and_the_old_key():
+    assert esd.manifest_eta({"settings": {"eta": 3.0}, "negative_guidance": 9.0}) == 3.0
+    assert esd.manifest_eta({"negative_guidance": 2.0}) == 1.0
+    assert esd.manifest_eta({"negative_guidance_2025": 4.0}) == 3.0  # runs saved before the rename
+    assert esd.manifest_eta({}) is None
