@@ -1,27 +1,68 @@
-"""Shared bench plumbing: environment facts, a markdown table, atomic JSON output."""
+"""Shared bench plumbing: provenance of every result file, a markdown table, atomic JSON output.
+
+Every bench JSON goes through `write_json`, which adds what makes its numbers traceable:
+{"provenance": commit, dirty flag, command, UTC time, versions, machine; "model_hash": of the
+pipeline the bench used; "judge": {"id", "accuracy" (when known)}; "settings": the bench's
+knobs}. Any bench script (also ones other people add) should call it the same way.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from erasurelab.runinfo import peak_rss_mb  # noqa: F401  (re-exported for the benches)
+from erasurelab.runinfo import machine_facts, peak_rss_mb, provenance  # noqa: F401  (re-exported for the benches)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Where a shipped judge's measured accuracy is read from (bench_world.py writes it).
+JUDGE_ACCURACY_FILE = RESULTS / "world.json"
 
 
 def environment() -> dict:
-    import diffusers
-    import torch
-    import transformers
+    """Library versions and machine facts (kept for benches that record them separately)."""
+    from erasurelab.runinfo import library_versions
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+    return {**library_versions(), **machine_facts()}
+
+
+@functools.cache
+def builtin_model_hash() -> str:
+    """evaluation.rendering.model_hash of a freshly loaded builtin:shapes, computed once per process."""
+    from erasurelab.evaluation.rendering import model_hash
+    from erasurelab.models import load_pipeline
+
+    return model_hash(load_pipeline("builtin:shapes"))
+
+
+def pipeline_hash(pipe: Any | None) -> str:
+    """model_hash of the pipeline a bench used; None means the unedited builtin:shapes."""
+    if pipe is None:
+        return builtin_model_hash()
+    from erasurelab.evaluation.rendering import model_hash
+
+    return model_hash(pipe)
+
+
+def judge_info(judge: Any | str | None, accuracy: dict | None = None) -> dict | None:
+    """{"id", "accuracy", "accuracy_source"} of a judge (instance or id; a dict is taken as already built).
+
+    accuracy: a measured accuracy to record; otherwise the per-attribute accuracy on renders that
+    bench_world.py measured for the same judge id, if that file holds it.
+    """
+    if judge is None or isinstance(judge, dict):
+        return judge
+    judge_id = judge if isinstance(judge, str) else getattr(judge, "id", type(judge).__name__)
+    info: dict[str, Any] = {"id": judge_id, "accuracy": accuracy, "accuracy_source": "this run" if accuracy else None}
+    if accuracy is None and JUDGE_ACCURACY_FILE.exists():
+        world = json.loads(JUDGE_ACCURACY_FILE.read_text())
+        if world.get("judge_id") == judge_id and "judge_accuracy" in world:
+            info["accuracy"] = world["judge_accuracy"]
+            info["accuracy_source"] = f"bench/results/{JUDGE_ACCURACY_FILE.name}"
+    return info
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -31,11 +72,28 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return markdown([{c: row[c] for c in columns} for row in rows]).rstrip("\n")
 
 
-def write_json(name: str, payload: dict) -> Path:
+def result_payload(payload: dict, *, pipe: Any | None = None, judge: Any | str | None = None,
+                   settings: dict | None = None, command: str | None = None) -> dict:
+    """payload plus provenance, model_hash, judge and settings (existing keys of payload win for settings)."""
+    out = dict(payload)
+    out["provenance"] = provenance(command)
+    out["model_hash"] = pipeline_hash(pipe)
+    out["judge"] = judge_info(judge if judge is not None else payload.get("judge"))
+    out["settings"] = settings if settings is not None else payload.get("settings", {})
+    return out
+
+
+def write_json(name: str, payload: dict, *, pipe: Any | None = None, judge: Any | str | None = None,
+               settings: dict | None = None, command: str | None = None) -> Path:
+    """Write bench/results/NAME.json atomically, with the provenance keys of `result_payload`.
+
+    pipe: the (unedited) pipeline the bench used, None for builtin:shapes; judge: instance or id.
+    """
     from erasurelab.runinfo import write_json_atomic
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    return write_json_atomic(RESULTS / f"{name}.json", payload)
+    full = result_payload(payload, pipe=pipe, judge=judge, settings=settings, command=command)
+    return write_json_atomic(RESULTS / f"{name}.json", full)
 
 
 def run_worker(script: str, *args: str) -> dict:

@@ -31,9 +31,8 @@ from bench_closed_form import VARIANTS, run_erase
 from erasurelab.attacks import available_attacks, run_attack
 from erasurelab.judges import load_judge
 from erasurelab.models import load_pipeline
-from erasurelab.world.builtin import weights_hash
 
-from _common import environment, peak_rss_mb, table, write_json
+from _common import peak_rss_mb, table, write_json
 
 CONCEPTS = ("red", "circle", "striped", "bobo")
 METHODS = ("pure-ls", "uce")
@@ -104,10 +103,10 @@ def main() -> None:
     columns = ["concept", "attack", "model", "asr", "n", "pre_asr", "delta_asr", "ref_asr", "steps", "unet_fwd",
                "unet_bwd", "renders", "wall_s"]
     print(table(rows, columns))
-    payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id, "seed": SEED,
-               "quick": args.quick, "options": QUICK if args.quick else {}, "table": rows, "results": results,
-               "total_wall_time_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
-    print(f"wrote {write_json(args.output, payload)}")
+    settings = {"seed": SEED, "quick": args.quick, "options": QUICK if args.quick else {}}
+    payload = {"table": rows, "results": results, "total_wall_time_s": time.perf_counter() - start,
+               "peak_rss_mb": peak_rss_mb()}
+    print(f"wrote {write_json(args.output, payload, pipe=reference, judge=judge, settings=settings)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Acceptance bench of the closed-form methods (PURE, UCE) on the embedded model.
 
-For each method and each target (red, circle, striped, bobo, and one 3-concept call) it measures,
+For each method and each target (dev concepts by default, --targets for others, and one 3-concept
+call) it measures,
 with the shapes judge, base model vs edited model:
   target_anchor      fraction of images showing the target on the spec's forget anchors
                      (the prompts the edit was built from; --seeds seeds each)
@@ -8,7 +9,9 @@ with the shapes judge, base model vs edited model:
   retention          object-and-color-correct rate on canonical prompts that do not name a target
 Then edit time (median of --repeats) and peak memory for 1 and 10 concepts, each in a fresh
 subprocess so its peak resident memory is its own. Prints tables and writes
-bench/results/closed_form.json. Fixed prompts and seeds: two runs give the same numbers.
+bench/results/closed_form.json (with provenance, model hash, judge and settings; the "split" of
+each row says whether its concept is a dev or a test concept). Fixed prompts and seeds: two runs
+give the same numbers (tests/test_bench_reproduce.py checks one row).
 """
 
 from __future__ import annotations
@@ -19,28 +22,33 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from erasurelab.api import erase
 from erasurelab.concepts import concept
+from erasurelab.concepts.catalog import DEV_CONCEPTS, TEST_CONCEPTS, concept_split
 from erasurelab.judges import load_judge
 from erasurelab.models import generate, load_pipeline
 from erasurelab.world import captions
-from erasurelab.world.builtin import weights_hash
 
-from _common import environment, peak_rss_mb, run_worker, table, write_json
+from _common import peak_rss_mb, run_worker, table, write_json
 
-SINGLE = ("red", "circle", "striped", "dotted", "bobo")
+#: Default single targets: the dev concepts defaults were chosen on (--targets test: TEST_CONCEPTS).
+SINGLE = DEV_CONCEPTS[:4]
 MULTI = ("red", "circle", "striped")
 #: The 10-concept timing call spans every category.
 TEN = ("red", "blue", "green", "circle", "square", "star", "striped", "dotted", "bobo", "kiki")
 SEED0 = 20_000  # evaluation seeds, disjoint from training and capture seeds
-#: Named method variants: "pure" is the spec's operator; "pure-centred" builds the forget basis from
-#: per-(seed, step) centred activations and drops the retain cancellation (PureConfig docstring).
+#: Named method variants: "pure" is the paper's projector (explicitly, whatever the default);
+#: "pure-default" is PURE with no options (least squares on the embedded model); "pure-centred"
+#: builds the forget basis from per-(seed, step) centred activations and drops the retain
+#: cancellation (PureConfig docstring).
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "pure": ("pure", {}),
+    "pure": ("pure", {"solver": "projector"}),
+    "pure-default": ("pure", {}),
     "pure-centred": ("pure", {"centre": True, "retain_strength": 0.0}),
     "pure-centred-half": ("pure", {"centre": True, "retain_strength": 0.5}),
     "pure-ls": ("pure", {"solver": "least_squares"}),
@@ -52,7 +60,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "trust": ("trust", {}),
     "esd-x-keep": ("esd", {"variant": "x", "retain_weight": 1.0}),
     "esd-x-keep-eta3": ("esd", {"variant": "x", "retain_weight": 1.0, "eta": 3.0, "lr": 1e-3}),
-    # striped needs more steps than ESD's 300 at that setting (0.117 at 300)
+    # striped needs more steps than ESD's 300 at that setting (bench/results/methods_notes.md)
     "esd-x-keep-eta3-400": ("esd", {"variant": "x", "retain_weight": 1.0, "eta": 3.0, "lr": 1e-3, "steps": 400}),
     # TRuST's fast setting (bench_finetune_speed: 10 steps to anchor ≤ 0.10 on circle)
     "trust-cip-fast": ("trust", {"variant": "cip", "batch_size": 2, "lr": 1.5e-2, "refresh": 10,
@@ -91,10 +99,12 @@ def retention(pipe, judge, items: list[captions.LabelledPrompt], seeds: int) -> 
 
 
 def measure(pipe, judge, targets: tuple[str, ...], args) -> dict:
-    out = {"retention": retention(pipe, judge, retain_items(targets), args.retain_seeds)}
+    """Retention and, per target, anchor and paraphrase rates; args.max_prompts (if set) caps each prompt list."""
+    cap = getattr(args, "max_prompts", None)
+    out = {"retention": retention(pipe, judge, retain_items(targets)[:cap], args.retain_seeds)}
     for label in targets:
-        out[f"{label}/anchor"] = target_rate(pipe, judge, label, anchor_items(label), args.seeds)
-        out[f"{label}/paraphrase"] = target_rate(pipe, judge, label, list(captions.paraphrase_prompts(label)),
+        out[f"{label}/anchor"] = target_rate(pipe, judge, label, anchor_items(label)[:cap], args.seeds)
+        out[f"{label}/paraphrase"] = target_rate(pipe, judge, label, list(captions.paraphrase_prompts(label))[:cap],
                                                  args.paraphrase_seeds)
     return out
 
@@ -118,6 +128,30 @@ def run_erase(pipe, targets, variant: str):
     return erase(pipe, list(targets), method, **options)
 
 
+def sizes(seeds: int = 10, paraphrase_seeds: int = 3, retain_seeds: int = 2,
+          max_prompts: int | None = None) -> SimpleNamespace:
+    """The sample sizes `measure` reads (the command line's defaults unless given)."""
+    return SimpleNamespace(seeds=seeds, paraphrase_seeds=paraphrase_seeds, retain_seeds=retain_seeds,
+                           max_prompts=max_prompts)
+
+
+def bench_row(pipe, judge, targets: tuple[str, ...], variant: str, args, base: dict | None = None) -> dict:
+    """One result: the base and edited measurements of erasing `targets` with `variant`.
+
+    base: the unedited model's measurements when already taken (they do not depend on the method).
+    The pipeline is left as it was, also on errors.
+    """
+    base = measure(pipe, judge, targets, args) if base is None else base
+    edit = run_erase(pipe, targets, variant)
+    edit.apply(pipe)
+    try:
+        edited = measure(pipe, judge, targets, args)
+    finally:
+        edit.revert(pipe)
+    return {"targets": list(targets), "split": [concept_split(t) for t in targets], "method": variant,
+            "base": base, "edited": edited, "edit": edit_summary(edit), "edit_wall_time_s": edit.meta["wall_time_s"]}
+
+
 def timing_worker(method: str, n: int, repeats: int) -> dict:
     """Edit time (median of repeats) and peak memory of erasing the first n of TEN, in this process."""
     torch.set_num_threads(2)
@@ -134,8 +168,10 @@ def timing_worker(method: str, n: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="pure,pure-centred,uce", help=f"any of {', '.join(VARIANTS)}")
-    parser.add_argument("--targets", default=None, help="comma-separated single targets (default: all five)")
+    parser.add_argument("--methods", default="pure-default,pure,uce", help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated single targets, or 'dev' (default: red, circle, striped, bobo) "
+                        "or 'test' (the catalog's TEST_CONCEPTS)")
     parser.add_argument("--seeds", type=int, default=10, help="seeds per anchor prompt")
     parser.add_argument("--paraphrase-seeds", type=int, default=3, help="seeds per paraphrase prompt")
     parser.add_argument("--retain-seeds", type=int, default=2, help="seeds per canonical prompt")
@@ -154,8 +190,9 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pipe = load_pipeline("builtin:shapes")
     judge = load_judge("shapes")
-    singles = args.targets.split(",") if args.targets else SINGLE
-    runs = [(label,) for label in singles] + ([MULTI] if not args.targets else [])
+    named = {"dev": SINGLE, "test": TEST_CONCEPTS}
+    singles = named.get(args.targets, args.targets.split(",") if args.targets else SINGLE)
+    runs = [(label,) for label in singles] + ([MULTI] if args.targets in (None, "dev") else [])
     if args.multi_only:
         runs = [MULTI]
     if args.timing_only:
@@ -165,23 +202,19 @@ def main() -> None:
         print(f"base model on {'+'.join(targets)} ...", flush=True)
         base = measure(pipe, judge, targets, args)
         for method in methods:
-            edit = run_erase(pipe, targets, method)
-            edit.apply(pipe)
-            try:
-                edited = measure(pipe, judge, targets, args)
-            finally:
-                edit.revert(pipe)
-            results.append({"targets": list(targets), "method": method, "base": base, "edited": edited,
-                            "edit": edit_summary(edit)})
+            result = bench_row(pipe, judge, targets, method, args, base)
+            results.append(result)
+            edited = result["edited"]
             for label in targets:
                 rows.append({"targets": "+".join(targets), "method": method, "concept": label,
+                             "split": concept_split(label),
                              "anchor_base": base[f"{label}/anchor"], "anchor_edited": edited[f"{label}/anchor"],
                              "para_base": base[f"{label}/paraphrase"], "para_edited": edited[f"{label}/paraphrase"],
                              "retain_base": base["retention"], "retain_edited": edited["retention"],
-                             "edit_s": edit.meta["wall_time_s"]})
+                             "edit_s": result["edit_wall_time_s"]})
             print(f"  {method}: {json.dumps(edited)}", flush=True)
-    print(table(rows, ["targets", "method", "concept", "anchor_base", "anchor_edited", "para_base", "para_edited",
-                       "retain_base", "retain_edited", "edit_s"]))
+    print(table(rows, ["targets", "method", "concept", "split", "anchor_base", "anchor_edited", "para_base",
+                       "para_edited", "retain_base", "retain_edited", "edit_s"]))
 
     timing = []
     if not args.skip_timing:
@@ -190,11 +223,13 @@ def main() -> None:
                 timing.append(run_worker(__file__, "--timing-worker", method, str(n), "--repeats", str(args.repeats)))
         print(table(timing, ["method", "concepts", "median_s", "peak_rss_mb", "rss_after_load_mb"]))
 
-    payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id,
-               "settings": {"seeds": args.seeds, "paraphrase_seeds": args.paraphrase_seeds,
-                            "retain_seeds": args.retain_seeds, "seed0": SEED0, "repeats": args.repeats},
-               "results": results, "table": rows, "timing": timing}
-    print(f"wrote {write_json(args.output + ('_timing' if args.timing_only else ''), payload)}")
+    settings = {"methods": {m: VARIANTS[m] for m in methods}, "seeds": args.seeds,
+                "paraphrase_seeds": args.paraphrase_seeds, "retain_seeds": args.retain_seeds, "seed0": SEED0,
+                "repeats": args.repeats}
+    payload = {"results": results, "table": rows, "timing": timing}
+    path = write_json(args.output + ('_timing' if args.timing_only else ''), payload, pipe=pipe, judge=judge,
+                      settings=settings)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

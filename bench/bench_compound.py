@@ -1,7 +1,7 @@
 """Compound-concept bench (issue 5): combinations and conditionals, method by method, on the embedded model.
 
 For each compound concept (default: red+circle and blue+square combinations, circle|white and
-star|black conditionals) it renders the trust.md §3 suites once on the unedited model, then for
+star|black conditionals) it renders the TRuST paper's compound suites once on the unedited model, then for
 each method erases the concept, renders the same suites on the edited model and reports:
   combination  CR_0 -> CR (both parts detected on F_ev), ρ per retain suite (R_A: the first
                part with other objects, R_B: the second part with other colours; capped at 1)
@@ -30,9 +30,8 @@ from erasurelab.evaluation.compound import CompoundSettings, build_compound_suit
 from erasurelab.evaluation.rendering import RenderCache
 from erasurelab.judges import load_judge
 from erasurelab.models import load_pipeline
-from erasurelab.world.builtin import weights_hash
 
-from _common import environment, peak_rss_mb, table, write_json
+from _common import peak_rss_mb, table, write_json
 
 CONCEPTS = ("red+circle", "blue+square", "circle|white", "star|black")
 
@@ -57,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="trust,esd-x,esd-x-keep,pure-ls", help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
-    parser.add_argument("--seeds", type=int, default=4, help="seeds per suite prompt (trust.md: 8)")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per suite prompt (the TRuST paper: 8)")
     parser.add_argument("--retain-max", type=int, default=24, help="prompts per retain suite at most")
     parser.add_argument("--output", default="compound", help="results file name under bench/results/")
     args = parser.parse_args()
@@ -67,13 +66,14 @@ def main() -> None:
     judge = load_judge("shapes")
     settings = CompoundSettings(seeds=args.seeds, retain_max=args.retain_max)
     cache = RenderCache(batch_size=64)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows, results = [], []
     for name in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         spec = concept(name)
         suites = build_compound_suites(spec, settings=settings)
         print(f"unedited model on {name} ...", flush=True)
         reference = render_suites(cache, pipe, "base", suites)
-        for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        for method in methods:
             start = time.perf_counter()
             edit = run_erase(pipe, (name,), method)
             seconds = time.perf_counter() - start
@@ -90,9 +90,9 @@ def main() -> None:
             print(f"  {method}: {rows[-1]}", flush=True)
     columns = list(dict.fromkeys(k for r in rows for k in r))  # combinations and conditionals differ in ρ's
     print(table([{c: r.get(c, "") for c in columns} for r in rows], columns))
-    payload = {"environment": environment(), "model_hash": weights_hash(), "judge": judge.id,
-               "settings": {"seeds": args.seeds, "retain_max": args.retain_max}, "results": results, "table": rows}
-    print(f"wrote {write_json(args.output, payload)}")
+    settings = {"seeds": args.seeds, "retain_max": args.retain_max, "methods": {m: VARIANTS[m] for m in methods}}
+    payload = {"results": results, "table": rows}
+    print(f"wrote {write_json(args.output, payload, pipe=pipe, judge=judge, settings=settings)}")
 
 
 if __name__ == "__main__":

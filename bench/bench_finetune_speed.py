@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, run_worker, table, write_json
+from _common import run_worker, table, write_json
 
 
 def worker(method: str, label: str, steps: int, options: dict) -> dict:
@@ -93,9 +93,9 @@ def main() -> None:
         print(f"{method}: " + (f"{row['steps']} steps, {row['wall_s']:.1f} s to anchor <= {args.level}"
                                if row else f"never reached anchor <= {args.level}"))
     print(f"speed-up (ESD time / TRuST time to the level): {speedup if speedup is None else round(speedup, 2)}")
-    payload = {"environment": environment(), "concept": args.concept, "level": args.level, "options": options,
-               "rows": rows, "reached": reached, "speedup": speedup}
-    print(f"wrote {write_json(args.output, payload)}")
+    settings = {"concept": args.concept, "level": args.level, "options": options, "sweeps": sweeps}
+    payload = {"rows": rows, "reached": reached, "speedup": speedup}
+    print(f"wrote {write_json(args.output, payload, judge='shapes', settings=settings)}")
 
 
 if __name__ == "__main__":

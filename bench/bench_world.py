@@ -21,7 +21,7 @@ from erasurelab.world import captions, vocab
 from erasurelab.world.builtin import weights_hash
 from erasurelab.world.dataset import render_dataset
 
-from _common import environment, table, write_json
+from _common import table, write_json
 
 HELDOUT_SEED = 12_345  # never used in training (training renders use seed 0)
 
@@ -116,8 +116,11 @@ def main() -> None:
     print(table([{"concept": k, "rate": v["rate"], "n": v["n"],
                   "best phrase": max(v["per_phrase"], key=v["per_phrase"].get)} for k, v in para.items()],
                 ["concept", "rate", "n", "best phrase"]))
-    path = write_json("world", {"judge_id": judge.id, "model_hash": weights_hash(), "environment": environment(),
-                                "judge_accuracy": judge_acc, "model_accuracy": model, "paraphrase_rates": para})
+    payload = {"judge_id": judge.id, "weights_hash": weights_hash(), "judge_accuracy": judge_acc,
+               "model_accuracy": model, "paraphrase_rates": para}
+    settings = {"judge_images": args.judge_images, "seeds_per_prompt": args.seeds_per_prompt}
+    judge_record = {"id": judge.id, "accuracy": judge_acc, "accuracy_source": "this run"}
+    path = write_json("world", payload, pipe=pipe, judge=judge_record, settings=settings)
     print(f"\nwrote {path}")
 
 
