@@ -4,6 +4,7 @@ Importing this package registers the built-in methods; a new method module regis
 with `@register_method(name, ConfigDataclass)` and is imported below.
 """
 
+from erasurelab.methods import duo as _duo  # noqa: F401  (registers "duo")
 from erasurelab.methods import esd as _esd  # noqa: F401  (registers "esd")
 from erasurelab.methods import pure as _pure  # noqa: F401  (registers "pure")
 from erasurelab.methods import trust as _trust  # noqa: F401  (registers "trust")

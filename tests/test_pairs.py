@@ -1,0 +1,95 @@
+"""SDEdit pairs: every kept unsafe image judge-positive, every kept safe image judge-negative, with the
+other attributes kept; one-line errors (unknown concept, nothing survives) with nothing cached; reuse by hash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erasurelab import diskcache
+from erasurelab.concepts import concept
+from erasurelab.errors import ErasureLabError
+from erasurelab.methods.pairs import NAMESPACE, PairSettings, build_pairs, prompt_pairs
+from erasurelab.models.img2img import img2img
+from tiny_bert_pipeline import tiny_bert_pipeline
+
+
+class ChannelJudge:
+    """Sees "red" on a pseudo-random half of images (parity of the first pixel's 1/1000ths), per image."""
+
+    def __init__(self, always: bool | None = None) -> None:
+        self.always = always
+        self.id = f"channel-judge-{always}"
+
+    def concepts(self):
+        return ["red"]
+
+    def attribute_of(self, concept):
+        return "color"
+
+    def present(self, images, concept):
+        if self.always is not None:
+            return torch.full((len(images),), self.always)
+        return (images[:, 0, 0, 0] * 1000).floor().remainder(2) == 0
+
+    def predict(self, images):
+        shown = self.present(images, "red").tolist()
+        return [{"color": "red" if s else "other", "background": "any"} for s in shown]
+
+
+@pytest.fixture
+def pipe():
+    return tiny_bert_pipeline(0)
+
+
+SMALL = PairSettings(n_pairs=6, steps=4, max_attempts=6, batch_size=8)
+
+
+def test_prompt_pairs_replace_the_concept_by_its_guide():
+    spec = concept("red")
+    pairs = prompt_pairs(spec)
+    assert pairs and all("red" in u or "crimson" in u for u, _ in pairs)
+    assert all("red" not in s.split() and "crimson" not in s.split() for _, s in pairs)
+    assert prompt_pairs(spec, prompts=["a red star"]) == [("a red star", "a star")]
+    assert prompt_pairs(spec, safe_prompt="a blue star", prompts=["a red star"]) == [("a red star", "a blue star")]
+
+
+def test_img2img_is_seeded_per_image(pipe):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    a = img2img(pipe, images, ["a circle", "a star"], [1, 2], steps=4)
+    b = img2img(pipe, images[1:], ["a star"], [2], steps=4)
+    assert a.shape == images.shape and torch.allclose(a[1:], b, atol=1e-5)
+
+
+def test_kept_pairs_pass_the_judge_and_are_cached(pipe):
+    judge, spec = ChannelJudge(), concept("red")
+    pairs = build_pairs(pipe, spec, judge, SMALL)
+    assert len(pairs) > 0 and pairs.report["kept"] == len(pairs)
+    assert pairs.report["shortfall"] == SMALL.n_pairs - len(pairs)
+    assert judge.present(pairs.unsafe, "red").all()
+    assert not judge.present(pairs.safe, "red").any()
+    again = build_pairs(pipe, spec, judge, SMALL)
+    assert again.report["cached"] and torch.equal(again.unsafe, pairs.unsafe) and torch.equal(again.safe, pairs.safe)
+
+
+def test_concept_the_judge_cannot_see_is_one_line_error(pipe):
+    with pytest.raises(ErasureLabError, match="cannot see concept") as info:
+        build_pairs(pipe, concept("circle"), ChannelJudge(), SMALL)
+    assert "\n" not in str(info.value)
+
+
+def test_no_surviving_pair_is_one_line_error_and_nothing_cached(pipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASURELAB_CACHE", str(tmp_path / "cache"))
+    settings = PairSettings(n_pairs=2, steps=3, max_attempts=2)
+    with pytest.raises(ErasureLabError, match="no DUO pair") as info:
+        build_pairs(pipe, concept("red"), ChannelJudge(always=True), settings)  # edits always still show it
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache" / NAMESPACE).exists() or not any((tmp_path / "cache" / NAMESPACE).iterdir())
+    assert diskcache.cache_root() == tmp_path / "cache"
+
+
+def test_bad_pair_settings_are_one_line_errors():
+    with pytest.raises(ErasureLabError, match="strength"):
+        PairSettings(strength=0)
+    with pytest.raises(ErasureLabError, match="negative"):
+        PairSettings(negative="bogus")
