@@ -23,6 +23,8 @@ from erasurelab.models.conditioning import last_word_indices
 from erasurelab.models.layers import cross_attention_layers
 from tiny_bert_pipeline import MAX_TOKENS, assert_lora_round_trip, tiny_bert_pipeline
 
+from conftest import needs_assets
+
 torch.set_num_threads(1)
 
 
@@ -248,3 +250,19 @@ def test_unmerged_lora_is_refused(tmp_path, pipe) -> None:
     wrapped.load_lora_weights(str(tmp_path / "adapter"))
     with pytest.raises(ErasureLabError, match="unmerged LoRA"):
         erase(wrapped, "red", "uce")
+
+
+@needs_assets
+@pytest.mark.slow
+def test_default_options_erase_circle_on_the_embedded_model(builtin_pipe, shapes_judge) -> None:
+    from test_pure import anchor_rate
+
+    reference = anchor_rate(builtin_pipe, shapes_judge, "circle")
+    edit = erase(builtin_pipe, "circle", "uce")
+    edit.apply(builtin_pipe)
+    try:
+        edited = anchor_rate(builtin_pipe, shapes_judge, "circle")
+    finally:
+        edit.revert(builtin_pipe)
+    assert reference >= 0.5, reference
+    assert edited <= 0.2 * reference, (reference, edited)
