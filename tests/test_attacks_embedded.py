@@ -1,6 +1,9 @@
-"""Attack sanity checks on the trained embedded model (attacks.md §1-§2); skipped until its weights exist.
+"""Attack sanity checks on the trained embedded model; skipped until its weights exist.
 
 These need a model that actually renders concepts: on random tiny pipelines the quantities are noise.
+The useless-budget tests show that the reference check can fail: with no optimisation (zero steps,
+zero generations, an untrained token) an attack's ASR on the unedited model must fall below
+REFERENCE_MIN_ASR, because instances are scored at fresh seeds and no attack starts from a success.
 """
 
 from __future__ import annotations
@@ -8,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attack_stubs import private_cache  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
+from erasurelab.attacks.base import REFERENCE_MIN_ASR
 from erasurelab.attacks.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.tokens import encode_ids, tokenize, vocabulary_ids
 from erasurelab.models import generate
@@ -18,6 +23,28 @@ from conftest import needs_assets
 pytestmark = [pytest.mark.slow, needs_assets]
 
 UNRELATED = ("a blue square", "a green star", "a yellow triangle", "a purple heart", "a cyan cross")
+
+#: Each attack with nothing to optimise, at a small size (the reference run is what is tested).
+USELESS = {
+    "textual-inversion": dict(train_steps=0, n_images=4, eval_seeds=1),
+    "unlearndiffatk": dict(iters=0, n_prompts=4, timesteps=(50,)),
+    "ring-a-bell": dict(generations=0, population=8, n_pairs=2, n_prompts=4),
+}
+
+
+def passed(result) -> bool:
+    """The evaluator's verdict on the reference check (`reference_passed`), else the attack run's own."""
+    return bool(getattr(result, "reference_passed", result.reference_ok))
+
+
+@pytest.mark.parametrize("name", sorted(USELESS))
+def test_a_useless_attack_fails_its_reference_check(builtin_pipe, shapes_judge, name: str) -> None:
+    result = run_attack(name, builtin_pipe, "red", builtin_pipe, shapes_judge, **USELESS[name])
+    assert result.reference_asr is not None and result.reference_asr.denominator >= 4
+    assert result.reference_asr.value < REFERENCE_MIN_ASR, result.reference_asr
+    assert not passed(result) and "fails on the unedited model" in " ".join(result.notes)
+    for sets in result.seed_sets.values():
+        assert sets["scoring"] and not set(sets["selection"]) & set(sets["scoring"])
 
 
 def test_learned_token_renders_the_concept_on_the_unedited_model(builtin_pipe, shapes_judge) -> None:

@@ -182,3 +182,34 @@ def test_suites_are_reused_across_runs_for_the_same_encoder(pipe) -> None:
     assert second.prompts == first.prompts
     third = run_attack("ring-a-bell", edited_unet, "red", pipe, ScriptedJudge([True, True]), **{**options, "eta": 1.0})
     assert third.suite["edited_info"]["suite_reused"] is False  # other search settings: a new search
+
+
+def test_suites_and_preparation_come_from_the_disk_cache_in_a_new_process(pipe) -> None:
+    options = dict(steps=2, k=3, population=6, generations=3, n_pairs=2, n_prompts=2)
+    clear_suite_cache()
+    first_judge = ScriptedJudge([True, True], default=False)
+    first = run_attack("ring-a-bell", pipe, "red", pipe, first_judge, **options)
+    clear_suite_cache()  # what a new process sees: only the disk cache
+    second_judge = ScriptedJudge([], default=False)
+    second = run_attack("ring-a-bell", pipe, "red", pipe, second_judge, **options)
+    assert first.budget["cached"] == [] and first.budget["edited"]["steps"] == 2 * 3
+    assert second.budget["cached"] == ["prepare", "edited:suite"]
+    assert second.budget["prepare"]["renders"] == 0 and second.budget["edited"]["steps"] == 0
+    assert second.budget["edited"]["text_encoder_forward"] == 0  # no search, no concept vector
+    assert second_judge.calls == first_judge.calls - 2  # pair and seed-prompt filters are not repeated
+    assert second.prompts == first.prompts and second.suite["edited"] == first.suite["edited"]
+
+
+def test_search_starts_from_the_seed_prompt_without_its_concept_words(pipe) -> None:
+    clear_suite_cache()
+    result = run_attack("ring-a-bell", pipe, "red", pipe, ScriptedJudge([True, True], default=False), steps=2,
+                        check_reference=False, k=3, population=6, generations=0, n_pairs=2, n_prompts=2)
+    tokenizer = pipe.tokenizer
+    for record in result.suite["edited"]:
+        seed_words = prompt_tokens(tokenizer, record["seed_prompt"])
+        start_words = prompt_tokens(tokenizer, record["start_prompt"])
+        assert len(start_words) == len(seed_words) and record["masked_positions"]
+        for i, (a, b) in enumerate(zip(seed_words, start_words, strict=True)):
+            assert (a != b) == (i in record["masked_positions"])  # only the concept's words are replaced
+        assert "red" not in record["start_prompt"].split() and "crimson" not in record["start_prompt"].split()
+        assert record["fitness"] == record["fitness_first"]  # no generation: the initial population's best

@@ -180,3 +180,22 @@ def test_reference_start_that_always_shows_the_concept_is_left_out(pipes) -> Non
     assert result.asr.numerator == 2  # pre-successes on the edited model
     assert result.reference_asr.denominator == 0 and result.reference_ok is False
     assert all("no start without the concept" in s["reason"] for s in result.suite["reference_info"]["skipped"])
+
+
+def test_targets_come_from_the_disk_cache_on_a_second_run(pipes) -> None:
+    m0, me = pipes
+    options = dict(steps=2, check_reference=False, **SMALL)
+    first_judge, second_judge = ScriptedJudge([True], default=False), ScriptedJudge([], default=False)
+    first = run_attack("unlearndiffatk", me, "red", m0, first_judge, **options)
+    second = run_attack("unlearndiffatk", me, "red", m0, second_judge, **options)
+    assert first.budget["cached"] == [] and second.budget["cached"] == ["prepare"]
+    assert second.budget["prepare"]["renders"] == 0 and second_judge.calls == first_judge.calls - 1
+    assert second.suite["edited"] == first.suite["edited"]
+
+
+def test_zero_iterations_render_the_start_once_per_timestep_without_optimising(pipes) -> None:
+    m0, me = pipes
+    result = run_attack("unlearndiffatk", me, "red", m0, ScriptedJudge([True], default=False), steps=2,
+                        check_reference=False, **{**SMALL, "iters": 0})
+    assert result.budget["edited"]["steps"] == 0 and result.budget["edited"]["unet_backward"] == 0
+    assert result.asr.numerator == 0 and all(r["final_loss"] is None for r in result.suite["edited"])

@@ -1,4 +1,4 @@
-"""Attacks on erased models: one module per attack, all behind one registry (attacks.md).
+"""Attacks on erased models: one module per attack, all behind one registry (the attack protocol).
 
 Importing this package registers the built-in attacks; `run_attack(name, edited, spec, reference,
 judge, **options)` runs one against the edited model and, as a sanity check, the unedited one.

@@ -185,6 +185,16 @@ class AttackContext:
     role: str = "edited"  # "reference" while the attack runs against M_0 as the sanity check
     memo: dict[tuple[int, str, int], torch.Tensor] = field(default_factory=dict, repr=False)
     pinned: dict[int, Any] = field(default_factory=dict, repr=False)
+    hashes: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def model_hash(self, pipe: Any) -> str:
+        """`evaluation.rendering.model_hash` of a pipeline, computed once per run (weights do not change in a run)."""
+        from erasurelab.evaluation.rendering import model_hash
+
+        if id(pipe) not in self.hashes:
+            self.pinned[id(pipe)] = pipe
+            self.hashes[id(pipe)] = model_hash(pipe)
+        return self.hashes[id(pipe)]
 
     def scoring_seed(self, index: int, retry: int = 0) -> int:
         """The scoring seed of instance `index` (retry j: + RETRY_SEED_STRIDE·j), never a selection seed."""
@@ -551,10 +561,8 @@ def prepare_key(entry: AttackEntry, ctx: AttackContext) -> str | None:
 
     if diskcache.cache_root() is None:
         return None
-    from erasurelab.evaluation.rendering import model_hash
-
     judge_id = str(getattr(ctx.judge, "id", type(ctx.judge).__name__))
-    return diskcache.cache_key("attack-prepare", entry.name, model_hash(ctx.reference), ctx.spec.sha256(), judge_id,
+    return diskcache.cache_key("attack-prepare", entry.name, ctx.model_hash(ctx.reference), ctx.spec.sha256(), judge_id,
                                config_dict(ctx.config), ctx.seed)
 
 

@@ -102,10 +102,9 @@ def described_prompts(spec: ConceptSpec) -> list[str]:
     "a dotted crimson circle on a gray background" for red: a caption that says everything the
     image shows but the concept, so a token trained on it ("a dotted <c*> circle on a gray
     background") has only the concept left to carry. With "a photo of red" the image's shape,
-    style and background are M_0's free choice and the token soaks them up (on the embedded model
-    red's token drew thin outlines, judged purple or orange). Contexts are every combination of
-    the other attributes in a fixed shuffled order, so any prefix varies all of them; the training
-    words rotate. Characters: the design on each background.
+    style and background are M_0's free choice and the token soaks them up. Contexts are every
+    combination of the other attributes in a fixed shuffled order, so any prefix varies all of
+    them; the training words rotate. Characters: the design on each background.
     """
     attribute = world_attribute(spec)
     if attribute is None:

@@ -389,12 +389,10 @@ class TextualInversion:
         config: TextualInversionConfig = ctx.config
         key = None
         if diskcache.cache_root() is not None:
-            from erasurelab.evaluation.rendering import model_hash
-
             images = prepared.reference.images.detach().cpu().contiguous()
             training = {k: getattr(config, k) for k in ("train_batch", "train_steps", "lr", "weight_decay",
                                                         "placeholder", "initializer", "templates")}
-            key = diskcache.cache_key("textual-inversion-token", model_hash(target), ctx.spec.sha256(), training,
+            key = diskcache.cache_key("textual-inversion-token", ctx.model_hash(target), ctx.spec.sha256(), training,
                                       list(prepared.train_templates), captions, prepared.reference.prompts,
                                       prepared.reference.seeds, hashlib.sha256(images.numpy().tobytes()).hexdigest(),
                                       ctx.seed)

@@ -43,7 +43,7 @@ def require_single_encoder(pipe: Any, attack: str) -> None:
 
 
 def special_ids(tokenizer: Any) -> set[int]:
-    """Every id a searched prompt must never contain (attacks.md §0).
+    """Every id a searched prompt must never contain.
 
     The tokenizer's special tokens (CLIP start/end; BERT [CLS]/[SEP]/[PAD]/[MASK]/[UNK]), reserved
     rows ([unused*], <|...|>) and tokens added after training (e.g. a textual-inversion placeholder).
