@@ -1,0 +1,197 @@
+"""Benign LoRA fine-tuning of a base or an erased model, and Modular LoRA.
+
+Variants (same data order, noise, seeds and steps; see denoise.py):
+- "control": the unerased base is fine-tuned; result = base + ΔW_ft.
+- "plain": the erased model (safety edit applied) is fine-tuned, as a user who downloads an erased
+  model and fine-tunes it does; result = base + ΔW_safe + ΔW_ft. This is where an erased concept
+  can come back: the fine-tuning gradient flows through the safety edit and can undo it.
+- "modular": ΔW_ft is trained on the base with the safety edit absent from the forward pass, and the
+  two are summed only at inference (Safety Alignment Backfires, arXiv 2412.00357); result =
+  base + ΔW_safe + ΔW_ft. The fine-tuning has no gradient that could undo the edit.
+
+Merging is a sum of Edits: low-rank + low-rank stays an exact LoRA (concatenated factors), dense
+deltas (TRuST, ESD) add as dense deltas. `merge="project"` is for projection edits (PURE, whose
+safety edit is E·W): on the modules it edits, the fine-tuning delta is projected as well,
+W* = E(W_0 + ΔW_ft) = W_0 + ΔW_safe + ΔW_ft + (E − I)ΔW_ft; off by default.
+
+Threat model: this protects a cooperative user's benign fine-tuning from undoing an erasure;
+anyone who holds the weights can drop ΔW_safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from erasurelab.caption_data import CaptionData
+from erasurelab.edits import Dense, Edit, LowRank
+from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.finetuning.denoise import DenoisingObjective, DenoisingTrainer
+
+VARIANTS: tuple[str, ...] = ("control", "plain", "modular")
+MERGES: tuple[str, ...] = ("sum", "project")
+#: Projections the fine-tuning adapter trains: self- and cross-attention q, k, v, out.
+FT_PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a benign LoRA fine-tuning run (the diffusers LoRA text-to-image recipe, scaled down)."""
+
+    steps: int = field(default=1000, metadata={"help": "optimisation steps"})
+    rank: int = field(default=4, metadata={"help": "LoRA rank of the fine-tuning adapter (alpha = rank)"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (constant)"})
+    batch_size: int = field(default=16, metadata={"help": "images per step"})
+    seed: int = field(default=0, metadata={"help": "seed of data order, noise, timesteps and LoRA init"})
+    snapshot_every: int = field(default=100, metadata={"help": "steps between adapter snapshots / checkpoints"})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip of the adapter"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "rank", "batch_size", "snapshot_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ErasureLabError(f"fine-tuning {name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ErasureLabError(f"fine-tuning lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    """A finished run: the adapter alone, its snapshots (step -> adapter) and the merged edit."""
+
+    variant: str
+    ft: Edit
+    snapshots: dict[int, Edit]
+    merged: Edit
+    logs: list[dict[str, float]]
+    config: FinetuneConfig
+    safety_hash: str | None
+    wall_time_s: float
+
+
+def ft_targets(unet: torch.nn.Module) -> list[str]:
+    """Every attn1/attn2 q, k, v, out projection Linear of the U-Net, in module order."""
+    suffixes = tuple(f"{a}.{p}" for a in ("attn1", "attn2") for p in FT_PROJECTIONS)
+    names = [n for n, m in unet.named_modules() if n.endswith(suffixes) and isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise ErasureLabError("the U-Net has no attention projections to fine-tune")
+    return names
+
+
+def edit_hash(edit: Edit | None) -> str | None:
+    """sha256 over an edit's tensors (names, kinds, bytes): proves the safety module is untouched."""
+    if edit is None:
+        return None
+    digest = hashlib.sha256()
+    for key in sorted(edit.deltas):
+        entry = edit.deltas[key]
+        digest.update(f"{key}:{type(entry).__name__}".encode())
+        for tensor in (entry.B, entry.A) if isinstance(entry, LowRank) else (entry.delta(),) \
+                if isinstance(entry, Dense) else (entry.weight,):  # type: ignore[union-attr]
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) -> Edit:
+    """ΔW_safe + ΔW_ft (sum), or with ΔW_ft projected by the safety operator on its modules (project)."""
+    if mode not in MERGES:
+        raise ErasureLabError(f"unknown merge {mode!r}{did_you_mean(mode, MERGES)}; valid: {', '.join(MERGES)}")
+    if safety is None:
+        return ft
+    if mode == "sum":
+        return safety + ft
+    # project: (E − I) ΔW_ft on the modules both edit; E − I = ΔW_safe W_0⁺ for a projection edit E·W_0.
+    extra: dict[str, Dense] = {}
+    for key, entry in ft.deltas.items():
+        if key not in safety.deltas:
+            continue
+        w0 = safety._base_weights(base)[key].double()
+        if w0.shape[0] > w0.shape[1] or int(torch.linalg.matrix_rank(w0)) < w0.shape[0]:
+            raise ErasureLabError(f"merge='project' needs {key} to have full row rank (out <= in) to recover the "
+                                  f"safety operator from its delta, but it is {tuple(w0.shape)}; use merge='sum'")
+        e_minus_i = safety.dense(key, base) @ torch.linalg.pinv(w0)
+        extra[key] = Dense(e_minus_i @ entry.delta())
+    return safety + ft + Edit(extra) if extra else safety + ft
+
+
+def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = None,
+             config: FinetuneConfig | None = None, checkpoint_dir: Any = None, quiet: bool = True,
+             merge_mode: str = "sum") -> FinetuneResult:
+    """Train a fine-tuning LoRA on `pipe` (the BASE model, no edit applied) in one of VARIANTS.
+
+    The pipeline is left as it was (adapter unloaded, the safety edit reverted in "plain").
+    """
+    from erasurelab.methods.lora_engine import ADAPTER, LoraTuner
+
+    config = config or FinetuneConfig()
+    if variant not in VARIANTS:
+        raise ErasureLabError(f"unknown fine-tuning variant {variant!r}{did_you_mean(variant, VARIANTS)}; "
+                              f"valid: {', '.join(VARIANTS)}")
+    if variant != "control" and safety is None:
+        raise ErasureLabError(f"the {variant} variant needs a safety edit (an erasure run)")
+    if safety is not None and safety.is_applied(pipe):
+        raise ErasureLabError("pass the base pipeline: the safety edit is already applied to it")
+    started = time.perf_counter()
+    before = edit_hash(safety)
+    snapshots: dict[int, Edit] = {}
+    if variant == "plain":
+        safety.apply(pipe)  # type: ignore[union-attr]
+    try:
+        # The run's identity for resuming: everything but the step count (a longer run resumes a shorter one).
+        identity = {k: v for k, v in config.to_dict().items() if k != "steps"}
+        key = {"kind": "benign-finetune", "variant": variant, "config": identity, "safety": before,
+               "data": [data.files, data.captions]}
+        with LoraTuner(pipe, ft_targets(pipe.unet), config.rank, config.lr, weight_decay=config.weight_decay,
+                       grad_clip=config.grad_clip, seed=config.seed, quiet=quiet, checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=config.snapshot_every, key=key) as tuner:
+            if set(pipe.unet.peft_config) != {ADAPTER}:  # only the fine-tuning adapter is in the graph
+                raise ErasureLabError(f"unexpected adapters in the fine-tuning graph: {sorted(pipe.unet.peft_config)}")
+
+            def snapshot(step: int) -> None:
+                if step % config.snapshot_every == 0 or step == config.steps:
+                    snapshots[step] = Edit.from_peft(pipe.unet, ADAPTER, {"step": step})
+
+            objective = DenoisingObjective(pipe, data, tuner.predict, config.batch_size, config.seed)
+            trainer = DenoisingTrainer(objective, tuner.step, snapshot)
+            trainer.extra_state = lambda: _snapshot_state(snapshots)
+            trainer.extra_load = lambda state, tensors: snapshots.update(_load_snapshots(state, tensors))
+            logs = tuner.run(trainer, config.steps, desc=f"fine-tuning ({variant})")
+            ft = tuner.edit({"method": "benign-finetune", "variant": variant, "config": config.to_dict()})
+    finally:
+        if variant == "plain" and safety is not None and safety.is_applied(pipe):
+            safety.revert(pipe)
+    if edit_hash(safety) != before:
+        raise ErasureLabError("the safety edit changed during fine-tuning")  # isolation broke: never expected
+    merged = merge(safety, ft, merge_mode, base=pipe) if variant != "control" else ft
+    merged.meta.update({"method": f"finetune-{variant}", "variant": variant, "merge": merge_mode,
+                        "finetune_config": config.to_dict(), "safety_hash": before,
+                        "components": ["safety", "ft"] if variant != "control" else ["ft"]})
+    return FinetuneResult(variant, ft, dict(sorted(snapshots.items())), merged, logs, config, before,
+                          time.perf_counter() - started)
+
+
+def _snapshot_state(snapshots: Mapping[int, Edit]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    tensors = {}
+    for step, edit in snapshots.items():
+        for key, entry in edit.deltas.items():
+            tensors[f"{step}|{key}|B"] = entry.B.double()  # type: ignore[union-attr]
+            tensors[f"{step}|{key}|A"] = entry.A.double()  # type: ignore[union-attr]
+    return {"snapshot_steps": sorted(snapshots)}, tensors
+
+
+def _load_snapshots(state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[int, Edit]:
+    out: dict[int, dict[str, LowRank]] = {int(s): {} for s in state.get("snapshot_steps", [])}
+    for name in tensors:
+        step, key, part = name.split("|")
+        if part == "B":
+            out[int(step)][key] = LowRank(tensors[name].double(), tensors[f"{step}|{key}|A"].double())
+    return {step: Edit(deltas, {"step": step}) for step, deltas in out.items()}
