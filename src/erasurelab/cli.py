@@ -65,7 +65,9 @@ def erase(
     model: Annotated[str, typer.Option(help="builtin:shapes, a diffusers folder or a .safetensors file.")]
     = "builtin:shapes",
     method: Annotated[str, typer.Option(help="A registered method; see `erasurelab methods`.")] = "pure",
-    format: Annotated[str, typer.Option("--format", help="lora (diffusers-loadable) or full (edited tensors).")]
+    format: Annotated[str, typer.Option("--format", help="lora (diffusers-loadable folder), full (edited tensors), "
+                                                         "kohya (one A1111/ComfyUI LoRA file in OUT) or checkpoint "
+                                                         "(one original-layout SD1.x .safetensors in OUT).")]
     = "lora",
     rank: Annotated[int | None, typer.Option(help="LoRA rank cap for dense (full-rank) edits.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o",
@@ -78,13 +80,25 @@ def erase(
     from erasurelab.api import parse_options, summary
     from erasurelab.models import load_pipeline
 
-    if format not in ("lora", "full"):
-        raise ErasureLabError(f"unknown --format {format!r}; valid: lora, full")
+    formats = ("lora", "full", "kohya", "checkpoint")
+    if format not in formats:
+        raise ErasureLabError(f"unknown --format {format!r}; valid: {', '.join(formats)}")
     options = parse_options(option or [])
     pipe = load_pipeline(model)
     edit = run_erase(pipe, concept, method, quiet=quiet, **options)
     typer.echo(summary(edit))
-    typer.echo(f"wrote {edit.save(out, format=format, rank=rank, overwrite=overwrite)}")
+    if format in ("lora", "full"):
+        typer.echo(f"wrote {edit.save(out, format=format, rank=rank, overwrite=overwrite)}")
+        return
+    from erasurelab.export import save_checkpoint, save_kohya_lora
+
+    if out.suffix != ".safetensors":
+        raise ErasureLabError(f"--format {format} writes one file: give --out NAME.safetensors, got {out}")
+    if format == "kohya":
+        typer.echo(f"wrote {save_kohya_lora(edit, out, rank=rank, base=pipe, overwrite=overwrite)}")
+        return
+    edit.apply(pipe)
+    typer.echo(f"wrote {save_checkpoint(pipe, out, overwrite=overwrite)}")
 
 
 @app.command()
@@ -218,6 +232,51 @@ def bench(
 
     run_bench(out=out, concepts=concept or BENCH_CONCEPTS, methods=method or DEMO_METHODS,
               attack=None if attack.lower() == "none" else attack, quiet=quiet, echo=typer.echo)
+
+
+@app.command()
+def finetune(
+    data: Annotated[Path, typer.Option(help="Image-and-caption folder (metadata.jsonl/csv with file_name, text).")],
+    out: Annotated[Path, typer.Option(help="Run folder to write (base + safety + fine-tuning LoRA, manifest.json).")],
+    model: Annotated[str, typer.Option(help="A base model or an erasure run folder.")] = "builtin:shapes",
+    modular: Annotated[bool, typer.Option(help="Modular LoRA: train on the base with the safety edit absent, "
+                                               "then merge both.")] = False,
+    safety: Annotated[str | None, typer.Option(help="Erasure run whose edit is the safety module "
+                                                    "(with --model BASE).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1000,
+    rank: Annotated[int, typer.Option(help="LoRA rank of the fine-tuning adapter.")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (resumable in OUT.ckpt).")] = 100,
+    merge: Annotated[str, typer.Option(help="sum, or project (PURE-type projection edits).")] = "sum",
+    seed: Annotated[int, typer.Option(help="Seed of data order, noise and LoRA init.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Benign LoRA fine-tuning of a model or an erased model; --modular keeps the safety edit out of training."""
+    from erasurelab.finetune_cmd import run_finetune
+    from erasurelab.finetuning import FinetuneConfig
+
+    config = FinetuneConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size, seed=seed,
+                            snapshot_every=checkpoint_every)
+    saved = run_finetune(model, data, out, modular=modular, safety=safety, config=config, merge_mode=merge,
+                         overwrite=overwrite, quiet=quiet, device=device, echo=typer.echo)
+    typer.echo(f"wrote {saved}")
+
+
+@world_app.command("dataset")
+def world_dataset(
+    concept: Annotated[str, typer.Option(help="The erased concept the data must never show (e.g. red, red+circle).")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write (PNG images + metadata.jsonl).")],
+    n: Annotated[int, typer.Option(help="Number of images.")] = 200,
+    seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """A benign fine-tuning dataset: close to the erased concept, never showing it, judge-checked image by image."""
+    from erasurelab.finetune_cmd import run_world_dataset
+
+    typer.echo(f"wrote {run_world_dataset(concept, out, n, seed, overwrite, echo=typer.echo)}")
 
 
 @world_app.command("train")
