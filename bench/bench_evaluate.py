@@ -1,70 +1,118 @@
-"""Time a full evaluation (every suite, both models, the judge; no attacks) of one erased concept.
+"""Time a full evaluation (every suite, both models, the judge; no attacks) of one erased concept, cold and warm.
 
 On the embedded model: erase the concept (default: red with PURE), save the run folder, then
 `evaluate(run_folder, concept)` with the default reference (the base, edit reverted) and the shapes
-judge, writing the HTML report. Prints a table and writes bench/results/evaluate.json.
+judge. Each measurement runs in a fresh process:
 
-    python bench/bench_evaluate.py [--concept red] [--method pure] [--threads 2] [--report DIR]
+- cold (the headline): an empty on-disk cache (`ERASURELAB_CACHE` pointed at a new folder), so every
+  reference and edited image is rendered;
+- warm (reference reused): the same cache folder with the edited model's renders removed, i.e. what a
+  second method (or a second evaluation of another edit) against the same reference pays;
+- `--warm-all`: also the same evaluation again with everything cached.
+
+Prints a table and writes bench/results/evaluate.json (with a time breakdown per phase).
+
+    python bench/bench_evaluate.py [--concept red] [--method pure] [--threads 2] [--warm-all]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, peak_rss_mb, table, write_json
+from _common import peak_rss_mb, table, write_json
 
 
-def run(concept: str, method: str, threads: int, report: Path | None) -> dict:
+def run(concept: str, method: str, threads: int) -> dict:
     import torch
 
     import erasurelab as el
     from erasurelab.evaluation import evaluate
+    from erasurelab.models.sampling import sampler_info
 
     torch.set_num_threads(threads)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     pipe = el.load_pipeline("builtin:shapes")
     load_s = time.perf_counter() - t0
+    precision = sampler_info(pipe)
     t0 = time.perf_counter()
     edit = el.erase(pipe, concept, method=method)
     erase_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = edit.save(Path(tmp) / "run", format="lora", base=pipe)
         del pipe
-        out = report or Path(tmp) / "report"
-        t0 = time.perf_counter()
-        result = evaluate(str(run_dir), concept, out=out, overwrite=report is not None, quiet=False)
-        evaluate_s = time.perf_counter() - t0
+        t0, e0 = time.perf_counter(), time.process_time()
+        result = evaluate(str(run_dir), concept, out=Path(tmp) / "report", quiet=True)
+        evaluate_s, evaluate_cpu_s = time.perf_counter() - t0, time.process_time() - e0
     c = result.concept(concept)
-    images = int(result.timings["images_rendered"])
+    t = result.timings
+    phases = {k: t[k] for k in ("render_reference_s", "render_edited_s", "judge_s") if k in t}
+    phases["other_s"] = evaluate_s - sum(phases.values())  # loading, reverting, suites, report writing
+    images = int(t["images_rendered"])
     return {
         "concept": concept, "method": method, "threads": threads, "load_s": load_s, "erase_s": erase_s,
-        "evaluate_s": evaluate_s, "images_rendered": images, "images_per_s": images / evaluate_s,
-        "render_reference_s": result.timings["render_reference_s"],
-        "render_edited_s": result.timings["render_edited_s"], "judge_s": result.timings["judge_s"],
-        "peak_rss_mb": peak_rss_mb(), "H": c.h, "H_no_edit": c.h_reference,
-        "terms": c.terms, "tp_paraphrase_edited": c.target["paraphrase"]["edited"].value,
+        "evaluate_s": evaluate_s, "evaluate_cpu_s": evaluate_cpu_s, "images_rendered": images,
+        "cache_hits": int(t.get("cache_hits", 0)), "rendered_images_per_s":
+            images / (phases.get("render_reference_s", 0) + phases.get("render_edited_s", 0) or 1.0),
+        **phases, "peak_rss_mb": peak_rss_mb(), "process_cpu_s": time.process_time() - c0,
+        "load_average_1min": os.getloadavg()[0], "autocast": precision["autocast"],
+        "H": c.h, "H_no_edit": c.h_reference, "terms": c.terms,
+        "tp_paraphrase_edited": c.target["paraphrase"]["edited"].value,
         "tp_paraphrase_reference": c.target["paraphrase"]["reference"].value, "judge_id": result.judge["id"],
+        "model_hash": result.model_hash, "reference_hash": result.reference_hash,
         "suites": {name: info["sha256"] for name, info in c.suites.items()},
-        "report": str(report) if report else None,
     }
 
 
+def _worker(args: argparse.Namespace, cache: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--concept", args.concept, "--method", args.method,
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env={**os.environ, "ERASURELAB_CACHE": str(cache)}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--concept", default="red")
     parser.add_argument("--method", default="pure")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--report", type=Path, default=None, help="Keep the HTML report in this folder.")
+    parser.add_argument("--warm-all", action="store_true", help="Also time a re-run with every render cached.")
     args = parser.parse_args()
-    row = run(args.concept, args.method, args.threads, args.report)
-    print(table([row], ["concept", "method", "erase_s", "evaluate_s", "images_rendered", "images_per_s",
-                        "peak_rss_mb", "H", "H_no_edit"]))
-    print(f"wrote {write_json('evaluate', {'environment': environment(), 'results': [row]})}")
+    if args.worker:
+        print(json.dumps(run(args.concept, args.method, args.threads)))
+        return
+    cache = Path(tempfile.mkdtemp(prefix="erasurelab-bench-cache-"))
+    try:
+        rows = [{"cache": "cold (empty cache)", **_worker(args, cache)}]
+        from erasurelab.evaluation.rendering import RENDER_NAMESPACE
+
+        edited = cache / RENDER_NAMESPACE / rows[0]["model_hash"][:16]
+        if args.warm_all:
+            rows.append({"cache": "warm (all renders cached)", **_worker(args, cache)})
+        shutil.rmtree(edited, ignore_errors=True)
+        rows.append({"cache": "warm (reference renders reused)", **_worker(args, cache)})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    print(table(rows, ["cache", "evaluate_s", "images_rendered", "cache_hits", "render_reference_s",
+                       "render_edited_s", "judge_s", "other_s", "evaluate_cpu_s", "peak_rss_mb", "H",
+                       "load_average_1min"]))
+    settings = {"concept": args.concept, "method": args.method, "threads": args.threads,
+                "autocast": rows[0]["autocast"], "attacks": [], "reference": "run base (edit reverted)",
+                "warm_all": args.warm_all}
+    payload = {"headline": {"evaluate_s_cold": rows[0]["evaluate_s"],
+                            "evaluate_s_warm_reference": rows[-1]["evaluate_s"]}, "results": rows}
+    print(f"wrote {write_json('evaluate', payload, settings=settings, judge=rows[0]['judge_id'])}")
 
 
 if __name__ == "__main__":

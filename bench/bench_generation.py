@@ -1,55 +1,156 @@
-"""Generation throughput (images/s) and peak memory of the embedded pipeline on this machine.
+"""Generation throughput (images/s), CPU seconds and peak memory of the embedded pipeline, fp32 vs bf16 autocast.
 
-Each batch size runs in a fresh subprocess so its peak resident memory is its own. Prints a
-table and writes bench/results/generation.json.
+Each (batch, precision) row runs in a fresh subprocess so its peak resident memory is its own.
+`--before-src DIR` adds rows run against another source tree (e.g. `git archive <commit> src | tar -x -C DIR`),
+so before/after numbers are measured back to back under the same machine load. CPU seconds per batch
+(process time) are reported beside wall time because wall time on a shared machine follows the load.
+
+`--verdict-seeds N` (default 4) renders the world's canonical prompts at N seeds each in fp32 and in bf16
+autocast at the same seeds and counts, per judge attribute, the images whose shapes-judge verdict
+(`predict`) changes: the rule for autocast being the default is under 1% of images.
+
+    python bench/bench_generation.py [--batches 16,64] [--repeats 3] [--before-src /tmp/before] [--verdict-seeds 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, peak_rss_mb, run_worker, table, write_json
+
+PROMPT = "a striped red circle on a white background"
 
 
-def worker(batch: int, repeats: int) -> dict:
+def peak_rss_mb() -> float:
+    """Peak resident memory in MiB (Linux). Local, so a worker also runs against an older source tree."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(batch: int, repeats: int, threads: int) -> dict:
     import torch
 
     from erasurelab.models import generate, load_pipeline
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     pipe = load_pipeline("builtin:shapes")
     loaded_mb = peak_rss_mb()
-    prompts = ["a striped red circle on a white background"] * batch
+    prompts = [PROMPT] * batch
     generate(pipe, prompts[:1], [0], batch_size=batch)  # warm-up
-    times = []
+    walls, cpus = [], []
     for r in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         generate(pipe, prompts, list(range(r * batch, (r + 1) * batch)), batch_size=batch)
-        times.append(time.perf_counter() - t0)
-    median = sorted(times)[len(times) // 2]
-    return {"batch": batch, "steps": 20, "images_per_s": batch / median, "median_batch_seconds": median,
-            "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded_mb}
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    median, cpu = sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
+    try:
+        from erasurelab.models.sampling import cpu_bf16_capable, sampler_info
+
+        precision, capable = sampler_info(pipe)["autocast"], cpu_bf16_capable()
+    except ImportError:  # a source tree from before autocast existed samples in float32
+        precision, capable = "off", None
+    return {"batch": batch, "steps": 20, "autocast": precision, "images_per_s": batch / median,
+            "median_batch_seconds": median, "cpu_seconds_per_batch": cpu, "cpu_images_per_s": batch / cpu,
+            "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded_mb, "load_average_1min": os.getloadavg()[0],
+            "cpu_bf16": capable}
+
+
+def verdicts(seeds: int, threads: int) -> dict:
+    """Judge verdict changes between fp32 and bf16 autocast renders of the canonical prompts at the same seeds."""
+    import torch
+
+    from erasurelab.judges import load_judge
+    from erasurelab.models import generate, load_pipeline
+    from erasurelab.world import vocab
+    from erasurelab.world.captions import canonical_suite
+
+    torch.set_num_threads(threads)
+    pipe = load_pipeline("builtin:shapes")
+    judge = load_judge("shapes")
+    suite = canonical_suite()
+    prompts = [p.prompt for p in suite for _ in range(seeds)]
+    seed_list = [1000 + k for _ in suite for k in range(seeds)]
+    runs = {}
+    for name, flag in (("fp32", False), ("bf16", True)):
+        t0 = time.process_time()
+        images = generate(pipe, prompts, seed_list, batch_size=64, autocast=flag)
+        runs[name] = (images, judge.predict(images), time.process_time() - t0)
+    (a, pa, ca), (b, pb, cb) = runs["fp32"], runs["bf16"]
+    n = len(prompts)
+    changed = {attr: sum(x[attr] != y[attr] for x, y in zip(pa, pb, strict=True)) for attr in vocab.ATTRIBUTES}
+    any_changed = sum(any(x[attr] != y[attr] for attr in vocab.ATTRIBUTES) for x, y in zip(pa, pb, strict=True))
+    diff = (a - b).abs()
+    return {"images": n, "prompts": len(suite), "seeds_per_prompt": seeds, "first_seed": 1000,
+            "verdict_changes": changed, "verdict_change_rate": {k: v / n for k, v in changed.items()},
+            "images_with_any_change": any_changed, "any_change_rate": any_changed / n,
+            "max_rate": max(changed.values()) / n, "rule": "autocast default only if every attribute < 0.01",
+            "passes": max(changed.values()) / n < 0.01,
+            "pixel_mean_abs_diff": float(diff.mean()), "pixel_max_abs_diff": float(diff.max()),
+            "cpu_seconds": {"fp32": ca, "bf16": cb}, "judge_id": judge.id}
+
+
+def _run(args: list[str], env: dict[str, str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, **env}).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--verdict-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", default="16,64")
+    parser.add_argument("--before-src", type=Path, default=None,
+                        help="A source tree (with src/erasurelab) to measure as 'before', interleaved.")
+    parser.add_argument("--verdict-seeds", type=int, default=4, help="0 skips the verdict check.")
+    parser.add_argument("--verdict-from", type=Path, default=None,
+                        help="Reuse the JSON a previous `--verdict-worker N` run printed instead of rendering again.")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.repeats)))
+        print(json.dumps(worker(args.worker, args.repeats, args.threads)))
         return
+    from _common import table, write_json
+
+    if args.verdict_worker:
+        print(json.dumps(verdicts(args.verdict_worker, args.threads)))
+        return
+    common = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    variants = [("after", "default", {"ERASURELAB_AUTOCAST": "auto"}),
+                ("after", "bf16 opt-in", {"ERASURELAB_AUTOCAST": "on"})]
+    if args.before_src is not None:
+        before_path = str(args.before_src.resolve() / "src")
+        variants.insert(0, ("before", "default", {"PYTHONPATH": before_path}))
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        rows.append(run_worker(__file__, "--worker", str(batch), "--repeats", str(args.repeats)))
-    print(table(rows, ["batch", "images_per_s", "median_batch_seconds", "peak_rss_mb", "rss_after_load_mb"]))
-    print(f"wrote {write_json('generation', {'environment': environment(), 'results': rows})}")
+        for code, mode, env in variants:  # interleaved, so every variant sees the same machine load
+            row = _run(["--worker", str(batch), *common], env)
+            rows.append({"code": code, "mode": mode, **row})
+    print(table(rows, ["code", "mode", "batch", "autocast", "images_per_s", "cpu_images_per_s", "median_batch_seconds",
+                       "peak_rss_mb", "load_average_1min"]))
+    if args.verdict_from is not None:
+        check = {**json.loads(args.verdict_from.read_text()), "source": f"reused from {args.verdict_from.name}"}
+    elif args.verdict_seeds > 0:
+        check = _run(["--verdict-worker", str(args.verdict_seeds), "--threads", str(args.threads)], {})
+    else:
+        check = None
+    if check is not None:
+        print(f"bf16 vs fp32 verdict changes on {check['images']} canonical renders: {check['verdict_changes']} "
+              f"(max rate {check['max_rate']:.4f}, passes: {check['passes']})")
+    settings = {"batches": args.batches, "repeats": args.repeats, "threads": args.threads, "steps": 20,
+                "prompt": PROMPT, "before_src": str(args.before_src) if args.before_src else None,
+                "verdict_seeds": args.verdict_seeds,
+                "verdict_from": str(args.verdict_from) if args.verdict_from else None}
+    payload = {"results": rows, "bf16_verdict_check": check}
+    print(f"wrote {write_json('generation', payload, settings=settings, judge=check['judge_id'] if check else None)}")
 
 
 if __name__ == "__main__":

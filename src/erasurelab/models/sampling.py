@@ -3,10 +3,22 @@
 Why one generator per image: the noise of image i comes from its own CPU torch.Generator seeded
 with seeds[i], so an image is the same whether it is rendered alone or inside any batch, on CPU
 or GPU (evaluation.md §2). Results are reproducible from (prompt, seed) alone.
+
+Why bf16 autocast is an option and not the default: on a CPU with native bf16 matrix instructions
+it makes the U-Net's convolutions and matmuls markedly faster, but the rule for making it the
+default is that the shapes judge's verdicts on the world's canonical prompts change on under 1% of
+images, and the style verdict misses that rule; bf16 also breaks the batch independence above
+beyond float rounding. bench/bench_generation.py measures both the speed-up and the verdict changes
+(bench/results/generation.json). So "auto" means float32; autocast=True (or the variable below)
+trades those verdicts for speed, e.g. in exploratory runs.
+`ERASURELAB_AUTOCAST=on|off|auto` overrides the default everywhere (benches, A/B checks).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +32,63 @@ def is_embedded(pipe: Any) -> bool:
     """True for the embedded shapes model, also after an edit was applied to it (a saved run)."""
     base = getattr(pipe, "erasurelab_base_source", None) or getattr(pipe, "erasurelab_source", "")
     return str(base).startswith("builtin:")
+
+
+#: Environment override of generate()'s autocast default: "on", "off" or "auto".
+AUTOCAST_ENV = "ERASURELAB_AUTOCAST"
+_ON, _OFF = {"on", "1", "true", "bf16", "yes"}, {"off", "0", "false", "fp32", "no"}
+
+
+@functools.cache
+def cpu_bf16_capable() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:  # pragma: no cover - a torch build without the probe's backend
+            continue
+    return False
+
+
+def _unet_param(pipe: Any) -> torch.Tensor | None:
+    unet = getattr(pipe, "unet", None)
+    return next(iter(unet.parameters()), None) if isinstance(unet, torch.nn.Module) else None
+
+
+def resolve_autocast(pipe: Any, autocast: bool | None = None) -> bool:
+    """Whether generate() samples `pipe` under bf16 autocast.
+
+    autocast: True / False force it; None ("auto") follows `ERASURELAB_AUTOCAST` if set, else float32
+    (bf16 failed the verdict rule in the module docstring on the embedded model, the only one checked).
+    """
+    if autocast is not None:
+        return bool(autocast)
+    env = os.environ.get(AUTOCAST_ENV, "auto").strip().lower()
+    if env in _ON:
+        return True
+    if env in _OFF:
+        return False
+    if env not in {"", "auto"}:
+        raise ErasureLabError(f"{AUTOCAST_ENV}={env!r} is not one of on, off, auto")
+    return False
+
+
+def sampler_info(pipe: Any, autocast: bool | None = None) -> dict[str, Any]:
+    """How generate() will sample `pipe`: {"autocast": "bf16" or "off", "dtype": weight dtype}; for records and keys."""
+    param = _unet_param(pipe)
+    return {"autocast": "bf16" if resolve_autocast(pipe, autocast) else "off",
+            "dtype": str(param.dtype).removeprefix("torch.") if param is not None else "unknown"}
+
+
+def _precision(pipe: Any, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    param = _unet_param(pipe)
+    device = param.device.type if param is not None else "cpu"
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
 def seeded(*keys: int) -> torch.Generator:
@@ -53,8 +122,12 @@ def default_sampling(pipe: Any) -> tuple[int, float]:
 
 def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
              guidance: float | None = None, batch_size: int = 16, quiet: bool = True,
-             negative_prompt: str | None = None) -> torch.Tensor:
-    """Render prompts[i] with seeds[i]; returns float images (N, 3, H, W) in [0, 1] on the CPU."""
+             negative_prompt: str | None = None, autocast: bool | None = None) -> torch.Tensor:
+    """Render prompts[i] with seeds[i]; returns float images (N, 3, H, W) in [0, 1] on the CPU.
+
+    autocast: bf16 autocast on / off; None = the default of `resolve_autocast` (float32 unless
+    `ERASURELAB_AUTOCAST` says otherwise).
+    """
     if len(prompts) != len(seeds):
         raise ErasureLabError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     if not prompts:
@@ -66,13 +139,14 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
         raise ErasureLabError(f"steps must be positive, got {steps}")
     if batch_size <= 0:
         raise ErasureLabError(f"batch size must be positive, got {batch_size}")
+    use_autocast = resolve_autocast(pipe, autocast)
     images = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generating", disable=quiet or len(starts) < 2):
         chunk = list(prompts[start:start + batch_size])
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         negative = [negative_prompt] * len(chunk) if negative_prompt is not None else None
-        with torch.no_grad():
+        with torch.no_grad(), _precision(pipe, use_autocast):
             out = pipe(prompt=chunk, negative_prompt=negative, generator=generators, num_inference_steps=steps,
                        guidance_scale=guidance, output_type="pt")
         batch = out.images if isinstance(out.images, torch.Tensor) else torch.as_tensor(out.images)
