@@ -26,7 +26,7 @@ import torch
 from erasurelab.caption_data import CaptionData
 from erasurelab.edits import Edit
 from erasurelab.evaluation.types import Rate
-from erasurelab.finetuning.modular import VARIANTS, FinetuneConfig, finetune
+from erasurelab.finetuning.modular import FinetuneConfig, finetune
 
 
 @dataclass(frozen=True)
@@ -103,62 +103,82 @@ def reemergence_ratio(tp: float, aligned: float, unaligned: float) -> float:
     return (tp - aligned) / gap if gap > 0 and not math.isnan(tp) else float("nan")
 
 
-def run_experiment(pipe: Any, safety: Edit, spec: Any, data: CaptionData, judge: Any,
-                   config: FinetuneConfig | None = None, task_probe: Probe | None = None,
-                   variants: Sequence[str] = VARIANTS, quiet: bool = True) -> dict[str, Any]:
-    """Fine-tune every variant on the same data, seeds and steps; TP curves, RR and task accuracy.
+def _curve(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str, start: dict[str, Rate],
+           snapshots: dict[int, Edit], safety: Edit | None) -> list[dict[str, Any]]:
+    """TP per probe at step 0 (`start`) and at every snapshot of the adapter (with the safety edit added)."""
+    curve: list[dict[str, Any]] = [{"step": 0, **start}]
+    for step, ft_k in snapshots.items():
+        with _with(pipe, ft_k if safety is None else safety + ft_k):
+            curve.append({"step": step, **render_rates(pipe, probes, judge, concept)})
+    return curve
 
-    pipe: the base pipeline (no edit applied); it is left unchanged.
+
+def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: CaptionData, judge: Any,
+                   config: FinetuneConfig | None = None, task_probe: Probe | None = None,
+                   quiet: bool = True) -> dict[str, Any]:
+    """The unerased control and, per safety edit, plain fine-tuning and Modular LoRA on the same data and seeds.
+
+    pipe: the base pipeline (no edit applied); it is left unchanged. safeties: label -> safety Edit.
+    Modular's adapter is the control's: both are ΔW_ft trained on W_0 alone with the same data
+    order, noise and seeds, so they are equal bit for bit (tests/test_modular_lora.py proves it);
+    only the merge differs. The control is therefore trained once and reused.
     """
     config = config or FinetuneConfig()
     probes = target_probes(spec, pipe, set(judge.concepts()))
-    with _with(pipe, None):
-        unaligned = render_rates(pipe, probes, judge, spec.name)
-    with _with(pipe, safety):
-        aligned = render_rates(pipe, probes, judge, spec.name)
-    task_before = None
-    if task_probe is not None:
-        task_before = render_rates(pipe, [task_probe], judge, None)[task_probe.name]
-    result: dict[str, Any] = {"concept": spec.name, "config": config.to_dict(),
-                              "unaligned": unaligned, "aligned": aligned, "task_base": task_before, "variants": {}}
-    for variant in variants:
-        run = finetune(pipe, data, variant, safety if variant != "control" else None, config, quiet=quiet)
-        curve = [{"step": 0, **(unaligned if variant == "control" else aligned)}]
-        for step, ft_k in run.snapshots.items():
-            model_edit = ft_k if variant == "control" else safety + ft_k
-            with _with(pipe, model_edit):
-                curve.append({"step": step, **render_rates(pipe, probes, judge, spec.name)})
-        final_edit = run.merged
-        task = None
-        if task_probe is not None:
-            with _with(pipe, final_edit):
-                task = render_rates(pipe, [task_probe], judge, None)[task_probe.name]
-        rr = {probe.name: [reemergence_ratio(point[probe.name].value, aligned[probe.name].value,
-                                             unaligned[probe.name].value) for point in curve] for probe in probes}
-        result["variants"][variant] = {"curve": curve, "rr": rr, "task_accuracy": task,
-                                       "wall_time_s": run.wall_time_s, "final_loss": run.logs[-1]["loss"],
-                                       "safety_hash": run.safety_hash}
+    unaligned = render_rates(pipe, probes, judge, spec.name)
+
+    def task(edit: Edit | None) -> Rate | None:
+        if task_probe is None:
+            return None
+        with _with(pipe, edit):
+            return render_rates(pipe, [task_probe], judge, None)[task_probe.name]
+
+    control = finetune(pipe, data, "control", None, config, quiet=quiet)
+    result: dict[str, Any] = {
+        "concept": spec.name, "config": config.to_dict(), "unaligned": unaligned, "task_base": task(None),
+        "control": {"curve": _curve(pipe, probes, judge, spec.name, unaligned, control.snapshots, None),
+                    "task_accuracy": task(control.ft), "wall_time_s": control.wall_time_s,
+                    "final_loss": control.logs[-1]["loss"]},
+        "methods": {}}
+    for label, safety in safeties.items():
+        with _with(pipe, safety):
+            aligned = render_rates(pipe, probes, judge, spec.name)
+            task_aligned = task(None)
+        plain = finetune(pipe, data, "plain", safety, config, quiet=quiet)
+        entry: dict[str, Any] = {"aligned": aligned, "task_aligned": task_aligned, "variants": {}}
+        for variant, run_snapshots, final in (("plain", plain.snapshots, plain.merged),
+                                              ("modular", control.snapshots, safety + control.ft)):
+            curve = _curve(pipe, probes, judge, spec.name, aligned, run_snapshots, safety)
+            rr = {p.name: [reemergence_ratio(point[p.name].value, aligned[p.name].value, unaligned[p.name].value)
+                           for point in curve] for p in probes}
+            entry["variants"][variant] = {"curve": curve, "rr": rr, "task_accuracy": task(final)}
+        entry["plain_wall_time_s"] = plain.wall_time_s
+        result["methods"][label] = entry
     return result
 
 
 def plot_curves(result: dict[str, Any], path: Any, probe: str = "anchor") -> Any:
-    """TP(k) of every variant on one plot, with the aligned and unaligned levels as lines; a PNG."""
+    """TP(k) of the control and of every method's plain and Modular runs on one plot; a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for variant, data in result["variants"].items():
-        steps = [p["step"] for p in data["curve"]]
-        ax.plot(steps, [p[probe].value for p in data["curve"]], marker="o", ms=3, label=variant)
-    ax.axhline(result["unaligned"][probe].value, color="gray", ls="--", lw=1, label="unerased base")
-    ax.axhline(result["aligned"][probe].value, color="black", ls=":", lw=1, label="erased, before fine-tuning")
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=120)
+    control = result["control"]["curve"]
+    ax.plot([p["step"] for p in control], [p[probe].value for p in control], color="gray", ls="--", marker=".",
+            label="unerased control")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, entry) in enumerate(result["methods"].items()):
+        for variant, style in (("plain", "-"), ("modular", ":")):
+            curve = entry["variants"][variant]["curve"]
+            ax.plot([p["step"] for p in curve], [p[probe].value for p in curve], color=colours[i % len(colours)],
+                    ls=style, marker="o", ms=3, label=f"{label} {'fine-tuned' if variant == 'plain' else 'Modular'}")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel(f"target proportion ({probe} prompts)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"re-emergence of {result['concept']!r} under benign fine-tuning")
-    ax.legend(fontsize=7)
+    ax.set_title(f"re-emergence of {result['concept']!r} under benign fine-tuning", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -176,3 +176,16 @@ def _counts(scenes: Sequence[render.Scene]) -> dict[str, dict[str, int]]:
             counts.setdefault(attribute, {}).setdefault(label, 0)
             counts[attribute][label] += 1
     return counts
+
+
+def task_probe(concept: str, n: int = 32, seed: int = 1000) -> Any:
+    """Held-out prompts of the downstream task (new benign scenes) with their labels, at fixed seeds.
+
+    Why: "the fine-tuning still learned its task" is measured as the judge reading every label of
+    these prompts' renders; the scenes come from a seed the dataset did not use.
+    """
+    from erasurelab.finetuning.reemergence import Probe
+
+    scenes = benign_scenes(concept, n, seed)
+    return Probe("task", tuple(scene_caption(s) for s in scenes), tuple(range(seed, seed + n)),
+                 tuple(s.labels() for s in scenes))

@@ -1,0 +1,89 @@
+"""Re-emergence under benign fine-tuning, and Modular LoRA, on the embedded model (issue 19).
+
+For each concept: a benign dataset (`world dataset`: the concept in no image, close to it), the
+unerased control fine-tuned on it, and per erasure method the erased model fine-tuned on it (plain)
+and Modular LoRA (the control's adapter merged with the safety edit). Target proportion on the
+concept's anchor and held-out paraphrase prompts at every snapshot, RR(k), the task's attribute
+accuracy, and the fine-tuning wall time. Writes bench/results/reemergence.json (+ a PNG per concept).
+
+    OMP_NUM_THREADS=2 python bench/bench_reemergence.py --concepts green,triangle,dotted --methods uce,pure,esd
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, peak_rss_mb, table, write_json
+
+
+def jsonable(value):
+    from erasurelab.evaluation.result import jsonable as convert
+
+    return convert(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concepts", default="green,triangle,dotted")
+    parser.add_argument("--methods", default="uce,pure,esd")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--snapshot-every", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--output", default="reemergence")
+    args = parser.parse_args()
+
+    import tempfile
+
+    import erasurelab as el
+    from erasurelab.caption_data import load_caption_folder
+    from erasurelab.concepts import concept as concept_spec
+    from erasurelab.concepts.catalog import concept_split
+    from erasurelab.finetuning import FinetuneConfig
+    from erasurelab.finetuning.reemergence import plot_curves, run_experiment
+    from erasurelab.judges import load_judge
+    from erasurelab.world.benign import task_probe, write_benign_dataset
+
+    pipe, judge = el.load_pipeline("builtin:shapes"), load_judge("shapes")
+    config = FinetuneConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch_size=args.batch_size,
+                            snapshot_every=args.snapshot_every)
+    results, rows = [], []
+    for name in [c.strip() for c in args.concepts.split(",") if c.strip()]:
+        folder = Path(tempfile.mkdtemp(prefix="bench-reemergence-")) / name
+        write_benign_dataset(name, folder, n=args.images, seed=0, judge=judge)
+        data = load_caption_folder(folder, size=32)
+        safeties = {m: el.erase(pipe, name, method=m) for m in args.methods.split(",") if m}
+        start = time.perf_counter()
+        result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, task_probe(name))
+        result["wall_time_s"] = time.perf_counter() - start
+        result["split"] = concept_split(name)
+        plot_curves(result, RESULTS / f"{args.output}_{name}.png")
+        results.append(result)
+        control = result["control"]
+        for method, entry in result["methods"].items():
+            for variant in ("plain", "modular"):
+                data_v = entry["variants"][variant]
+                final = data_v["curve"][-1]
+                rows.append({
+                    "concept": name, "method": method, "variant": variant,
+                    "tp_unaligned": result["unaligned"]["anchor"].value, "tp_aligned": entry["aligned"]["anchor"].value,
+                    "tp_final": final["anchor"].value, "rr_final": data_v["rr"]["anchor"][-1],
+                    "tp_para_aligned": entry["aligned"]["paraphrase"].value, "tp_para_final": final["paraphrase"].value,
+                    "task": data_v["task_accuracy"].value, "task_control": control["task_accuracy"].value,
+                })
+        print(table([r for r in rows if r["concept"] == name],
+                    ["concept", "method", "variant", "tp_unaligned", "tp_aligned", "tp_final", "rr_final",
+                     "tp_para_final", "task", "task_control"]), flush=True)
+    write_json(args.output, jsonable({"rows": rows, "experiments": results, "peak_rss_mb": peak_rss_mb()}),
+               judge=judge, settings={**vars(args), "finetune": config.to_dict()},
+               command=" ".join(["python", "bench/bench_reemergence.py", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()
