@@ -167,9 +167,13 @@ def evaluate(
     reference: Annotated[str | None, typer.Option(
         help="Unedited model (default: the run's base, edit reverted).")] = None,
     attack: Annotated[list[str] | None, typer.Option(help="Run this attack first and score it; repeatable.")] = None,
-    judge: Annotated[str, typer.Option(help="A registered judge.")] = "shapes",
+    judge: Annotated[str, typer.Option(help="A registered judge: shapes, clip:FOLDER (zero-shot CLIP, labels from "
+                                            "the concept spec), nudenet (pip install 'erasurelab[nudity]').")]
+    = "shapes",
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    preset: Annotated[str, typer.Option(help="Protocol sizes: full (the protocol's) or quick (the demo's, about "
+                                             "400 images per model; rates rest on fewer images).")] = "full",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -179,19 +183,30 @@ def evaluate(
     from erasurelab.evaluation.runner import check_output
 
     check_output(out, overwrite)  # fail before minutes of attacks
-    settings = EvaluationSettings(steps=steps, guidance=guidance)
+    if preset not in ("full", "quick"):
+        raise ErasureLabError(f"unknown --preset {preset!r}; valid: full, quick")
+    if preset == "quick":
+        from dataclasses import replace
+
+        from erasurelab.demo import demo_settings
+
+        settings = replace(demo_settings(), steps=steps, guidance=guidance)
+    else:
+        settings = EvaluationSettings(steps=steps, guidance=guidance)
     target, ref, judge_arg, attack_results = model, reference, judge, []
     if attack:
         from erasurelab.attacks import run_attack
         from erasurelab.edits import base_model_spec, is_run_folder
-        from erasurelab.judges import load_judge
         from erasurelab.models import load_pipeline
 
         if reference is None and not is_run_folder(model):
             raise ErasureLabError("--attack needs --reference when --model is not a run folder")
         target = load_pipeline(model)
         ref = load_pipeline(reference if reference is not None else base_model_spec(model))
-        judge_arg = load_judge(judge)
+        from erasurelab.api import resolve_concepts
+        from erasurelab.evaluation.judging import resolve_judge
+
+        judge_arg = resolve_judge(judge, resolve_concepts(concept))
         attack_results = [run_attack(name, target, c, ref, judge_arg, quiet=quiet) for name in attack for c in concept]
     result = run_evaluate(target, concept, reference=ref, judge=judge_arg, attacks=attack_results, out=out,
                           quiet=quiet, settings=settings, overwrite=overwrite)

@@ -4,8 +4,9 @@ Why: a user with SD 1.5 and `snoopy.yaml` must be able to evaluate, and nothing 
 the judge knows what Snoopy is. The five suites of the protocol come from the spec:
 - anchor: the spec's forget anchors (what methods train on) x anchor_seeds;
 - paraphrase: its held-out paraphrases, each at several seeds up to paraphrase_max images;
-- neighbours: each neighbour phrase the judge can detect, in the spec's templates, ranked by
-  text-embedding cosine to the target (top neighbour_k);
+- neighbours: each neighbour phrase the judge can detect, in held-out templates (not the anchors'
+  templates, which build the retain anchors a method trains on), ranked by text-embedding cosine
+  to the target (top neighbour_k);
 - unrelated: the shipped generic prompts (people, animals, places, objects) that name none of the
   target's words, at seed sets A and B; they carry no judge labels, so they measure quality (FD of
   judge features) and not attribute accuracy;
@@ -32,6 +33,11 @@ SELECTIVE_FORMS: dict[str, str] = {
     "object": "{scene}, with {article} {word} in the picture",
 }
 DEFAULT_SELECTIVE_FORM = "{scene}, {word}"
+#: Held-out templates for the neighbour prompts: never a method's anchor templates (those build the retain anchors).
+NEIGHBOUR_TEMPLATES: tuple[str, ...] = (
+    "a close-up photograph of {c}", "a detailed picture showing {c}", "{c}, seen in soft morning light",
+    "an illustration featuring {c}", "a wide shot with {c} in the centre",
+)
 #: At most this many images per paraphrase prompt (few paraphrases are spread over several seeds).
 MAX_PARAPHRASE_REPEATS = 10
 
@@ -87,7 +93,7 @@ def build_generic_suites(spec: ConceptSpec, pipe: Any, judge_concepts: Iterable[
 
     detectable = [n for n in spec.neighbours if n in known and n != spec.name]
     ranked = rank_spec_neighbours(pipe, spec, detectable, settings.neighbour_k, attribute_of)
-    templates = [t for t in spec.templates if "{c}" in t][:settings.neighbour_templates]
+    templates = NEIGHBOUR_TEMPLATES[:settings.neighbour_templates]
     n_prompts, n_labels, n_groups = [], [], []
     for neighbour in ranked:
         for template in templates:

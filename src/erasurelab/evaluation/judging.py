@@ -13,20 +13,26 @@ import torch
 
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.evaluation.types import Rate
-from erasurelab.judges.base import Judge, available_judges, load_judge
+from erasurelab.judges.base import Judge, available_judges, is_judge_name, load_judge
 from erasurelab.world import vocab
 
 
-def resolve_judge(judge: str | Judge) -> Judge:
-    """A judge instance from a registry name or an instance; one-line error for unknown names."""
+def resolve_judge(judge: str | Judge, specs: Sequence[Any] = ()) -> Judge:
+    """A judge instance from a registry name ("shapes", "clip:FOLDER") or an instance; one-line error otherwise.
+
+    specs: the evaluated concepts. A judge whose labels come from concept specs (CLIP, `with_specs`)
+    gets them here when it does not know every concept yet.
+    """
     if isinstance(judge, str):
-        if judge not in available_judges():
+        if not is_judge_name(judge):
             raise ErasureLabError(f"unknown judge {judge!r}{did_you_mean(judge, available_judges())}; "
                                   f"available: {', '.join(available_judges())}")
-        return load_judge(judge)
+        judge = load_judge(judge)
     missing = [m for m in ("id", "concepts", "present", "predict", "features") if not hasattr(judge, m)]
     if missing:
         raise ErasureLabError(f"{type(judge).__name__} is not a judge: it lacks {', '.join(missing)}")
+    if specs and hasattr(judge, "with_specs") and not {s.name for s in specs} <= set(judge.concepts()):
+        judge = judge.with_specs(specs)
     return judge
 
 

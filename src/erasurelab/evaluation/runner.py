@@ -35,7 +35,7 @@ from erasurelab.evaluation.rendering import (
     world_size,
 )
 from erasurelab.evaluation.result import ConceptResult, EvaluationResult, Examples
-from erasurelab.evaluation.suites import ConceptSuites, Suite, build_suites, method_anchors, world_attribute
+from erasurelab.evaluation.suites import ConceptSuites, Suite, build_suites, is_world_concept, method_anchors
 from erasurelab.evaluation.types import REFERENCE_MIN_ASR, AttackResult, EvaluationSettings, Rate
 from erasurelab.runinfo import library_versions
 
@@ -387,6 +387,16 @@ def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Im
                          h_reference=h_ref, notes=notes, examples=examples, forget=forget, problems=problems)
 
 
+def _suites_for(spec: ConceptSpec, pipe: Any, judge: Any, known: set[str], settings: EvaluationSettings,
+                anchors: Sequence[str]) -> ConceptSuites:
+    """The embedded world's suites for its own concepts; suites built from the spec for any other concept."""
+    if is_world_concept(spec.name):
+        return build_suites(spec, pipe, known, settings, anchors)
+    from erasurelab.evaluation.generic_suites import build_generic_suites
+
+    return build_generic_suites(spec, pipe, known, lambda c: judging.attribute_of(judge, c), settings, anchors)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------
@@ -419,10 +429,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
         raise ErasureLabError("no concept to evaluate: give at least one concept")
     compound_specs = [s for s in spec_list if s.is_compound]  # combinations / conditionals: own suites
     spec_list = [s for s in spec_list if not s.is_compound]
-    judge_obj = judging.resolve_judge(judge)
+    judge_obj = judging.resolve_judge(judge, [*spec_list, *compound_specs])
     attributes = {s.name: judging.attribute_of(judge_obj, s.name) for s in spec_list}
-    for s in spec_list:
-        world_attribute(s.name)
     attack_list = _check_attacks(attacks, set(attributes))
     _check_model_spec(model, need_run=reference is None)
 
@@ -431,7 +439,7 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     edit = getattr(model_pipe, "erasurelab_edit", None)
     manifest_concepts = list((edit.meta.get("concepts") or []) if edit is not None else [])
     known = set(judge_obj.concepts())
-    all_suites = [build_suites(s, model_pipe, known, settings, method_anchors(s, manifest_concepts))
+    all_suites = [_suites_for(s, model_pipe, judge_obj, known, settings, method_anchors(s, manifest_concepts))
                   for s in spec_list]
     compound_settings = compound.CompoundSettings.from_evaluation(settings)
     compound_suites = [compound.build_compound_suites(s, known, compound_settings,

@@ -210,6 +210,15 @@ class ConceptSuites:
         return [self.anchor, self.paraphrase, self.neighbours, self.unrelated, self.selective]
 
 
+def is_world_concept(name: str) -> bool:
+    """True for a label of the embedded world (its suites come from the world's grammar)."""
+    try:
+        vocab.lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
 def world_attribute(name: str) -> str:
     """The world attribute of a concept; one-line error for concepts outside the embedded world."""
     try:
