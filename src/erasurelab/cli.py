@@ -21,6 +21,23 @@ world_app = typer.Typer(no_args_is_help=True, help="The embedded shapes world: t
 app.add_typer(world_app, name="world")
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Device = Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:N or mps.")]
+Dtype = Annotated[str | None, typer.Option(help="Weights dtype: float32, bfloat16 or float16 (CUDA); default as "
+                                                "stored.")]
+
+
+def _placement(device: str, dtype: str | None) -> tuple[object, object]:
+    """(torch.device, torch.dtype | None) from --device/--dtype; one-line errors before any model loads."""
+    from erasurelab.devices import resolve_device, resolve_dtype
+
+    where = resolve_device(device)
+    return where, resolve_dtype(dtype, where)
+
+
+def _peak(device: object) -> str:
+    from erasurelab.devices import peak_memory_mb
+
+    return f"peak memory {peak_memory_mb(device):.0f} MiB ({device})"
 
 
 def _version(value: bool) -> None:
@@ -48,13 +65,16 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     num_images: Annotated[int, typer.Option(help="Images per prompt.")] = 4,
+    device: Device = "cpu",
+    dtype: Dtype = None,
     quiet: Quiet = False,
 ) -> None:
     """Render prompts to a labelled grid; on the embedded model, print the judge's verdict per image."""
     from erasurelab.generate_cmd import run_generate
 
+    where, weights = _placement(device, dtype)
     run_generate(out=out, model=model, prompts=prompt or [], requests=request or [], seed=seed, steps=steps,
-                 guidance=guidance, num_images=num_images, quiet=quiet)
+                 guidance=guidance, num_images=num_images, quiet=quiet, device=where, dtype=weights)
 
 
 @app.command()
@@ -73,6 +93,8 @@ def erase(
     option: Annotated[list[str] | None, typer.Option("--option", "-o",
                                                      help="Method option key=value, e.g. tau_forget=0.9.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    device: Device = "cpu",
+    dtype: Dtype = None,
     quiet: Quiet = False,
 ) -> None:
     """Erase concepts from a model; writes a LoRA (or full edited weights) plus manifest.json."""
@@ -84,9 +106,10 @@ def erase(
     if format not in formats:
         raise ErasureLabError(f"unknown --format {format!r}; valid: {', '.join(formats)}")
     options = parse_options(option or [])
-    pipe = load_pipeline(model)
+    where, weights = _placement(device, dtype)
+    pipe = load_pipeline(model, dtype=weights, device=where)
     edit = run_erase(pipe, concept, method, quiet=quiet, **options)
-    typer.echo(summary(edit))
+    typer.echo(f"{summary(edit)}; {_peak(where)}")
     if format in ("lora", "full"):
         typer.echo(f"wrote {edit.save(out, format=format, rank=rank, overwrite=overwrite)}")
         return
@@ -127,6 +150,8 @@ def attack(
                                                      help="Attack option key=value, e.g. train_steps=100.")] = None,
     skip_reference: Annotated[bool, typer.Option(help="Skip the sanity run on the unedited model.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    device: Device = "cpu",
+    dtype: Dtype = None,
     quiet: Quiet = False,
 ) -> None:
     """Attack an erased model; writes the adversarial suite, judged images and result.json (ASR, budget)."""
@@ -140,8 +165,9 @@ def attack(
     make_attack_config(get_attack(attack_name), options)  # bad name/options fail before models load
     if reference is None:
         reference = str(base_model_spec(model)) if is_run_folder(model) else model
-    edited = load_pipeline(model)
-    unedited = edited if reference == model else load_pipeline(reference)
+    where, weights = _placement(device, dtype)
+    edited = load_pipeline(model, dtype=weights, device=where)
+    unedited = edited if reference == model else load_pipeline(reference, dtype=weights, device=where)
     result = run_attack(attack_name, edited, concept, unedited, load_judge(judge), seed=seed, quiet=quiet,
                         check_reference=not skip_reference, **options)
     typer.echo(result.summary())
@@ -175,6 +201,8 @@ def evaluate(
     preset: Annotated[str, typer.Option(help="Protocol sizes: full (the protocol's) or quick (the demo's, about "
                                              "400 images per model; rates rest on fewer images).")] = "full",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+    device: Device = "cpu",
+    dtype: Dtype = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate an edited model on every facet (HUB-style) and write an HTML report."""
@@ -193,7 +221,13 @@ def evaluate(
         settings = replace(demo_settings(), steps=steps, guidance=guidance)
     else:
         settings = EvaluationSettings(steps=steps, guidance=guidance)
+    where, weights = _placement(device, dtype)
     target, ref, judge_arg, attack_results = model, reference, judge, []
+    if where.type != "cpu" or weights is not None:
+        from erasurelab.models import load_pipeline
+
+        target = load_pipeline(model, dtype=weights, device=where)
+        ref = None if reference is None else load_pipeline(reference, dtype=weights, device=where)
     if attack:
         from erasurelab.attacks import run_attack
         from erasurelab.edits import base_model_spec, is_run_folder
@@ -201,8 +235,9 @@ def evaluate(
 
         if reference is None and not is_run_folder(model):
             raise ErasureLabError("--attack needs --reference when --model is not a run folder")
-        target = load_pipeline(model)
-        ref = load_pipeline(reference if reference is not None else base_model_spec(model))
+        target = load_pipeline(model, dtype=weights, device=where)
+        ref = load_pipeline(reference if reference is not None else base_model_spec(model), dtype=weights,
+                            device=where)
         from erasurelab.api import resolve_concepts
         from erasurelab.evaluation.judging import resolve_judge
 
@@ -212,7 +247,7 @@ def evaluate(
                           quiet=quiet, settings=settings, overwrite=overwrite)
     for line in result.summary():
         typer.echo(line)
-    typer.echo(f"wrote {out / 'index.html'}")
+    typer.echo(f"wrote {out / 'index.html'}; {_peak(where)}")
 
 
 @app.command()
@@ -265,7 +300,7 @@ def finetune(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (resumable in OUT.ckpt).")] = 100,
     merge: Annotated[str, typer.Option(help="sum, or project (PURE-type projection edits).")] = "sum",
     seed: Annotated[int, typer.Option(help="Seed of data order, noise and LoRA init.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps.")] = "cpu",
+    device: Device = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -275,9 +310,10 @@ def finetune(
 
     config = FinetuneConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size, seed=seed,
                             snapshot_every=checkpoint_every)
+    where, _ = _placement(device, None)
     saved = run_finetune(model, data, out, modular=modular, safety=safety, config=config, merge_mode=merge,
-                         overwrite=overwrite, quiet=quiet, device=device, echo=typer.echo)
-    typer.echo(f"wrote {saved}")
+                         overwrite=overwrite, quiet=quiet, device=where, echo=typer.echo)
+    typer.echo(f"wrote {saved}; {_peak(where)}")
 
 
 @world_app.command("dataset")

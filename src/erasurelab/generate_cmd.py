@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -38,13 +39,14 @@ def _verdict(row: dict) -> str:
 
 
 def render_and_judge(model: str, items: list[captions.LabelledPrompt], num_images: int, seed: int,
-                     steps: int | None, guidance: float | None, quiet: bool) -> tuple[torch.Tensor, list[dict]]:
+                     steps: int | None, guidance: float | None, quiet: bool, device: Any = "cpu",
+                     dtype: Any = None) -> tuple[torch.Tensor, list[dict]]:
     """Render each item num_images times (seeds seed, seed+1, ...); judge them on the embedded model."""
     if num_images <= 0:
         raise ErasureLabError(f"--num-images must be positive, got {num_images}")
     if not items:
         raise ErasureLabError("no prompt given: pass --prompt TEXT or --request object=circle,color=red")
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, dtype=dtype, device=device)
     expanded = [item for item in items for _ in range(num_images)]
     seeds = [seed + k for _ in items for k in range(num_images)]
     images = generate(pipe, [i.prompt for i in expanded], seeds, steps=steps, guidance=guidance, quiet=quiet)
@@ -54,11 +56,11 @@ def render_and_judge(model: str, items: list[captions.LabelledPrompt], num_image
 
 
 def run_generate(out: Path, model: str, prompts: list[str], requests: list[str], seed: int, steps: int | None,
-                 guidance: float | None, num_images: int, quiet: bool) -> None:
+                 guidance: float | None, num_images: int, quiet: bool, device: Any = "cpu", dtype: Any = None) -> None:
     items = [captions.LabelledPrompt(p, {}) for p in prompts] + [captions.parse_request(r) for r in requests]
     if Path(out).suffix.lower() != ".png":
         raise ErasureLabError(f"--out must be a .png file, got {out}")
-    images, rows = render_and_judge(model, items, num_images, seed, steps, guidance, quiet)
+    images, rows = render_and_judge(model, items, num_images, seed, steps, guidance, quiet, device, dtype)
     judged = "predicted" in rows[0]
     labels = [_verdict(r) if judged else f"seed {r['seed']}" for r in rows]
     save_image_atomic(grid(images, labels, columns=num_images), out)
