@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pure-ls-w100": ("pure", {"solver": "least_squares", "retain_weight": 100.0}),
     "pure-ls-w10": ("pure", {"solver": "least_squares", "retain_weight": 10.0}),
     "uce": ("uce", {}),
+    "esd-default": ("esd", {}),
     "esd-x": ("esd", {"variant": "x"}),
     "esd-u": ("esd", {"variant": "u"}),
     "trust": ("trust", {}),
@@ -180,13 +181,14 @@ def main() -> None:
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--output", default="closed_form", help="results file name under bench/results/")
     parser.add_argument("--timing-only", action="store_true", help="timing runs only (closed_form_timing.json)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     parser.add_argument("--timing-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.timing_worker:
         print(json.dumps(timing_worker(args.timing_worker[0], int(args.timing_worker[1]), args.repeats)))
         return
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pipe = load_pipeline("builtin:shapes")
     judge = load_judge("shapes")

@@ -47,3 +47,14 @@ def test_a_package_inside_another_repository_is_not_its_checkout(monkeypatch, tm
     copy.write_text("")
     monkeypatch.setattr(runinfo, "__file__", str(copy))
     assert runinfo.source_revision()["commit"] == "unknown"
+
+
+def test_atomic_writes_get_an_ordinary_file_mode(tmp_path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = runinfo.write_json_atomic(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
