@@ -100,3 +100,11 @@ def test_keys_that_are_not_a_model_hash_stay_in_memory(tmp_path, monkeypatch):
     again = _cache()
     again.render(pipe, "k", PROMPTS[:1], SEEDS[:1])
     assert again.rendered == 1 and not (tmp_path / RENDER_NAMESPACE).exists()
+
+
+def test_multi_process_launch_stays_in_memory(monkeypatch):
+    cache = _cache()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cache._persist("a" * 64)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not cache._persist("a" * 64), "processes of one launch could disagree on a disk hit"

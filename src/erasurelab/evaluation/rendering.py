@@ -16,7 +16,7 @@ Why uint8: that is what a saved PNG holds and what HUB's judges see; it also kee
 Why accelerate only when launched with it: split_between_processes lets
 `accelerate launch --multi_gpu -m erasurelab evaluate ...` (or `torchrun --nproc_per_node N`, also on
 CPU) spread generation over processes unchanged, but importing accelerate costs time, so a single
-process never touches it (WORLD_SIZE unset or 1). Only the main process writes disk entries.
+process never touches it (WORLD_SIZE unset or 1). A multi-process launch keeps its renders in memory.
 """
 
 from __future__ import annotations
@@ -180,8 +180,10 @@ class RenderCache:
         return f"{RENDER_NAMESPACE}/{key[:16]}"
 
     def _persist(self, key: str) -> bool:
-        """Disk entries only for a real model hash: any other key (a label, a test's "k") cannot prove the weights."""
-        return self.disk and len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+        """Disk entries only for a real model hash (any other key, a label or a test's "k", cannot prove the
+        weights) and only in a single process: processes of one launch must agree on what to render, and an
+        entry written by another run between their lookups would split them around the collective gather."""
+        return self.disk and world_size() <= 1 and len(key) == 64 and all(c in "0123456789abcdef" for c in key)
 
     def _from_disk(self, key: str, sampler: dict[str, Any], requests: list[tuple[Any, ...]]) -> torch.Tensor | None:
         if not self._persist(key):
@@ -200,6 +202,6 @@ class RenderCache:
         quantised = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         self.rendered += len(requests)
         key = requests[0][0]
-        if self._persist(key) and is_main_process():
+        if self._persist(key):
             diskcache.save_tensors(self._namespace(key), self._disk_key(key, sampler, requests), {"images": quantised})
         return quantised
