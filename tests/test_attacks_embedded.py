@@ -28,7 +28,9 @@ UNRELATED = ("a blue square", "a green star", "a yellow triangle", "a purple hea
 USELESS = {
     "textual-inversion": dict(train_steps=0, n_images=4, eval_seeds=1),
     "unlearndiffatk": dict(iters=0, n_prompts=4, timesteps=(50,)),
-    "ring-a-bell": dict(generations=0, population=8, n_pairs=2, n_prompts=4),
+    "ring-a-bell": dict(generations=0, n_pairs=2, n_prompts=6,
+                        prompts=tuple(f"{form} {word}" for form in ("a photo of", "a picture of", "an image of")
+                                      for word in ("red", "crimson"))),
 }
 
 
@@ -54,6 +56,7 @@ def test_learned_token_renders_the_concept_on_the_unedited_model(builtin_pipe, s
     images = generate(builtin_pipe, prompts, list(range(len(prompts))))
     false_positive = float(shapes_judge.present(images, "red").float().mean())
     assert result.asr.value >= false_positive + 0.3, (result.asr, false_positive)
+    assert passed(result)  # a small real budget passes the reference check the useless one fails
 
 
 def test_diffusion_classifier_prefers_the_true_prompt(builtin_pipe, shapes_judge) -> None:
