@@ -107,31 +107,16 @@ def scene_caption(scene: render.Scene) -> str:
     return canonical_prompt(scene.object, scene.color, scene.style, scene.background)
 
 
-def write_benign_dataset(concept: str, out: str | Path, n: int = 200, seed: int = 0, judge: Any = None,
-                         overwrite: bool = False, max_tries: int = 4) -> dict[str, Any]:
-    """Render, judge-check and write a benign dataset folder (PNG images + metadata.jsonl) atomically.
-
-    judge: a judge with `predict` (default: the shapes judge). Images whose read-back labels differ
-    from their scene are replaced by new draws, up to max_tries * n draws in all. Returns the summary
-    written to `dataset.json`.
-    """
-    from PIL import Image
-
-    from erasurelab.runinfo import replace_folder, write_json_atomic
+def judged_scenes(concept: str, n: int, seed: int, judge: Any, max_tries: int = 4
+                  ) -> tuple[list[tuple[render.Scene, Any]], int]:
+    """n (scene, uint8 image) pairs whose labels the judge reads back, and how many draws it rejected."""
     from erasurelab.world.dataset import to_uint8
 
     if n <= 0:
         raise ErasureLabError(f"a benign dataset needs n > 0 images, got {n}")
-    out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise ErasureLabError(f"output folder exists: {out} (choose another --out or pass overwrite)")
-    if judge is None:
-        from erasurelab.judges import load_judge
-
-        judge = load_judge("shapes")
     rng = np.random.default_rng(seed)
     scenes = benign_scenes(concept, n * max_tries, seed)
-    kept: list[tuple[render.Scene, np.ndarray]] = []
+    kept: list[tuple[render.Scene, Any]] = []
     rejected = 0
     for start in range(0, len(scenes), n):
         batch = scenes[start:start + n]
@@ -144,10 +129,47 @@ def write_benign_dataset(concept: str, out: str | Path, n: int = 200, seed: int 
                 rejected += 1
         if len(kept) >= n:
             break
-    kept = kept[:n]
     if len(kept) < n:
         raise ErasureLabError(f"only {len(kept)} of {n} benign images of {concept!r} passed the judge check "
                               f"after {n * max_tries} draws")
+    return kept[:n], rejected
+
+
+def benign_data(concept: str, n: int = 200, seed: int = 0, judge: Any = None) -> Any:
+    """The benign dataset in memory (a CaptionData), for the re-emergence attack."""
+    from erasurelab.caption_data import CaptionData
+
+    judge = judge if judge is not None else _shapes_judge()
+    kept, _ = judged_scenes(concept, n, seed, judge)
+    import torch
+
+    return CaptionData(Path("."), torch.stack([image for _, image in kept]),
+                       [scene_caption(scene) for scene, _ in kept], [f"{i:05d}.png" for i in range(len(kept))])
+
+
+def _shapes_judge() -> Any:
+    from erasurelab.judges import load_judge
+
+    return load_judge("shapes")
+
+
+def write_benign_dataset(concept: str, out: str | Path, n: int = 200, seed: int = 0, judge: Any = None,
+                         overwrite: bool = False, max_tries: int = 4) -> dict[str, Any]:
+    """Render, judge-check and write a benign dataset folder (PNG images + metadata.jsonl) atomically.
+
+    judge: a judge with `predict` (default: the shapes judge). Images whose read-back labels differ
+    from their scene are replaced by new draws, up to max_tries * n draws in all. Returns the summary
+    written to `dataset.json`.
+    """
+    from PIL import Image
+
+    from erasurelab.runinfo import replace_folder, write_json_atomic
+
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise ErasureLabError(f"output folder exists: {out} (choose another --out or pass overwrite)")
+    judge = judge if judge is not None else _shapes_judge()
+    kept, rejected = judged_scenes(concept, n, seed, judge, max_tries)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
