@@ -108,3 +108,18 @@ def test_multi_process_launch_stays_in_memory(monkeypatch):
     assert cache._persist("a" * 64)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert not cache._persist("a" * 64), "processes of one launch could disagree on a disk hit"
+
+
+def test_model_hash_ignores_scheduler_bookkeeping_order():
+    # diffusers builds "_use_default_values" from a set: its order differs between processes.
+    from diffusers.configuration_utils import FrozenDict
+
+    pipe = tiny_sd15_pipeline()
+    before = model_hash(pipe)
+    config = dict(pipe.scheduler.config)
+    config["_use_default_values"] = [*reversed(config.get("_use_default_values", ["a", "b"])), "zz"]
+    pipe.scheduler._internal_dict = FrozenDict(config)
+    assert model_hash(pipe) == before
+    config["beta_end"] = float(config["beta_end"]) * 2
+    pipe.scheduler._internal_dict = FrozenDict(config)
+    assert model_hash(pipe) != before, "a public scheduler setting must change the hash"

@@ -46,7 +46,10 @@ def _unused(component: str, module: torch.nn.Module, key: str) -> bool:
 
 
 def model_hash(pipe: Any) -> str:
-    """sha256 over the weights of every image-deciding component plus the scheduler config."""
+    """sha256 over the weights of every image-deciding component plus the scheduler config (public keys).
+
+    Stable across processes, so on-disk caches keyed by it are reused by a later run.
+    """
     digest = hashlib.sha256()
     for name in _COMPONENTS:
         module = getattr(pipe, name, None)
@@ -61,7 +64,10 @@ def model_hash(pipe: Any) -> str:
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is not None:
         digest.update(type(scheduler).__name__.encode())
-        digest.update(json.dumps(dict(scheduler.config), sort_keys=True, default=str).encode())
+        # diffusers' private keys ("_use_default_values" is a list built from a set, so its order changes
+        # from process to process) say nothing about sampling: hashing them would make every process miss.
+        public = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
