@@ -36,6 +36,27 @@ class Judge(Protocol):
         """(N, m) penultimate features, for Frechet distances."""
 
 
+class LabelTable:
+    """`concepts()` and `attribute_of()` from a concept -> attribute table (`_attribute_of`) and an `id`.
+
+    Why shared: every judge with a fixed label set answers these two the same way, with the same
+    one-line error for a concept it does not read.
+    """
+
+    id: str
+    _attribute_of: dict[str, str]
+
+    def concepts(self) -> list[str]:
+        return sorted(self._attribute_of)
+
+    def attribute_of(self, concept: str) -> str:
+        """Which attribute (judge head) decides a concept; one-line error for concepts this judge does not read."""
+        if concept not in self._attribute_of:
+            raise ErasureLabError(f"concept {concept!r} unknown to judge {self.id}"
+                                  f"{did_you_mean(concept, self._attribute_of)}")
+        return self._attribute_of[concept]
+
+
 _JUDGES: dict[str, Callable[[], Judge]] = {}
 #: Judges named "NAME:ARGUMENT" (e.g. "clip:/models/clip-vit-large"): the factory takes the argument.
 _PARAMETRIC: dict[str, Callable[[str], Judge]] = {}

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from erasurelab.errors import ErasureLabError, did_you_mean
-from erasurelab.judges.base import register_judge
+from erasurelab.errors import ErasureLabError
+from erasurelab.judges.base import LabelTable, register_judge
 from erasurelab.judges.shapes_net import ShapesJudgeNet
 from erasurelab.world import vocab
 from erasurelab.world.builtin import assets_dir
@@ -23,7 +23,7 @@ from erasurelab.world.builtin import assets_dir
 JUDGE_VERSION = "1"
 
 
-class ShapesJudge:
+class ShapesJudge(LabelTable):
     """Judge protocol implementation on ShapesJudgeNet weights."""
 
     def __init__(self, folder: Path | None = None, batch_size: int = 256) -> None:
@@ -49,16 +49,6 @@ class ShapesJudge:
         digest.update(json.dumps(config, sort_keys=True).encode())
         self.id = f"shapes-v{JUDGE_VERSION}-{digest.hexdigest()[:12]}"
         self._attribute_of = {c: a for a in vocab.ATTRIBUTES for c in vocab.classes(a) if c != vocab.NO_CHARACTER}
-
-    def concepts(self) -> list[str]:
-        return sorted(self._attribute_of)
-
-    def attribute_of(self, concept: str) -> str:
-        """Which head decides a concept; one-line error for concepts the judge does not know."""
-        if concept not in self._attribute_of:
-            raise ErasureLabError(f"concept {concept!r} unknown to judge {self.id}"
-                                  f"{did_you_mean(concept, self._attribute_of)}")
-        return self._attribute_of[concept]
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

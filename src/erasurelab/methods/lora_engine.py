@@ -25,16 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.finetune import (
+    CheckpointedLoop,
     Checkpointer,
     Cond,
-    Trainer,
-    load_optimizer_tensors,
-    optimizer_tensors,
     run_key,
     unet_output,
 )
@@ -65,12 +62,14 @@ def check_rank(unet: torch.nn.Module, targets: Sequence[str], rank: int) -> None
                                   f"use rank <= {width}")
 
 
-class LoraTuner:
+class LoraTuner(CheckpointedLoop):
     """Trains a fresh LoRA adapter on `pipe.unet` with AdamW; use as a context manager.
 
     `with LoraTuner(pipe, targets, rank, lr) as tuner: tuner.run(trainer, steps); edit = tuner.edit()`.
     `predict` is the adapted U-Net (gradients reach only the adapter), `reference` the base one.
     """
+
+    default_desc = "LoRA"
 
     def __init__(self, pipe: Any, targets: Sequence[str], rank: int, lr: float, alpha: float | None = None,
                  weight_decay: float = 1e-2, grad_clip: float | None = 1.0, seed: int = 0, quiet: bool = True,
@@ -170,50 +169,6 @@ class LoraTuner:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
         self.optimizer.step()
         return norm
-
-    # -- the loop ---------------------------------------------------------------------------------
-    def run(self, trainer: Trainer, steps: int, desc: str = "LoRA") -> list[dict[str, float]]:
-        """Train steps [start, steps), resuming from the checkpoint folder when it holds one."""
-        start = self._resume(trainer, steps)
-        bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=self.quiet)
-        for step in bar:
-            logs = trainer.train_step(step)
-            self.logs.append({k: float(v) for k, v in logs.items()})
-            if "loss" in logs:
-                bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
-            done = step + 1
-            if self.checkpointer is not None and (done % self.checkpointer.every == 0 or done == steps):
-                self._save(trainer, done)
-        return self.logs
-
-    def _save(self, trainer: Trainer, step: int) -> None:
-        assert self.checkpointer is not None and self.optimizer is not None
-        opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
-        method_state, method_tensors = trainer.state()
-        groups = {"weights": {n: p.detach() for n, p in self.params.items()}, "optimizer": opt_tensors,
-                  "method": method_tensors}
-        self.checkpointer.save(step, groups, {"seed": self.seed, "optimizer": opt_meta, "method": method_state,
-                                              "logs": self.logs})
-
-    def _resume(self, trainer: Trainer, steps: int) -> int:
-        if self.checkpointer is None:
-            return 0
-        loaded = self.checkpointer.load()
-        if loaded is None:
-            return 0
-        step, groups, state = loaded
-        if step > steps:
-            raise ErasureLabError(f"the checkpoint in {self.checkpointer.directory} is at step {step}, "
-                                  f"beyond steps={steps}; use another checkpoint_dir")
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(groups["weights"][name])
-        assert self.optimizer is not None
-        load_optimizer_tensors(self.optimizer, groups.get("optimizer", {}), state["optimizer"])
-        trainer.load_state(state.get("method", {}), groups.get("method", {}))
-        self.logs = [dict(entry) for entry in state.get("logs", [])]
-        self.resumed_from = step
-        return step
 
     # -- the result -------------------------------------------------------------------------------
     def edit(self, meta: Mapping[str, Any] | None = None) -> Edit:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from erasurelab.errors import ErasureLabError, did_you_mean
-from erasurelab.judges.base import register_judge
+from erasurelab.errors import ErasureLabError
+from erasurelab.judges.base import LabelTable, register_judge
 from erasurelab.world import render, vocab
 
 JUDGE_VERSION = "1"
@@ -178,7 +178,7 @@ def read_image(image: np.ndarray, rules: PixelRules) -> Reading:
     return Reading(votes, scores, name, area, float(painted.sum() / max(filled.sum(), 1)), aspect)
 
 
-class PixelJudge:
+class PixelJudge(LabelTable):
     """Judge protocol implementation on fixed pixel rules (colour, object, background)."""
 
     def __init__(self, rules: PixelRules | None = None) -> None:
@@ -189,16 +189,6 @@ class PixelJudge:
         digest.update(np.round(aspects, 6).tobytes())
         self.id = f"pixels-v{JUDGE_VERSION}-{digest.hexdigest()[:12]}"
         self._attribute_of = {c: a for a in ("object", "color") for c in vocab.classes(a)}
-
-    def concepts(self) -> list[str]:
-        return sorted(self._attribute_of)
-
-    def attribute_of(self, concept: str) -> str:
-        """Which reading decides a concept; one-line error for concepts this judge does not read."""
-        if concept not in self._attribute_of:
-            raise ErasureLabError(f"concept {concept!r} unknown to judge {self.id}"
-                                  f"{did_you_mean(concept, self._attribute_of)}")
-        return self._attribute_of[concept]
 
     def readings(self, images: torch.Tensor) -> list[Reading]:
         """The rules' reading of each image."""
