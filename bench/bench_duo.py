@@ -46,7 +46,7 @@ def worker(label: str, options: dict, seeds: int) -> dict:
     before = {"anchor": target_rate(pipe, judge, label, anchors, seeds), "retention": retention(pipe, judge, retain, 1)}
     config = DuoConfig(**options)
     start = time.perf_counter()
-    pairs = build_pairs(pipe, concept(label), judge, config.pair_settings(), config.safe_prompt, config.prompts)
+    pairs = build_pairs(pipe, concept(label), judge, config.pair_settings(pipe), config.safe_prompt, config.prompts)
     pair_time = time.perf_counter() - start
     start = time.perf_counter()
     edit = erase(pipe, label, "duo", **options)  # pairs now come from the cache: this is the training time

@@ -38,8 +38,8 @@ def pipes():
 # --- registry ----------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_three_attacks() -> None:
-    assert available_attacks() == ["ring-a-bell", "textual-inversion", "unlearndiffatk"]
+def test_registry_lists_the_four_attacks() -> None:
+    assert available_attacks() == ["ft", "ring-a-bell", "textual-inversion", "unlearndiffatk"]
     assert get_attack("Ring_A_Bell").name == "ring-a-bell"
     assert get_attack("ti").name == "textual-inversion"
     assert get_attack("concept-inversion").name == "textual-inversion"

@@ -115,7 +115,7 @@ def test_end_to_end_on_embedded_model_lowers_anchor_rate(builtin_pipe, shapes_ju
     prompts = ["a red circle", "a red square", "a photo of red", "a red star"] * 4
     seeds = list(range(100, 116))
     before = shapes_judge.present(generate(builtin_pipe, prompts, seeds), "red").float().mean().item()
-    edit = erase(builtin_pipe, "red", "duo", n_pairs=16, steps=60, pair_attempts=4)
+    edit = erase(builtin_pipe, "red", "duo", n_pairs=16, steps=100, pair_attempts=4)
     assert edit.meta["per_concept"][0]["pairs"]["kept"] > 0
     edit.save(tmp_path / "run", format="lora")
     loaded = Edit.load(tmp_path / "run")

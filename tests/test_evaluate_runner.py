@@ -256,7 +256,8 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path) -> None:
     from pathlib import Path
 
     script = str(Path(__file__).resolve().parent / "evaluate_processes.py")
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    # No disk cache: both runs must render (a hit from an earlier test would make "rendered" 0).
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "ERASURELAB_CACHE": "off"}
     subprocess.run([sys.executable, script, str(tmp_path / "one.json")], check=True, capture_output=True, env=env)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
                     str(tmp_path / "two.json")], check=True, capture_output=True, env=env, timeout=900)

@@ -37,10 +37,12 @@ CONDITIONINGS: tuple[str, ...] = ("empty", "prompt")
 STREAM_DUO = 11
 #: (SD-family, embedded) defaults; None in the config means "take these".
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "beta": (500.0, 500.0),
+    "beta": (500.0, 5.0),
     "steps": (1000, 300),
     "batch_size": (4, 8),
     "rank": (32, 8),
+    "pair_strength": (0.75, 0.5),
+    "pair_negative": ("unsafe", "concept"),
 }
 
 
@@ -83,10 +85,10 @@ class DuoConfig:
     safe_prompt: str | None = None
     prompts: tuple[str, ...] | None = None
     pair_guidance: float = 7.5
-    pair_strength: float = 0.75
+    pair_strength: float | None = None
     pair_steps: int | None = None
     pair_attempts: int = 20
-    pair_negative: str = "unsafe"
+    pair_negative: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
 
@@ -104,7 +106,8 @@ class DuoConfig:
             raise ErasureLabError(f"unknown conditioning {self.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
         if isinstance(self.prompts, str):
             object.__setattr__(self, "prompts", (self.prompts,))
-        PairSettings(n_pairs=self.n_pairs, strength=self.pair_strength, negative=self.pair_negative,
+        PairSettings(n_pairs=self.n_pairs, strength=self.pair_strength if self.pair_strength is not None else 0.75,
+                     negative=self.pair_negative or "unsafe",
                      max_attempts=self.pair_attempts)  # validates the pair options before any work
 
     def resolve(self, pipe: Any) -> dict[str, Any]:
@@ -116,10 +119,14 @@ class DuoConfig:
         settings["alpha"] = float(settings["rank"] if self.alpha is None else self.alpha)
         return settings
 
-    def pair_settings(self) -> PairSettings:
-        return PairSettings(n_pairs=self.n_pairs, guidance=self.pair_guidance, strength=self.pair_strength,
-                            steps=self.pair_steps, max_attempts=self.pair_attempts, negative=self.pair_negative,
-                            seed=self.seed)
+    def pair_settings(self, pipe: Any = None) -> PairSettings:
+        """The SDEdit pair settings, with the model's defaults (strength, negative) filled in for `pipe`."""
+        resolved = resolve_defaults(self, pipe, {k: DEFAULTS[k] for k in ("pair_strength", "pair_negative")}) \
+            if pipe is not None else {"pair_strength": self.pair_strength or 0.75,
+                                      "pair_negative": self.pair_negative or "unsafe"}
+        return PairSettings(n_pairs=self.n_pairs, guidance=self.pair_guidance, strength=resolved["pair_strength"],
+                            steps=self.pair_steps, max_attempts=self.pair_attempts,
+                            negative=resolved["pair_negative"], seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +223,7 @@ def erase_one(pipe: Any, spec: ConceptSpec, config: DuoConfig, settings: dict[st
     """Pairs, then one LoRA trained for one concept; the pipeline is left unchanged."""
     from erasurelab.attacks.diffusion import images_to_latents
 
-    pairs = build_pairs(pipe, spec, judge, config.pair_settings(), config.safe_prompt, config.prompts, quiet)
+    pairs = build_pairs(pipe, spec, judge, config.pair_settings(pipe), config.safe_prompt, config.prompts, quiet)
     z_unsafe, z_safe = images_to_latents(pipe, pairs.unsafe), images_to_latents(pipe, pairs.safe)
     empty = encode_prompts(pipe, [""])
     cond = encode_prompts(pipe, pairs.prompts) if settings["conditioning"] == "prompt" else None
