@@ -271,8 +271,8 @@ def demo(
 @app.command()
 def bench(
     out: Annotated[Path, typer.Option(help="Folder: bench.md, bench.json, report/, runs/<method>-<concept>/.")],
-    concept: Annotated[list[str] | None, typer.Option(help="Built-in concept; repeatable (default: red, circle, "
-                                                           "striped, bobo).")] = None,
+    concept: Annotated[list[str] | None, typer.Option(help="Built-in concept; repeatable (default: the test "
+                                                           "concepts, catalog.TEST_CONCEPTS).")] = None,
     method: Annotated[list[str] | None, typer.Option(help="Method; repeatable (default: pure, uce).")] = None,
     attack: Annotated[str, typer.Option(help="Attacks, comma-separated ('none' to skip).")] = "default",
     quiet: Quiet = False,
