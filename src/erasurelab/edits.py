@@ -1,6 +1,6 @@
 """Edit: named weight deltas of a U-Net — apply, revert exactly, save as a LoRA or as full weights.
 
-Why edits are data (DESIGN.md §5): a method's output must be inspectable, reversible and
+Why edits are data (the project's design): a method's output must be inspectable, reversible and
 shippable without the method. An Edit maps parameter names ("<module path>.weight" inside the
 U-Net) to one of
   LowRank(B, A)  ΔW = B @ A (closed-form methods: PURE, UCE) — exported exactly as a LoRA;

@@ -1,4 +1,4 @@
-"""Evaluation of combination and conditional concepts (trust.md §3, evaluation.md §4) on the embedded world.
+"""Evaluation of combination and conditional concepts (as the TRuST paper defines them) on the embedded world.
 
 Why separate from the single-concept suites: a compound target is not one judge label. A
 combination "red+circle" is present only when the judge sees every part on the same image, and
@@ -59,7 +59,7 @@ Observation = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class CompoundSettings:
-    """Sizes of the compound suites: seeds per prompt (trust.md: 8) and the cap on each retain suite."""
+    """Sizes of the compound suites: seeds per prompt (the TRuST paper: 8) and the cap on each retain suite."""
 
     seeds: int = 8
     retain_max: int = 40
@@ -72,7 +72,7 @@ class CompoundSettings:
 
     @classmethod
     def from_evaluation(cls, settings: EvaluationSettings | None) -> CompoundSettings:
-        """The same base seed as the rest of an evaluation; sizes at the trust.md defaults, shrunk with the
+        """The same base seed as the rest of an evaluation; sizes at the TRuST paper's defaults, shrunk with the
         protocol (seeds <= anchor_seeds, retain suites <= unrelated_max prompts) so small settings stay small."""
         if settings is None:
             return cls()
@@ -316,7 +316,7 @@ class CompoundMetrics:
     notes: tuple[str, ...] = ()
 
     def terms(self) -> dict[str, float]:
-        """The f and r terms that replace the single-concept ones in H (evaluation.md §4)."""
+        """The f and r terms that replace the single-concept ones in H."""
         return {"f": self.forget_term, "r": self.retention_term}
 
     def to_dict(self) -> dict[str, Any]:
@@ -414,7 +414,7 @@ def compound_metrics(spec: ConceptSpec, suites: CompoundSuites, reference: Mappi
     score = _harmonic2(f, r) if spec.kind == "combination" else (f + r) / 2
     if spec.kind == "combination" and not math.isnan(f) and f > 0 and r < 1:
         low = [e.name for e in entries if e.in_score and e.rho < 1]
-        notes.append(f"parts lost outside the combination ({', '.join(low)}): report ρ next to CR (trust.md §7)")
+        notes.append(f"parts lost outside the combination ({', '.join(low)}): report ρ next to CR")
     return CompoundMetrics(spec.name, spec.kind, suites.parts, suites.context, forget, f, forget_parts,
                            tuple(entries), r, score, suites.summary(), tuple(notes))
 

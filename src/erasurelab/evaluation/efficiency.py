@@ -1,4 +1,4 @@
-"""Cost of an edit (evaluation.md §4, efficiency): from the run manifest, plus optional inference overhead.
+"""Cost of an edit (the efficiency facet): from the run manifest, plus optional inference overhead.
 
 Why from the manifest: the edit's wall time and peak memory were measured when it was made; the
 evaluator never re-runs a method. Parameter counts and the delta's size on disk come from the Edit

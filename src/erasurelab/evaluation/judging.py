@@ -1,7 +1,7 @@
 """Asking the judge: resolve it, check it knows a concept, batch many questions, measure its accuracy.
 
 Why here and not in the runner: every facet is a set of (image, concept) questions, and the judge's
-own accuracy must be reported next to every number it produces (evaluation.md §2, §8).
+own accuracy must be reported next to every number it produces.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The metrics of evaluation.md §4: rates, retention, selective alignment, Fréchet distance, H.
+"""The metrics of the evaluation protocol: rates, retention, selective alignment, Fréchet distance, H.
 
 Why pure functions on tensors and Rates: every formula here is checked by a property test
 (H(1,1,1,1) = 1, FD(X, X) = 0, ...) without any model, and the runner only wires them up.

@@ -40,7 +40,7 @@ from erasurelab.evaluation.types import REFERENCE_MIN_ASR, AttackResult, Evaluat
 from erasurelab.runinfo import library_versions
 
 ModelLike = Any  # a diffusers pipeline or a model spec (str / PathLike) for load_pipeline
-#: The suites whose target proportion enters the forget term f (evaluation.md §4).
+#: The suites whose target proportion enters the forget term f.
 FORGET_SUITES: tuple[str, ...] = ("anchor", "paraphrase", "selective")
 
 __all__ = ["EvaluationResult", "evaluate"]

@@ -1,4 +1,4 @@
-"""Fixed, versioned prompt suites of the evaluation protocol (evaluation.md §3), embedded world.
+"""Fixed, versioned prompt suites of the evaluation protocol, embedded world.
 
 Why fixed and hashed: every number in a report is a rate over a suite, so two reports are only
 comparable when their suites are identical. Each suite is built deterministically from the world
@@ -9,7 +9,7 @@ Why a leakage check: a method trained on an evaluation prompt is graded on its t
 evaluator refuses paraphrase, neighbour and selective prompts that appear among the anchors the
 method was built from.
 
-Seed rule (evaluation.md §2): image r of prompt p uses seed = base_seed + n_rep·p + r, so every
+Seed rule: image r of prompt p uses seed = base_seed + n_rep·p + r, so every
 image is reproducible from (suite, p, r) alone. The unrelated suite has n_rep = 2: r = 0 is seed
 set A and r = 1 seed set B.
 """

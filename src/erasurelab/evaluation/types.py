@@ -2,7 +2,7 @@
 
 Why a separate module: the attacks package produces `AttackResult`s and the evaluator consumes
 them; neither should import the other's machinery, so the contract lives here, with no heavy
-imports. Every rate carries its numerator and denominator (evaluation.md §4) so a report never
+imports. Every rate carries its numerator and denominator so a report never
 shows "0.5" without saying "of how many".
 """
 
@@ -48,7 +48,7 @@ class Rate:
 
 @dataclass
 class AttackResult:
-    """What one attack on one concept hands to the evaluator (attacks.md §0).
+    """What one attack on one concept hands to the evaluator.
 
     asr is measured on the edited model; pre_asr is the same count for the unattacked prompts on
     the edited model; reference_asr is the attack's ASR on the unedited model (sanity check: an
@@ -105,7 +105,7 @@ class AttackResult:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """Every knob of the protocol (evaluation.md §2-§4); defaults are the embedded-world sizes.
+    """Every knob of the protocol; defaults are the embedded-world sizes.
 
     Why one frozen record: the settings are part of what makes two reports comparable, so the
     report prints them and the suites' hashes depend on the sizes chosen here.

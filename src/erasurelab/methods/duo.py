@@ -1,6 +1,6 @@
 """DUO: Direct Unlearning Optimization — Diffusion-DPO on SDEdit pairs with an output-preserving regulariser.
 
-duo.md in short: for pairs (x⁻ shows the concept, x⁺ its SDEdit without it; `methods.pairs`), one
+In short: for pairs (x⁻ shows the concept, x⁺ its SDEdit without it; `methods.pairs`), one
 noise ε per pair and independent t⁺, t⁻ ∈ [0, 0.75·T),
     Δ^± = e(θ; x₀^±, t^±, ε) − e(ref; x₀^±, t^±, ε),  e = mean over (C, H, W) of the squared error,
     L = mean softplus(β (Δ⁺ − Δ⁻)) + λ · mean (ε_θ(ε, T−1, c_∅) − ε_ref(ε, T−1, c_∅))²,
@@ -58,7 +58,7 @@ def coupled_lambda(beta: float, lam_base: float = 1e6) -> float:
 
 @dataclass(frozen=True)
 class DuoConfig:
-    """duo.md §5. None means the SD-family or embedded default (DEFAULTS); lr / lam None use the coupling.
+    """DUO's settings. None means the SD-family or embedded default (DEFAULTS); lr / lam None use the coupling.
 
     beta: DPO temperature β (> 0). lr_base, lam_base: bases of the coupling. steps, batch_size (pairs per
     step), n_pairs, rank / alpha (LoRA; alpha None = rank, scale 1), t_max (DPO timesteps below t_max·T),

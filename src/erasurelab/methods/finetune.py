@@ -425,6 +425,12 @@ class CheckpointedLoop:
     logs: list[dict[str, float]]
     resumed_from: int
 
+    def restore(self) -> None:  # pragma: no cover - every engine defines it
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
     def run(self, trainer: Trainer, steps: int, desc: str | None = None) -> list[dict[str, float]]:
         """Train steps [start, steps), resuming from the checkpoint folder when it holds one."""
         start = self._resume(trainer, steps)
@@ -515,9 +521,6 @@ class FineTuner(CheckpointedLoop):
         self.unet.eval()
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=self.lr)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
 
     def restore(self) -> None:
         """Put back the original weights, flags, gradients and mode (idempotent)."""

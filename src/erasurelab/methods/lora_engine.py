@@ -37,7 +37,7 @@ from erasurelab.methods.finetune import (
 )
 
 ADAPTER = "erasurelab"
-#: Self-attention projections DUO trains (duo.md §5: `attn1.{to_q,to_k,to_v,to_out.0}`).
+#: Self-attention projections DUO trains (`attn1.{to_q,to_k,to_v,to_out.0}`).
 ATTN1_PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -123,9 +123,6 @@ class LoraTuner(CheckpointedLoop):
             self.restore()
             raise
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
 
     def restore(self) -> None:
         """Unload the adapter and put back flags, gradients and mode (idempotent)."""

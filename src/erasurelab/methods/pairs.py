@@ -1,4 +1,4 @@
-"""SDEdit image pairs for DUO (duo.md §3): x⁻ shows the concept, x⁺ is x⁻ edited to remove only it.
+"""SDEdit image pairs for DUO: x⁻ shows the concept, x⁺ is x⁻ edited to remove only it.
 
 Why a judge at both ends: DUO learns "prefer x⁺ over x⁻", so a pair whose x⁻ lacks the concept or
 whose x⁺ still shows it teaches nothing or the opposite. An unsafe render is kept only if the judge

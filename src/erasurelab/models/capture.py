@@ -1,9 +1,9 @@
-"""Cross-attention activation capture along a short DDIM trajectory (PURE's data, pure.md §2).
+"""Cross-attention activation capture along a short DDIM trajectory (PURE's data).
 
 What is recorded: for every `attn2`, the INPUT of `attn2.to_out[0]`, i.e. softmax(QKᵀ/√d)V with
 heads concatenated, shape (B, N, d). That is the only space where editing W_V by E maps
 h -> E h; capturing after to_out has the same width and runs without error but is the wrong
-space (pure.md §6), so the hook sits on `to_out[0]` as a forward *pre*-hook.
+space, so the hook sits on `to_out[0]` as a forward *pre*-hook.
 Only the conditional half of the CFG batch is kept (diffusers orders it [uncond, cond]) and it is
 pooled by the mean over the N spatial queries: one vector per (prompt, seed, step, layer).
 
@@ -29,7 +29,7 @@ from erasurelab.models.layers import CrossAttentionLayer, cross_attention_layers
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Trajectory used for collection (pure.md §4): DDIM, 10 steps, CFG 7.5, seeds 0..3."""
+    """Trajectory used for collection (PURE's collection settings): DDIM, 10 steps, CFG 7.5, seeds 0..3."""
 
     steps: int = 10
     guidance: float = 7.5

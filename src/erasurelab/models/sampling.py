@@ -2,7 +2,7 @@
 
 Why one generator per image: the noise of image i comes from its own CPU torch.Generator seeded
 with seeds[i], so an image is the same whether it is rendered alone or inside any batch, on CPU
-or GPU (evaluation.md §2). Results are reproducible from (prompt, seed) alone.
+or GPU. Results are reproducible from (prompt, seed) alone.
 
 Why bf16 autocast is an option and not the default: on a CPU with native bf16 matrix instructions
 it makes the U-Net's convolutions and matmuls markedly faster, but the rule for making it the
