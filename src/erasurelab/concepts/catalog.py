@@ -102,9 +102,9 @@ PLAIN_STYLE = "solid"
 def world_guide(attribute: str, name: str) -> str:
     """The guide a world concept is steered to: "solid" for a patterned style, "" otherwise.
 
-    Why not the SD convention "art" for styles: the embedded model never saw the word, and its
-    renders of "art" prompts are striped 61% of the time, so steering striped towards "art"
-    (UCE's target, TRuST's anchor prediction) kept the stripes. "solid" is the world's own
+    Why not the SD convention "art" for styles: the embedded model never saw the word and renders
+    "art" prompts mostly striped, so steering striped towards "art" (UCE's target, TRuST's anchor
+    prediction) kept the stripes (bench/results/methods_notes.md). "solid" is the world's own
     unpatterned style.
     """
     return PLAIN_STYLE if attribute == "style" and name != PLAIN_STYLE else ""

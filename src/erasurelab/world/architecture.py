@@ -1,8 +1,8 @@
 """The embedded pipeline's architecture: configs of the VAE, U-Net, scheduler and the MiniLM encoder.
 
-Why these sizes (measured on a 2-core CPU): a 4x-downsampling AutoencoderKL
-(32x32 RGB -> 8x8x4) under 2M parameters, and a 6.2M-parameter UNet2DConditionModel whose
-cross-attention (6 `attn2` layers) runs at 4x4 only: attention stays off the highest resolution,
+Why these sizes: a 4x-downsampling AutoencoderKL (32x32 RGB -> 8x8x4) and a small
+UNet2DConditionModel (parameter counts in docs/architecture.md) whose cross-attention
+(6 `attn2` layers) runs at 4x4 only: attention stays off the highest resolution,
 where the step time would go. Everything is a stock diffusers class, so every method and attack
 runs through exactly the code path it runs on Stable Diffusion.
 """
