@@ -339,7 +339,7 @@ def world_train(
     install: Annotated[bool, typer.Option(help="Copy the final weights into the package assets.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train (or resume) the embedded VAE, judge and U-Net; about 80 minutes on 2 CPU cores."""
+    """Train (or resume) the embedded VAE, judge and U-Net (a long CPU job, checkpointed and resumable)."""
     from dataclasses import replace
 
     from erasurelab.world.train import STAGES, TrainConfig, install_assets, train_world
