@@ -16,8 +16,9 @@ per variant says whether the fine-tuning still learned what it was for.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +43,13 @@ class Probe:
 def target_probes(spec: Any, pipe: Any, judge_concepts: set[str], anchor_seeds: int = 4,
                   paraphrase_max: int = 40) -> list[Probe]:
     """The concept's anchor and held-out paraphrase prompts at the evaluation protocol's seeds."""
+    from erasurelab.evaluation.suites import anchor_suite, is_world_concept, paraphrase_suite
     from erasurelab.evaluation.types import EvaluationSettings
 
     settings = EvaluationSettings(anchor_seeds=anchor_seeds, paraphrase_max=paraphrase_max)
-    try:
-        from erasurelab.evaluation.suites import anchor_suite, paraphrase_suite
-
+    if is_world_concept(spec.name):
         suites = [anchor_suite(spec, settings), paraphrase_suite(spec, settings, judge_concepts)]
-    except Exception:  # not a world concept: the generic suites built from its spec
+    else:  # the generic suites built from its spec
         from erasurelab.evaluation.generic_suites import build_generic_suites
 
         generic = build_generic_suites(spec, pipe, judge_concepts, lambda c: spec.category, settings)
@@ -79,22 +79,17 @@ def render_rates(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str | 
     return out
 
 
-def _with(pipe: Any, edit: Edit | None) -> Any:
-    """A context that applies `edit` (if any) to pipe and reverts it after."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def applied() -> Any:
-        if edit is None:
-            yield pipe
-            return
-        edit.apply(pipe)
-        try:
-            yield pipe
-        finally:
-            edit.revert(pipe)
-
-    return applied()
+@contextlib.contextmanager
+def _with(pipe: Any, edit: Edit | None) -> Iterator[Any]:
+    """Apply `edit` (if any) to pipe for the block and revert it after, also on errors."""
+    if edit is None:
+        yield pipe
+        return
+    edit.apply(pipe)
+    try:
+        yield pipe
+    finally:
+        edit.revert(pipe)
 
 
 def reemergence_ratio(tp: float, aligned: float, unaligned: float) -> float:
