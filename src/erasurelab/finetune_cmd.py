@@ -40,7 +40,8 @@ def dense_deltas(edit: Any, pipe: Any) -> Any:
 
     if not any(isinstance(d, Replace) for d in edit.deltas.values()):
         return edit
-    deltas = {k: Dense(edit.dense(k, base=pipe)) if isinstance(d, Replace) else d for k, d in edit.deltas.items()}
+    base = edit._base_weights(pipe)  # once: dense() would rebuild every base tensor for each key
+    deltas = {k: Dense(d.delta(base[k])) if isinstance(d, Replace) else d for k, d in edit.deltas.items()}
     return Edit(deltas, edit.meta)
 
 

@@ -111,14 +111,15 @@ def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) ->
         return safety + ft
     # project: (E − I) ΔW_ft on the modules both edit; E − I = ΔW_safe W_0⁺ for a projection edit E·W_0.
     extra: dict[str, Dense] = {}
-    for key, entry in ft.deltas.items():
-        if key not in safety.deltas:
-            continue
-        w0 = safety._base_weights(base)[key].double()
+    shared = [key for key in ft.deltas if key in safety.deltas]
+    base_weights = safety._base_weights(base) if shared else {}
+    for key in shared:
+        entry = ft.deltas[key]
+        w0 = base_weights[key].double()
         if w0.shape[0] > w0.shape[1] or int(torch.linalg.matrix_rank(w0)) < w0.shape[0]:
             raise ErasureLabError(f"merge='project' needs {key} to have full row rank (out <= in) to recover the "
                                   f"safety operator from its delta, but it is {tuple(w0.shape)}; use merge='sum'")
-        e_minus_i = safety.dense(key, base) @ torch.linalg.pinv(w0)
+        e_minus_i = safety.deltas[key].delta(w0) @ torch.linalg.pinv(w0)
         extra[key] = Dense(e_minus_i @ entry.delta())
     return safety + ft + Edit(extra) if extra else safety + ft
 
@@ -171,7 +172,7 @@ def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = N
             safety.revert(pipe)
     if edit_hash(safety) != before:
         raise ErasureLabError("the safety edit changed during fine-tuning")  # isolation broke: never expected
-    merged = merge(safety, ft, merge_mode, base=pipe) if variant != "control" else ft
+    merged = merge(safety, ft, merge_mode, base=pipe) if variant != "control" else Edit(ft.deltas, dict(ft.meta))
     merged.meta.update({"method": f"finetune-{variant}", "variant": variant, "merge": merge_mode,
                         "finetune_config": config.to_dict(), "safety_hash": before,
                         "components": ["safety", "ft"] if variant != "control" else ["ft"]})
