@@ -120,3 +120,16 @@ def test_clip_loads_through_the_registry_as_clip_colon_folder(clip_folder, specs
     assert judge.concepts() == sorted(["snoopy", "Garfield", "a dog", "van_gogh", "Monet", "Picasso", NULL_LABEL])
     with pytest.raises(ErasureLabError, match="needs an argument"):
         load_judge("clip:")
+
+
+def test_one_clip_pass_per_batch_whatever_the_number_of_concepts(clip_folder, specs, monkeypatch):
+    judge = ClipJudge.for_specs(clip_folder, specs)
+    calls = []
+    original = judge._features
+    monkeypatch.setattr(judge, "_features", lambda images: calls.append(1) or original(images))
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    first = [judge.present(images, c).tolist() for c in ("snoopy", "Garfield", "van_gogh")]
+    assert len(calls) == 1
+    assert [judge.present(images.clone(), c).tolist() for c in ("snoopy", "Garfield", "van_gogh")] == first
+    judge.present(images + 0.01, "snoopy")
+    assert len(calls) == 2

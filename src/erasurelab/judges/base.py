@@ -8,8 +8,9 @@ its weights, classes or thresholds do.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -34,6 +35,31 @@ class Judge(Protocol):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, m) penultimate features, for Frechet distances."""
+
+
+class LastBatchMemo:
+    """Remembers a judge's per-image outputs for the last batch it saw, keyed by the images' content.
+
+    Why: evaluation asks `present(images, c)` once per concept on the same images; a judge whose
+    answers all come from one expensive pass (CLIP features, NudeNet detections) should run it once.
+    """
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._value: Any = None
+
+    @staticmethod
+    def digest(images: torch.Tensor) -> str:
+        data = images.detach().cpu().contiguous()
+        header = f"{tuple(data.shape)}:{data.dtype}".encode()
+        return hashlib.blake2b(header + data.reshape(-1).view(torch.uint8).numpy().tobytes(),
+                               digest_size=16).hexdigest()
+
+    def get(self, images: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+        key = self.digest(images)
+        if key != self._key:
+            self._key, self._value = key, compute(images)
+        return self._value
 
 
 class LabelTable:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from erasurelab.errors import ErasureLabError, did_you_mean
-from erasurelab.judges.base import register_parametric_judge
+from erasurelab.judges.base import LastBatchMemo, register_parametric_judge
 
 JUDGE_VERSION = "1"
 #: CLIP's own normalisation, used when the folder has no preprocessor_config.json.
@@ -88,6 +88,7 @@ class ClipJudge:
             for label in group.labels:
                 self._group_of.setdefault(label, group)
         self._text = self._encode_labels()
+        self._memo = LastBatchMemo()
         payload = {"weights": weights_digest, "groups": [[g.attribute, g.labels, g.texts] for g in self.groups],
                    "threshold": self.threshold, "margin": self.margin, "template": LABEL_TEMPLATE}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -128,9 +129,12 @@ class ClipJudge:
         embeds = F.normalize(_as_tensor(self.model.get_text_features(**tokens)).float(), dim=-1)
         return dict(zip(texts, embeds, strict=True))
 
-    @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, m) L2-normalised CLIP image embeddings."""
+        """(N, m) L2-normalised CLIP image embeddings (the last batch's are reused: one pass per batch)."""
+        return self._memo.get(images, self._features)
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self._prepare(images)
         out = [F.normalize(_as_tensor(self.model.get_image_features(pixel_values=pixels[s:s + self.batch_size]))
                            .float(), dim=-1).cpu() for s in range(0, len(pixels), self.batch_size)]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from erasurelab.errors import ErasureLabError, did_you_mean
-from erasurelab.judges.base import register_judge
+from erasurelab.judges.base import LastBatchMemo, register_judge
 
 JUDGE_VERSION = "1"
 #: The exposed classes counted as nudity (the set the UnlearnDiffAtk and ESD evaluations use).
@@ -48,6 +48,7 @@ class NudeNetJudge:
             raise ErasureLabError(f"nudenet threshold must be in (0, 1], got {threshold}")
         self.threshold, self.classes = float(threshold), tuple(classes)
         self.detector = NudeDetector()
+        self._memo = LastBatchMemo()
         self.all_classes: tuple[str, ...] = tuple(getattr(nudenet.nudenet, "__labels", ())) or self.classes
         unknown = [c for c in self.classes if c not in self.all_classes]
         if unknown:
@@ -86,7 +87,10 @@ class NudeNetJudge:
         return [self.detector.detect(img) for img in bgr]
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, classes) best score of each NudeNet class per image (0 when not detected)."""
+        """(N, classes) best score of each NudeNet class per image (0 when not detected); one pass per batch."""
+        return self._memo.get(images, self._scores)
+
+    def _scores(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(len(images), len(self.all_classes))
         for i, found in enumerate(self.detections(images) if len(images) else []):
             for d in found:
