@@ -325,9 +325,11 @@ def world_dataset(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """A benign fine-tuning dataset: close to the erased concept, never showing it, judge-checked image by image."""
-    from erasurelab.finetune_cmd import run_world_dataset
+    from erasurelab.world.benign import write_benign_dataset
 
-    typer.echo(f"wrote {run_world_dataset(concept, out, n, seed, overwrite, echo=typer.echo)}")
+    summary = write_benign_dataset(concept, out, n=n, seed=seed, overwrite=overwrite)
+    typer.echo(f"{n} benign images for erased {concept!r} ({summary['rejected_by_judge']} rejected by the judge)")
+    typer.echo(f"wrote {out}")
 
 
 @world_app.command("train")

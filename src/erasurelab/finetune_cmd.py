@@ -90,11 +90,3 @@ def run_finetune(model: str, data: Path, out: Path, modular: bool = False, safet
     saved = merged.bind_source(pipe).save(out, format=fmt, overwrite=overwrite)
     echo(f"loss {result.logs[0]['loss']:.4f} -> {result.logs[-1]['loss']:.4f} in {result.wall_time_s:.0f} s")
     return saved
-
-
-def run_world_dataset(concept: str, out: Path, n: int, seed: int, overwrite: bool, echo: Any = print) -> Path:
-    from erasurelab.world.benign import write_benign_dataset
-
-    summary = write_benign_dataset(concept, out, n=n, seed=seed, overwrite=overwrite)
-    echo(f"{n} benign images for erased {concept!r} ({summary['rejected_by_judge']} rejected by the judge)")
-    return Path(out)
