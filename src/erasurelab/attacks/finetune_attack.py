@@ -38,7 +38,6 @@ DATA_SEED = 7
 class FinetuneAttackConfig(RenderConfig):
     """Budget of the re-emergence attack (the diffusers LoRA recipe, scaled to the embedded model)."""
 
-    steps: int | None = None
     train_steps: int = 300
     snapshot_every: int = 100
     rank: int = 4
