@@ -262,3 +262,18 @@ def test_cli_helpers(pipe) -> None:
         parse_options(["tau_forget"])
     line = summary(erase(pipe, "red", "uce"))
     assert line.startswith("uce erased [red]: 8 tensors") and "\n" not in line
+
+
+def test_auto_format_picks_lora_only_when_every_delta_has_one(tmp_path, pipe) -> None:
+    proj = cross_attention_layers(pipe.unet)[0].name + ".to_out.0"
+    weight = pipe.unet.get_submodule(proj).weight
+    low = Edit({f"{proj}.weight": LowRank(torch.ones(weight.shape[0], 1), torch.ones(1, weight.shape[1]))})
+    with_bias = Edit({**low.deltas, f"{proj}.bias": Dense(torch.ones(weight.shape[0]))})
+    assert low.lora_exportable() and not with_bias.lora_exportable() and not Edit().lora_exportable()
+    with pytest.raises(ErasureLabError, match="1-D tensor"):
+        with_bias.save(tmp_path / "lora", format="lora")
+    assert not (tmp_path / "lora").exists()
+    manifest = json.loads((low.save(tmp_path / "a", format="auto") / "manifest.json").read_text())
+    assert manifest["export"]["format"] == "lora"
+    manifest = json.loads((with_bias.save(tmp_path / "b", format="auto", base=pipe) / "manifest.json").read_text())
+    assert manifest["export"]["format"] == "full"

@@ -85,10 +85,11 @@ def erase(
     model: Annotated[str, typer.Option(help="builtin:shapes, a diffusers folder or a .safetensors file.")]
     = "builtin:shapes",
     method: Annotated[str, typer.Option(help="A registered method; see `erasurelab methods`.")] = "pure",
-    format: Annotated[str, typer.Option("--format", help="lora (diffusers-loadable folder), full (edited tensors), "
+    format: Annotated[str, typer.Option("--format", help="auto (lora when every delta has one, else full), "
+                                                         "lora (diffusers-loadable folder), full (edited tensors), "
                                                          "kohya (one A1111/ComfyUI LoRA file in OUT) or checkpoint "
                                                          "(one original-layout SD1.x .safetensors in OUT).")]
-    = "lora",
+    = "auto",
     rank: Annotated[int | None, typer.Option(help="LoRA rank cap for dense (full-rank) edits.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o",
                                                      help="Method option key=value, e.g. tau_forget=0.9.")] = None,
@@ -102,7 +103,7 @@ def erase(
     from erasurelab.api import parse_options, summary
     from erasurelab.models import load_pipeline
 
-    formats = ("lora", "full", "kohya", "checkpoint")
+    formats = ("auto", "lora", "full", "kohya", "checkpoint")
     if format not in formats:
         raise ErasureLabError(f"unknown --format {format!r}; valid: {', '.join(formats)}")
     options = parse_options(option or [])
@@ -110,7 +111,7 @@ def erase(
     pipe = load_pipeline(model, dtype=weights, device=where)
     edit = run_erase(pipe, concept, method, quiet=quiet, **options)
     typer.echo(f"{summary(edit)}; {_peak(where)}")
-    if format in ("lora", "full"):
+    if format in ("auto", "lora", "full"):
         typer.echo(f"wrote {edit.save(out, format=format, rank=rank, overwrite=overwrite)}")
         return
     from erasurelab.export import save_checkpoint, save_kohya_lora

@@ -220,7 +220,7 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks:
                     continue
             echo(f"[{method}] erasing {spec.name!r}" + (f" with {options}" if options else "") + " ...")
             edit = erase(pipe, spec, method, quiet=quiet, **options)
-            edit.save(out / "runs" / f"{method}-{spec.name}", format="lora", overwrite=True)
+            edit.save(out / "runs" / f"{method}-{spec.name}", format="auto", overwrite=True)
             edit.apply(pipe)
             pipe.erasurelab_edit = edit
             try:

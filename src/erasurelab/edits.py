@@ -36,7 +36,7 @@ import torch
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.runinfo import file_sha256, library_versions, replace_folder, write_json_atomic
 
-FORMATS: tuple[str, ...] = ("lora", "full")
+FORMATS: tuple[str, ...] = ("auto", "lora", "full")
 MANIFEST = "manifest.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 FULL_WEIGHTS = "unet_edited.safetensors"
@@ -408,17 +408,25 @@ class Edit:
             errors[module] = err
         return state, ranks, errors
 
+    def lora_exportable(self) -> bool:
+        """True when a LoRA can hold every delta (low-rank or 2-D weights; no biases, norms, convolutions)."""
+        return any(True for _ in self.deltas) and all(
+            isinstance(d, LowRank) or len(d.shape) == 2 for d in self.deltas.values())
+
     def save(self, directory: str | Path, format: str = "lora", rank: int | None = None, base: Any = None,
              overwrite: bool = False) -> Path:
         """Write a run folder (see module docstring) atomically; returns its path.
 
-        format: "lora" (diffusers-loadable; exact for low-rank edits) or "full" (edited tensors).
+        format: "lora" (diffusers-loadable; exact for low-rank edits), "full" (edited tensors) or
+        "auto" (a LoRA when every delta has one, i.e. no fine-tuned bias, norm or convolution; else full).
         rank: LoRA rank cap for dense entries (None: their numerical rank, i.e. exact).
         base: the unedited model, needed for "full" unless this edit came from `erasurelab.erase`.
         """
         if format not in FORMATS:
             raise ErasureLabError(f"unknown edit format {format!r}{did_you_mean(format, FORMATS)}; "
                                   f"valid: {', '.join(FORMATS)}")
+        if format == "auto":
+            format = "lora" if self.lora_exportable() else "full"
         directory = Path(directory)
         if directory.exists() and not overwrite:
             raise ErasureLabError(f"output folder exists: {directory} (choose another --out or overwrite it)")
