@@ -1,0 +1,71 @@
+"""Wall time of `erasurelab demo` in fresh processes: one cold run (empty disk cache), then warm runs.
+
+Cold: `ERASURELAB_CACHE` points at a new, empty folder, so every reference-side result (reference
+renders, textual inversion's reference images and token, Ring-A-Bell's prompt search) is computed, as
+on a user's first run. Warm: the same cache folder again, each in a new process, as on any later run
+(or for a second method against the same model). The headline is the median of the warm runs; the
+cold run is reported beside it. Each run is `python -m erasurelab demo --out DIR` exactly as a user
+types it, timed from process start to exit, with its peak RSS from the OS.
+
+Prints a table and writes bench/results/demo.json.
+
+    python bench/bench_demo.py [--warm 3] [--keep-cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write_json
+
+
+def one_run(cache: Path, out: Path) -> dict:
+    """One `erasurelab demo` in a fresh process: wall seconds, child peak RSS, its last table lines."""
+    import os
+
+    env = {**os.environ, "ERASURELAB_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "erasurelab", "demo", "--out", str(out), "--quiet"],
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    return {"wall_s": wall, "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+            "peak_rss_mb": after.ru_maxrss / 1024, "stdout_tail": proc.stdout.strip().splitlines()[-6:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warm", type=int, default=3, help="warm runs after the cold one (the median is reported)")
+    parser.add_argument("--keep-cache", type=Path, default=None, help="cache folder to use and keep (default: temp)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.keep_cache or Path(tmp) / "cache"
+        if cache.exists() and any(cache.iterdir()):
+            raise SystemExit(f"--keep-cache {cache} is not empty: the cold run needs an empty cache")
+        runs = [{"kind": "cold", **one_run(cache, Path(tmp) / "out0")}]
+        for i in range(args.warm):
+            runs.append({"kind": "warm", **one_run(cache, Path(tmp) / f"out{i + 1}")})
+    warm = [r["wall_s"] for r in runs if r["kind"] == "warm"]
+    summary = {"cold_wall_s": runs[0]["wall_s"], "warm_median_wall_s": statistics.median(warm) if warm else None,
+               "warm_runs": len(warm), "target_s": 360}
+    print(table(runs, ["kind", "wall_s", "cpu_s", "peak_rss_mb"]))
+    print(f"cold {summary['cold_wall_s']:.0f} s; warm median {summary['warm_median_wall_s'] or float('nan'):.0f} s "
+          f"(target < 360 s)")
+    path = write_json("demo", {"summary": summary, "runs": runs},
+                      settings={"command": "python -m erasurelab demo --out DIR --quiet", "warm": args.warm})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
