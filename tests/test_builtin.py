@@ -9,6 +9,7 @@ import torch
 
 from erasurelab.errors import ErasureLabError
 from erasurelab.models import cross_attention_layers, generate
+from erasurelab.models.provenance import record_source, source_of
 from erasurelab.world import captions
 from erasurelab.world.builtin import load_builtin_pipeline
 
@@ -39,7 +40,7 @@ def test_save_pretrained_round_trip_gives_identical_images(builtin_pipe, tmp_pat
     reloaded = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
     prompts, seeds = ["a striped red heart", "a blue moon on a white background"], [3, 4]
     a = generate(builtin_pipe, prompts, seeds, steps=8)
-    reloaded.erasurelab_source = builtin_pipe.erasurelab_source  # same defaults
+    record_source(reloaded, source_of(builtin_pipe))  # same defaults
     b = generate(reloaded, prompts, seeds, steps=8)
     assert torch.equal(a, b)
 

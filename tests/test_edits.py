@@ -236,9 +236,10 @@ def test_bad_format_and_empty_lora(tmp_path, pipe) -> None:
 
 def test_run_folder_reloads_on_its_base(tmp_path, monkeypatch) -> None:
     from erasurelab.edits import base_model_spec, is_run_folder, load_run
+    from erasurelab.models.provenance import base_source_of, record_source, source_of
 
     base = tiny_bert_pipeline(0)
-    base.erasurelab_source = "builtin:tiny"
+    record_source(base, "builtin:tiny")
     edit = erase(base, "red", "uce")
     edit.save(tmp_path / "run")
     assert is_run_folder(tmp_path / "run") and not is_run_folder(tmp_path)
@@ -246,7 +247,7 @@ def test_run_folder_reloads_on_its_base(tmp_path, monkeypatch) -> None:
     loaded = load_run(tmp_path / "run", lambda spec: tiny_bert_pipeline(0))
     edit.apply(base)
     assert torch.allclose(noise_prediction(loaded), noise_prediction(base), atol=1e-5)
-    assert loaded.erasurelab_source == str(tmp_path / "run")
+    assert source_of(loaded) == str(tmp_path / "run") and base_source_of(loaded) == "builtin:tiny"
     anonymous = erase(tiny_bert_pipeline(0), "red", "uce")
     anonymous.save(tmp_path / "anon")
     with pytest.raises(ErasureLabError, match="does not name its base model"):

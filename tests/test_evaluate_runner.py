@@ -17,6 +17,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation import evaluate
 from erasurelab.evaluation.rendering import RenderCache, model_hash
 from erasurelab.evaluation.types import AttackResult, EvaluationSettings, Rate
+from erasurelab.models.provenance import current_edit, record_source
 from erasurelab.models.sampling import generate
 from stub_judge import StubJudge
 from tiny_bert_pipeline import tiny_bert_pipeline
@@ -57,7 +58,7 @@ def run_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     base = tiny_bert_pipeline(0)
     base.save_pretrained(root / "base", safe_serialization=True)
-    base.erasurelab_source = str(root / "base")
+    record_source(base, str(root / "base"))
     edit = _edit(meta={"method": "test-edit", "wall_time_s": 1.5, "peak_rss_mb": 123.0,
                        "concepts": [concept("red").manifest_entry()]})
     edit.meta["base"] = base_description(base, edit.deltas)
@@ -144,7 +145,7 @@ def test_run_folder_is_evaluated_against_its_reverted_base(run_folder) -> None:
     assert eff["delta_parameters"] == 2 * (64 + 32) and eff["delta_bytes_on_disk"] > 0
     edited = load_pipeline(run_folder / "run")
     assert result.model_hash == model_hash(edited)
-    edited.erasurelab_edit.revert(edited)
+    current_edit(edited).revert(edited)
     assert result.reference_hash == model_hash(edited)  # the reference is exactly the unedited weights
 
 
@@ -155,7 +156,7 @@ def test_pipeline_with_its_edit_is_restored_after_evaluation(run_folder) -> None
     before = model_hash(edited)
     evaluate(edited, "red", judge=StubJudge(), settings=SMALL)
     assert model_hash(edited) == before
-    assert edited.erasurelab_edit.is_applied(edited)
+    assert current_edit(edited).is_applied(edited)
 
 
 # -- Attacks and judge accuracy ---------------------------------------------------------------------------------
@@ -236,7 +237,6 @@ def test_leaking_anchors_are_refused(tmp_path, pipe) -> None:
     p = tiny_bert_pipeline(0)
     edit = _edit(meta={"method": "leaky", "concepts": [entry]})
     edit.apply(p)
-    p.erasurelab_edit = edit
     _fails(tmp_path, "leakage", p, "red")
     assert edit.is_applied(p)
 

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from erasurelab.errors import ErasureLabError
 from erasurelab.models import is_sdxl_checkpoint, load_pipeline
+from erasurelab.models.provenance import source_of
 from tiny_pipelines import original_sd_state_dict, run, tiny_sd15_pipeline, tiny_sdxl_pipeline
 
 
@@ -58,7 +59,7 @@ def test_sd15_folder_round_trip_renders_identical_images(sd15):
     pipe, folder = sd15
     loaded = load_pipeline(folder)
     assert type(loaded) is StableDiffusionPipeline
-    assert loaded.erasurelab_source == str(folder)
+    assert source_of(loaded) == str(folder)
     expected, got = run(pipe, seed=3), run(loaded, seed=3)
     assert got.shape == (1, 64, 64, 3)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -70,7 +71,7 @@ def test_sdxl_folder_round_trip_renders_identical_images(sdxl):
     pipe, folder = sdxl
     loaded = load_pipeline(str(folder))
     assert type(loaded) is StableDiffusionXLPipeline
-    assert loaded.erasurelab_source == str(folder)
+    assert source_of(loaded) == str(folder)
     np.testing.assert_allclose(run(loaded, seed=5), run(pipe, seed=5), atol=1e-5)
 
 
@@ -217,7 +218,7 @@ def test_single_file_checkpoint_with_local_config_renders_identical_images(sd15,
     loaded = load_pipeline(path, config=folder)
     assert snapshot(tmp_path) == before
     assert type(loaded) is StableDiffusionPipeline
-    assert loaded.erasurelab_source == str(path)
+    assert source_of(loaded) == str(path)
     np.testing.assert_allclose(run(loaded, seed=7), run(pipe, seed=7), atol=1e-5)
 
 

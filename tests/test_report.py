@@ -60,7 +60,6 @@ def models():
     edit = Edit({key: LowRank(torch.randn(64, 2, generator=g, dtype=torch.float64) * 3,
                               torch.randn(2, 32, generator=g, dtype=torch.float64))}, {"method": "test-edit"})
     edit.apply(edited)
-    edited.erasurelab_edit = edit
     return edited, reference
 
 

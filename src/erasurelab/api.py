@@ -35,7 +35,9 @@ def resolve_concepts(concepts: ConceptLike | Sequence[ConceptLike]) -> list[Conc
 
 def base_description(pipe: Any, keys: Any) -> dict[str, Any]:
     """What the manifest says about the base model: how to load it again and its fingerprint."""
-    source = getattr(pipe, "erasurelab_source", None)
+    from erasurelab.models.provenance import source_of
+
+    source = source_of(pipe)
     resolved = None
     if source and not str(source).startswith("builtin:") and Path(source).exists():
         resolved = os.fspath(Path(source).resolve())

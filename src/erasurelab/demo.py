@@ -222,7 +222,6 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks:
             edit = erase(pipe, spec, method, quiet=quiet, **options)
             edit.save(out / "runs" / f"{method}-{spec.name}", format="auto", overwrite=True)
             edit.apply(pipe)
-            pipe.erasurelab_edit = edit
             try:
                 attack_results = []
                 for name in attack_names:
@@ -234,7 +233,6 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks:
                                   settings=settings, cache=cache)
             finally:
                 edit.revert(pipe)
-                pipe.erasurelab_edit = None
             results.append(result)
             records.extend(rows([result]))
             if resume:

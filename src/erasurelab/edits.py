@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.models import provenance
 from erasurelab.runinfo import file_sha256, library_versions, replace_folder, write_json_atomic
 
 FORMATS: tuple[str, ...] = ("auto", "lora", "full")
@@ -327,7 +328,8 @@ class Edit:
         """Add the deltas to the model's weights in place (computed in float64, cast once).
 
         Originals are kept so `revert` restores them bit for bit. Checks every tensor before
-        writing any, so a misfit edit never leaves a half-edited model.
+        writing any, so a misfit edit never leaves a half-edited model. The edit records itself as
+        applied (erasurelab.models.provenance), which is how `evaluate(pipe, ...)` finds it.
         """
         unet = unet_of(target)
         if unet in self._originals:
@@ -344,10 +346,11 @@ class Edit:
                 new = entry.weight if isinstance(entry, Replace) else param.detach().cpu().double() + entry.delta()
                 param.copy_(new.to(device=param.device, dtype=param.dtype))
         self._originals[unet] = originals
+        provenance.record_applied(unet, self)
         return target
 
     def revert(self, target: Any) -> Any:
-        """Restore the exact weights `apply` replaced."""
+        """Restore the exact weights `apply` replaced, and drop this edit from the model's applied edits."""
         unet = unet_of(target)
         originals = self._originals.get(unet)
         if originals is None:
@@ -357,6 +360,7 @@ class Edit:
             for key, param in params.items():
                 param.copy_(originals[key])
         del self._originals[unet]
+        provenance.record_reverted(unet, self)
         return target
 
     # -- base weights -----------------------------------------------------------------------
@@ -564,15 +568,14 @@ def load_run(directory: str | Path, loader: Any, **load_kwargs: Any) -> Any:
     """Base pipeline of a saved run with the run's edit applied.
 
     loader: `erasurelab.models.load_pipeline` (passed in so this module never imports loading).
-    The returned pipeline carries `erasurelab_source` = the run folder and `erasurelab_edit` = the Edit.
+    Its recorded source is the run folder, its base source the base model's spec, and the Edit is
+    its current edit (erasurelab.models.provenance).
     """
     edit = Edit.load(directory)
     base = base_model_spec(directory)
     pipe = loader(base, **load_kwargs)
+    provenance.record_source(pipe, str(directory), provenance.base_source_of(pipe) or str(base))
     edit.apply(pipe)
-    pipe.erasurelab_base_source = getattr(pipe, "erasurelab_base_source", None) or str(base)
-    pipe.erasurelab_source = str(directory)
-    pipe.erasurelab_edit = edit
     return pipe
 
 

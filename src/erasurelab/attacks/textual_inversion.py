@@ -287,15 +287,15 @@ def initial_vector(pipe: Any, spec: Any, config: TextualInversionConfig) -> tupl
 
 
 def with_text_components(pipe: Any, tokenizer: Any, encoder: Any) -> Any:
-    """A pipeline sharing every component of `pipe` except the tokenizer and text encoder."""
+    """A pipeline sharing every component of `pipe` except the tokenizer and text encoder.
+
+    It shares the U-Net, so it shares its provenance (source, applied edits) too.
+    """
     components = {**pipe.components, "tokenizer": tokenizer, "text_encoder": encoder}
     if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
         components["requires_safety_checker"] = False
     clone = type(pipe)(**components)
     clone.set_progress_bar_config(disable=True)
-    for attr in ("erasurelab_source", "erasurelab_base_source"):
-        if hasattr(pipe, attr):
-            setattr(clone, attr, getattr(pipe, attr))
     return clone
 
 

@@ -14,19 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from erasurelab.edits import MANIFEST, LowRank, is_run_folder, read_manifest
+from erasurelab.models.provenance import current_edit, source_of
 
 
 def run_folder_of(pipe: Any) -> Path | None:
     """The saved run folder a pipeline was loaded from (load_pipeline on a run folder), if any."""
-    source = getattr(pipe, "erasurelab_source", None)
+    source = source_of(pipe)
     if source and not str(source).startswith("builtin:") and is_run_folder(source):
         return Path(source)
     return None
 
 
 def edit_cost(pipe: Any) -> dict[str, Any]:
-    """Wall time, peak memory, tensors and parameters changed, delta parameters and bytes on disk."""
-    edit = getattr(pipe, "erasurelab_edit", None)
+    """Wall time, peak memory, tensors and parameters changed, delta parameters and bytes on disk.
+
+    Of the edit most recently applied to `pipe` (models.provenance.current_edit), else of its run folder.
+    """
+    edit = current_edit(pipe)
     folder = run_folder_of(pipe)
     meta: dict[str, Any] = dict(edit.meta) if edit is not None else (read_manifest(folder) if folder else {})
     out: dict[str, Any] = {

@@ -37,6 +37,7 @@ from erasurelab.evaluation.rendering import (
 from erasurelab.evaluation.result import ConceptResult, EvaluationResult, Examples
 from erasurelab.evaluation.suites import ConceptSuites, Suite, build_suites, is_world_concept, method_anchors
 from erasurelab.evaluation.types import REFERENCE_MIN_ASR, AttackResult, EvaluationSettings, Rate
+from erasurelab.models.provenance import UNKNOWN_SOURCE, applied_edits, base_source_of, current_edit, source_of
 from erasurelab.runinfo import library_versions
 
 ModelLike = Any  # a diffusers pipeline or a model spec (str / PathLike) for load_pipeline
@@ -96,43 +97,46 @@ def _load(model: ModelLike) -> tuple[Any, str]:
         return load_pipeline(model, device=process_device()), os.fspath(model)
     if not hasattr(model, "unet"):
         raise ErasureLabError(f"expected a diffusers pipeline or a model spec, got {type(model).__name__}")
-    return model, str(getattr(model, "erasurelab_source", None) or type(model).__name__)
+    source = source_of(model)
+    return model, source if source is not None else f"{type(model).__name__} (source {UNKNOWN_SOURCE})"
 
 
 class _Reference:
-    """The unedited model: a given pipeline, or the edited one with its edit reverted while in use."""
+    """The unedited model: a given pipeline, or the edited one with its applied edits reverted while in use."""
 
-    def __init__(self, pipe: Any, label: str, revert: Any = None) -> None:
-        self.pipe, self.label, self._revert = pipe, label, revert
+    def __init__(self, pipe: Any, label: str, revert: Sequence[Any] = ()) -> None:
+        self.pipe, self.label, self._revert = pipe, label, list(revert)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
-        if self._revert is None:
-            yield self.pipe
-            return
-        self._revert.revert(self.pipe)
+        undone = []
         try:
+            for edit in reversed(self._revert):  # newest first, so each restores the weights under it
+                edit.revert(self.pipe)
+                undone.append(edit)
             yield self.pipe
         finally:
-            self._revert.apply(self.pipe)
+            for edit in reversed(undone):
+                edit.apply(self.pipe)
 
 
 def _reference(model_pipe: Any, reference: ModelLike | None) -> _Reference:
     if reference is not None:
         pipe, label = (model_pipe, "the model itself") if reference is model_pipe else _load(reference)
         return _Reference(pipe, label)
-    edit = getattr(model_pipe, "erasurelab_edit", None)
-    if edit is None or not edit.is_applied(model_pipe):
+    edits = [e for e in applied_edits(model_pipe) if e.is_applied(model_pipe)]
+    if not edits:
         raise ErasureLabError("the model is not an erasure run (no applied edit), so there is no default reference; "
                               "pass reference= (e.g. the base model)")
-    from erasurelab.edits import base_model_spec
+    from erasurelab.edits import base_model_spec, is_run_folder
 
-    folder = getattr(model_pipe, "erasurelab_source", "")
-    try:
-        label = base_model_spec(folder)
-    except ErasureLabError:
-        label = str(getattr(model_pipe, "erasurelab_base_source", "base model"))
-    return _Reference(model_pipe, f"{label} (edit reverted)", edit)
+    folder, label = source_of(model_pipe), None
+    if folder and is_run_folder(folder):
+        with contextlib.suppress(ErasureLabError):  # a base that moved: fall back to the recorded spec
+            label = base_model_spec(folder)
+    label = (label or base_source_of(model_pipe) or (edits[0].meta.get("base") or {}).get("source")
+             or UNKNOWN_SOURCE)
+    return _Reference(model_pipe, f"{label} ({'edit' if len(edits) == 1 else 'edits'} reverted)", edits)
 
 
 def _check_attacks(attacks: Sequence[Any] | None, names: set[str]) -> list[AttackResult]:
@@ -436,7 +440,7 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
 
     model_pipe, model_label = _load(model)
     ref = _reference(model_pipe, reference)
-    edit = getattr(model_pipe, "erasurelab_edit", None)
+    edit = current_edit(model_pipe)
     manifest_concepts = list((edit.meta.get("concepts") or []) if edit is not None else [])
     known = set(judge_obj.concepts())
     all_suites = [_suites_for(s, model_pipe, judge_obj, known, settings, method_anchors(s, manifest_concepts))

@@ -9,19 +9,29 @@ files can execute code), no custom pipeline code is ever imported, nothing is fe
 hub, and nothing is written. Every weight file is validated before loading, so a truncated
 download gives a one-line "corrupt weights" error instead of a traceback from deep inside
 diffusers.
+
+Named sources: a spec `NAME:ARG` (or a bare NAME) is resolved through `MODEL_SOURCES`, where
+`register_model_source` puts loaders; `builtin:shapes` is one, registered by the embedded world,
+and third-party packages add theirs through the `erasurelab.model_sources` entry points. The
+spec a pipeline was loaded from is recorded in erasurelab.models.provenance, not on the pipeline.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.errors import ErasureLabError
+from erasurelab.models.provenance import record_source
+from erasurelab.registry import Entry, Registry
 
-#: Names accepted after "builtin:".
-BUILTINS: tuple[str, ...] = ("shapes",)
+#: Named model sources: `NAME:ARG` -> loader(ARG, dtype=...) (parametric) or `NAME` -> loader(None, dtype=...).
+MODEL_SOURCES: Registry[Callable[..., Any]] = Registry("model source", entry_point_group="erasurelab.model_sources")
+#: Modules that register the built-in model sources when imported (imported on first use, since they import torch).
+BUILTIN_SOURCE_MODULES: tuple[str, ...] = ("erasurelab.world.builtin",)
 #: Pickle-based checkpoint formats that are refused: unpickling can run arbitrary code.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 #: Libraries a model_index.json may name for its components (plus diffusers' pipeline modules,
@@ -34,20 +44,64 @@ SDXL_MARKER = "conditioner.embedders.1."
 _EXPECTED = "expected builtin:shapes, a diffusers folder or a .safetensors file"
 
 
+def register_model_source(name: str, loader: Callable[..., Any], parametric: bool = True, summary: str = "",
+                          aliases: tuple[str, ...] = ()) -> Entry[Callable[..., Any]]:
+    """Make `load_pipeline("NAME:ARG")` return `loader(ARG, dtype=dtype)` (or `NAME` -> `loader(None, dtype=dtype)`).
+
+    The loader returns a diffusers pipeline with a UNet2DConditionModel `unet`, on any device;
+    load_pipeline moves it to the requested device and records its source. Bad arguments should
+    raise a one-line ErasureLabError.
+    """
+    return MODEL_SOURCES.add(name, loader, aliases=aliases, summary=summary, parametric=parametric)
+
+
+def _register_builtin_sources() -> None:
+    from importlib import import_module
+
+    for module in BUILTIN_SOURCE_MODULES:
+        import_module(module)
+
+
+def _named_source(text: str) -> tuple[Entry[Callable[..., Any]], str | None] | None:
+    """The registered source a spec names, or None for a path.
+
+    A registered `NAME:` prefix (or bare NAME) wins over the file system; an unregistered prefix
+    is looked up in third-party plugins only when no file or folder of that name exists.
+    """
+    _register_builtin_sources()
+    prefix, sep, _ = text.partition(":")
+    known = text in MODEL_SOURCES or (sep and prefix.strip().lower() in {e.name for e in MODEL_SOURCES.entries()
+                                                                        if e.parametric})
+    if not known and (not sep or len(prefix) < 2 or Path(text).expanduser().exists()):
+        return None  # a path (a one-letter prefix is a Windows drive)
+    if not known:
+        try:
+            return MODEL_SOURCES.lookup(text)
+        except ErasureLabError:
+            return None  # not a plugin either: reported as a missing model
+    return MODEL_SOURCES.lookup(text)
+
+
 def load_pipeline(spec: str | os.PathLike[str], dtype: Any = None, device: Any = "cpu",
                   config: str | os.PathLike[str] | None = None) -> Any:
-    """The diffusers pipeline named by `spec`, on `device`, with `pipe.erasurelab_source = str(spec)`.
+    """The diffusers pipeline named by `spec`, on `device`, its source recorded (models.provenance.source_of).
 
-    spec: "builtin:shapes", a local diffusers pipeline folder (with model_index.json) or a
-    single-file checkpoint "*.safetensors" (SD1.x/2.x or SDXL, detected from its tensor names).
+    spec: "builtin:shapes" (or another registered model source), a local diffusers pipeline folder
+    (with model_index.json) or a single-file checkpoint "*.safetensors" (SD1.x/2.x or SDXL, detected
+    from its tensor names).
     dtype: torch dtype of the weights (default: as stored / float32).
     config: for single-file checkpoints only, a local diffusers folder of the same model family
     whose component configs (and tokenizers) to use, since there is no hub to fetch them from.
     Raises ErasureLabError (one line) for an unknown spec, a refused format or corrupt weights.
+    The pipeline's own settings (e.g. its progress bar) are left as diffusers made them.
     """
     text = os.fspath(spec) if isinstance(spec, os.PathLike) else str(spec)
-    if text.startswith("builtin:"):
-        pipe = _load_builtin(text, dtype)
+    named = _named_source(text)
+    if named is not None:
+        if config is not None:
+            raise ErasureLabError(f"config= applies to single-file checkpoints only, not to {text}")
+        entry, argument = named
+        pipe = entry.factory(argument, dtype=dtype)
     else:
         path = Path(text).expanduser()
         if not path.exists():
@@ -70,19 +124,7 @@ def load_pipeline(spec: str | os.PathLike[str], dtype: Any = None, device: Any =
             raise ErasureLabError(f"unsupported model file {text} ({_EXPECTED})")
     if device is not None:
         pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.erasurelab_source = text
-    return pipe
-
-
-def _load_builtin(text: str, dtype: Any) -> Any:
-    from erasurelab.world.builtin import load_builtin_pipeline
-
-    name = text.split(":", 1)[1]
-    if name not in BUILTINS:
-        valid = ", ".join(f"builtin:{b}" for b in BUILTINS)
-        raise ErasureLabError(f"unknown built-in model {text!r}; valid: {valid}{did_you_mean(name, BUILTINS)}")
-    return load_builtin_pipeline(dtype=dtype)
+    return record_source(pipe, text)
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,12 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from erasurelab.errors import ErasureLabError
+from erasurelab.models.provenance import base_source_of
 
 
 def is_embedded(pipe: Any) -> bool:
     """True for the embedded shapes model, also after an edit was applied to it (a saved run)."""
-    base = getattr(pipe, "erasurelab_base_source", None) or getattr(pipe, "erasurelab_source", "")
-    return str(base).startswith("builtin:")
+    return str(base_source_of(pipe) or "").startswith("builtin:")
 
 
 #: Environment override of generate()'s autocast default: "on", "off" or "auto".
@@ -91,6 +91,31 @@ def _precision(pipe: Any, enabled: bool) -> contextlib.AbstractContextManager[An
     return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
+_UNSET = object()
+
+
+@contextlib.contextmanager
+def progress_bar_disabled(pipe: Any, disable: bool = True) -> Any:
+    """Silence a diffusers pipeline's per-step progress bar for the calls inside, then restore its own config.
+
+    Why per call and not once at load: the pipeline is the caller's object, and erasurelab leaves
+    its settings as it found them (no attribute added or left changed).
+    """
+    setter = getattr(pipe, "set_progress_bar_config", None)
+    if not disable or setter is None:
+        yield pipe
+        return
+    saved = getattr(pipe, "_progress_bar_config", _UNSET)  # diffusers' own store of the config
+    setter(**{**(saved if isinstance(saved, dict) else {}), "disable": True})
+    try:
+        yield pipe
+    finally:
+        if saved is _UNSET:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved
+
+
 def seeded(*keys: int) -> torch.Generator:
     """A CPU generator seeded from integer keys (e.g. seed, stream, step, prompt, iteration).
 
@@ -142,11 +167,12 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
     use_autocast = resolve_autocast(pipe, autocast)
     images = []
     starts = range(0, len(prompts), batch_size)
+    # Quiet, or several batches under the bar below: the pipeline's per-step bar is off for these calls only.
     for start in tqdm(starts, desc="generating", disable=quiet or len(starts) < 2):
         chunk = list(prompts[start:start + batch_size])
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         negative = [negative_prompt] * len(chunk) if negative_prompt is not None else None
-        with torch.no_grad(), _precision(pipe, use_autocast):
+        with torch.no_grad(), _precision(pipe, use_autocast), progress_bar_disabled(pipe, quiet or len(starts) > 1):
             out = pipe(prompt=chunk, negative_prompt=negative, generator=generators, num_inference_steps=steps,
                        guidance_scale=guidance, output_type="pt")
         batch = out.images if isinstance(out.images, torch.Tensor) else torch.as_tensor(out.images)

@@ -11,10 +11,14 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from erasurelab.errors import ErasureLabError
+from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.models.loading import register_model_source
+from erasurelab.models.provenance import record_source
 from erasurelab.world import architecture
 
 BUILTIN_NAME = "shapes"
+#: Names accepted after "builtin:".
+BUILTINS: tuple[str, ...] = (BUILTIN_NAME,)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -48,8 +52,19 @@ def load_builtin_pipeline(folder: Path | None = None, dtype: Any = None) -> Any:
         raise ErasureLabError(f"corrupt embedded weights in {folder}: {str(exc).splitlines()[0]}") from exc
     encoder, tokenizer = architecture.load_text_encoder()
     pipe = architecture.assemble_pipeline(vae.eval(), unet.eval(), encoder.to(dtype), tokenizer)
-    pipe.erasurelab_source = f"builtin:{BUILTIN_NAME}"
-    return pipe
+    return record_source(pipe, f"builtin:{BUILTIN_NAME}")
+
+
+def load_builtin_source(name: str | None, dtype: Any = None) -> Any:
+    """The `builtin:NAME` model source: the embedded pipeline; one-line error for an unknown NAME."""
+    if name not in BUILTINS:
+        valid = ", ".join(f"builtin:{b}" for b in BUILTINS)
+        raise ErasureLabError(f"unknown built-in model 'builtin:{name}'; valid: {valid}"
+                              f"{did_you_mean(str(name), BUILTINS)}")
+    return load_builtin_pipeline(dtype=dtype)
+
+
+register_model_source("builtin", load_builtin_source, summary="the embedded shapes model shipped with erasurelab")
 
 
 def weights_hash(folder: Path | None = None) -> str:
