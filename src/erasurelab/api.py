@@ -1,4 +1,4 @@
-"""`erase(pipe, concepts, method, **options) -> Edit`: the one entry point to every erasure method.
+"""`erase(pipe, concepts, method, **options) -> Edit`: the one entry point to every erasure method (and `attack`).
 
 Why a wrapper around the registry: whatever the method, a run must record the same facts in its
 Edit (method, validated config, concept specs with hashes, base-model fingerprint, wall time,
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +47,41 @@ def base_description(pipe: Any, keys: Any) -> dict[str, Any]:
             "unet_dtype": str(pipe.unet.dtype)}
 
 
-def erase(pipe: Any, concepts: ConceptLike | Sequence[ConceptLike], method: str = "pure", *, quiet: bool = True,
+def method_config(method: Any, options: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(registry entry, validated config) from a method name plus keyword options, or from a config object.
+
+    A config object names its method (`UceConfig(...)` -> "uce"); keyword options beside it may
+    only repeat its values, a differing one is a one-line error.
+    """
+    from erasurelab.configs import merge_options
+    from erasurelab.methods import get_method, make_config
+    from erasurelab.methods.base import method_for_config
+
+    if isinstance(method, str):
+        entry = get_method(method)
+        return entry, make_config(entry.config_cls, options, entry.name)
+    entry = method_for_config(method)
+    return entry, merge_options(method, options, f"method {entry.name}")
+
+
+def erase(pipe: Any, concepts: ConceptLike | Sequence[ConceptLike], method: Any = "pure", *, quiet: bool = True,
           **options: Any) -> Edit:
     """Compute an erasure Edit for one concept or several at once; `pipe` is left unmodified.
 
     concepts: ConceptSpec(s), built-in names ("red") or concept YAML paths.
-    method: a registered method ("pure", "uce", ...); options: fields of its config dataclass.
+    method: a registered method name ("pure", "uce", ... ; `erasurelab methods`) with its config
+    fields as keyword options, or a method's config object (`erasurelab.UceConfig(lam=1.0)`),
+    which names the method itself.
     A method's settings that depend on the model (e.g. PURE's solver="auto") are resolved by the
     method and recorded in `edit.meta` beside the config as given.
     Returns an Edit to `apply(pipe)` or `save(dir, format="lora"|"full")`.
     """
-    from erasurelab.methods import get_method, make_config
-    from erasurelab.methods.base import config_dict
+    from erasurelab.configs import config_dict
 
-    entry = get_method(method)
+    entry, config = method_config(method, options)
     specs = resolve_concepts(concepts)
-    config = make_config(entry.config_cls, options, entry.name)
     start = time.perf_counter()
-    edit = entry.fn(pipe, specs, config, quiet)
+    edit = entry.factory(pipe, specs, config, quiet)
     wall = time.perf_counter() - start
     edit.meta.update({
         "method": entry.name, "config": config_dict(config), "concepts": [s.manifest_entry() for s in specs],
@@ -72,6 +89,54 @@ def erase(pipe: Any, concepts: ConceptLike | Sequence[ConceptLike], method: str 
         "versions": library_versions(), "source_revision": source_revision(),
     })
     return edit.bind_source(pipe)
+
+
+def attack(edited_pipe: Any, concept: ConceptLike, name_or_config: Any, reference: Any = None, judge: Any = None, *,
+           seed: int = 0, quiet: bool = True, check_reference: bool = True, **options: Any) -> Any:
+    """Attack an erased model: `attacks.run_attack` with the defaults a Python user expects.
+
+    name_or_config: a registered attack ("textual-inversion", "ring-a-bell", ... ; `erasurelab
+    attacks`) with its config fields as keyword options, or an attack's config object.
+    reference: the unedited model M_0 the attack learns from and checks itself on: a pipeline or a
+    model spec (loaded like the edited model); None: the base model under the edit applied to
+    `edited_pipe`, for a model erasurelab loaded (a run folder, or a base with `Edit.apply`).
+    judge: a Judge or a registered name (None: "shapes" on the embedded model; elsewhere pass
+    one, e.g. "clip:FOLDER").
+    Returns an AttackRun (ASR on the edited model, pre-ASR, reference ASR, suite, budget).
+    """
+    from erasurelab.attacks import run_attack
+    from erasurelab.attacks.base import attack_config, resolve_spec
+    from erasurelab.evaluation.judging import resolve_judge
+    from erasurelab.models.sampling import is_embedded
+
+    attack_config(name_or_config, options)  # a bad name or option fails before any model loads
+    spec = resolve_spec(concept)
+    if judge is None:
+        if not is_embedded(edited_pipe):
+            raise ErasureLabError("attack needs judge= on this model (a Judge or a name: "
+                                  "`erasurelab judges`); the default 'shapes' reads only the embedded world")
+        judge = "shapes"
+    if isinstance(judge, str):
+        judge = resolve_judge(judge, [spec])
+    reference = _reference_pipe(edited_pipe, reference)
+    return run_attack(name_or_config, edited_pipe, spec, reference, judge, seed=seed, quiet=quiet,
+                      check_reference=check_reference, **options)
+
+
+def _reference_pipe(edited_pipe: Any, reference: Any) -> Any:
+    """The unedited model: a given pipeline, a model spec loaded like the edited one, or the edit's base model."""
+    if reference is None:
+        from erasurelab.models.provenance import applied_edits, base_source_of
+
+        reference = base_source_of(edited_pipe) if applied_edits(edited_pipe) else None
+        if reference is None:
+            raise ErasureLabError("attack needs reference= (the unedited model: a pipeline or a model spec); "
+                                  "only a model loaded by erasurelab with an edit applied knows its base")
+    if isinstance(reference, str | os.PathLike):
+        from erasurelab.models import load_pipeline
+
+        return load_pipeline(reference, dtype=edited_pipe.unet.dtype, device=edited_pipe.unet.device)
+    return reference
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:

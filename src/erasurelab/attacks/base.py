@@ -1,7 +1,9 @@
 """The one attack registry, the common `run_attack` contract, and budget accounting (the attack protocol).
 
 Why a registry: the CLI, the benchmark and the evaluator name attacks by string, exactly as they
-name methods. Each attack module registers a class with two steps and its config dataclass:
+name methods (the same `erasurelab.registry.Registry` shape; third-party attacks register through
+the entry-point group `erasurelab.attacks`). Each attack module registers a class with two steps
+and its config dataclass (options and validators: `erasurelab.configs`):
 
   prepare(ctx, budget) -> prepared   everything that comes from the *unedited* model M_0 (reference
                                      images, target images, seed prompts); computed once
@@ -36,15 +38,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from erasurelab.concepts.spec import ConceptSpec
-from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.configs import check_non_negative as check_non_negative
+from erasurelab.configs import check_positive, config_dict, entry_for_config, load_plugins, make_config, merge_options
+from erasurelab.configs import check_probability as check_probability
+from erasurelab.configs import check_strings as check_strings
+from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation import types as _types
 from erasurelab.evaluation.types import AttackResult, Rate
+from erasurelab.registry import Entry, Registry, option
 from erasurelab.runinfo import library_versions, peak_rss_mb, replace_folder, write_json_atomic
+from erasurelab.world.architecture import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 #: Below this ASR on the unedited model the attack "does not work" and the report says so.
 REFERENCE_MIN_ASR: float = getattr(_types, "REFERENCE_MIN_ASR", 0.5)
@@ -62,9 +70,14 @@ SCORING_SEED_OFFSET = 500_000
 class RenderConfig:
     """Rendering settings every attack shares; None means the model's defaults (sampling.default_sampling)."""
 
-    steps: int | None = None
-    guidance: float | None = None
-    batch_size: int = 16
+    #: (SD-family, embedded) values of the None defaults, as `sampling.default_sampling` picks them.
+    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {"steps": (50, DEFAULT_STEPS),
+                                                            "guidance": (7.5, DEFAULT_GUIDANCE)}
+
+    steps: int | None = option(None, help="sampler steps of every render (None: the model's default)")
+    guidance: float | None = option(None, help="classifier-free guidance scale of every render (None: the "
+                                               "model's default)")
+    batch_size: int = option(16, help="images per sampler batch when rendering")
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size)
@@ -72,27 +85,6 @@ class RenderConfig:
             check_positive("steps", self.steps)
         if self.guidance is not None and not isinstance(self.guidance, int | float):
             raise ErasureLabError(f"guidance must be a number, got {self.guidance!r}")
-
-
-def check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ErasureLabError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ErasureLabError(f"{name} must be a non-negative number, got {value!r}")
-
-
-def check_probability(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-        raise ErasureLabError(f"{name} must be in [0, 1], got {value!r}")
-
-
-def check_strings(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise ErasureLabError(f"{name} must be a list of strings, got {value!r}")
-    return tuple(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,62 +322,37 @@ class Attack(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttackEntry:
-    name: str
-    cls: type
-    config_cls: type
-    summary: str
-
-
-_ATTACKS: dict[str, AttackEntry] = {}
-_ALIASES: dict[str, str] = {}
+#: Every attack: name -> a class with `prepare` and `attack`, with its config class.
+ATTACKS: Registry[type] = Registry("attack", "erasurelab.attacks")
+#: A registry entry; `entry.factory` is the attack class.
+AttackEntry = Entry
 
 
 def register_attack(name: str, config: type, summary: str = "",
                     aliases: Sequence[str] = ()) -> Callable[[type], type]:
     """Class decorator: add an attack (with `prepare` and `attack`) and its config dataclass to the registry."""
-
-    def add(cls: type) -> type:
-        if name in _ATTACKS and _ATTACKS[name].cls is not cls:
-            raise ValueError(f"attack {name!r} registered twice")
-        _ATTACKS[name] = AttackEntry(name, cls, config, summary or (cls.__doc__ or "").strip().splitlines()[0])
-        for alias in aliases:
-            _ALIASES[alias] = name
-        return cls
-
-    return add
+    return ATTACKS.register(name, config, tuple(aliases), summary)
 
 
 def available_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+    """Registered attack names, third-party plugins included."""
+    load_plugins(ATTACKS)
+    return ATTACKS.names()
 
 
-def get_attack(name: str) -> AttackEntry:
-    """The registry entry; unknown names give a one-line error with close matches."""
-    key = str(name).strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in _ATTACKS:
-        raise ErasureLabError(f"unknown attack {name!r}{did_you_mean(key, [*_ATTACKS, *_ALIASES])}; "
-                              f"available: {', '.join(available_attacks())}")
-    return _ATTACKS[key]
+def get_attack(name: str) -> Entry[type]:
+    """The registry entry for a name or alias ("ring_a_bell" = "ring-a-bell"); unknown names: one-line error."""
+    return ATTACKS.get(str(name).strip().replace("_", "-"))
 
 
-def make_attack_config(entry: AttackEntry, options: Mapping[str, Any]) -> Any:
+def attack_for_config(config: Any) -> Entry[type]:
+    """The attack whose config class `config` is an instance of; one-line error for any other object."""
+    return entry_for_config(ATTACKS, config)
+
+
+def make_attack_config(entry: Entry[type], options: Mapping[str, Any]) -> Any:
     """The attack's config from keyword options; unknown keys or bad values -> one-line error."""
-    fields = [f.name for f in dataclasses.fields(entry.config_cls)]
-    for key in options:
-        if key not in fields:
-            raise ErasureLabError(f"unknown option {key!r} for attack {entry.name}{did_you_mean(key, fields)}; "
-                                  f"valid: {', '.join(fields)}")
-    try:
-        return entry.config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-    except TypeError as exc:
-        raise ErasureLabError(f"bad options for attack {entry.name}: {exc}") from exc
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return make_config(entry.config_cls, options, f"attack {entry.name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,11 +440,25 @@ def _architecture(pipe: Any) -> list[tuple[str, tuple[int, ...]]]:
     return sorted((k, tuple(v.shape)) for k, v in pipe.unet.state_dict().items())
 
 
-def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, reference_pipe: Any, judge: Any,
+def attack_config(name: Any, options: Mapping[str, Any]) -> tuple[Entry[type], Any]:
+    """(entry, config) from an attack name plus keyword options, or from a config object.
+
+    A config object names its attack; keyword options beside it may only repeat its values
+    (a differing one is a one-line error).
+    """
+    if isinstance(name, str):
+        entry = get_attack(name)
+        return entry, make_attack_config(entry, options)
+    entry = attack_for_config(name)
+    return entry, merge_options(name, options, f"attack {entry.name}")
+
+
+def run_attack(name: Any, edited_pipe: Any, spec: ConceptSpec | str | Path, reference_pipe: Any, judge: Any,
                seed: int = 0, quiet: bool = True, check_reference: bool = True, **options: Any) -> AttackRun:
     """Run a registered attack on the edited model M_e and (sanity check) on the unedited model M_0.
 
-    name: "textual-inversion", "unlearndiffatk" or "ring-a-bell" (see `available_attacks()`).
+    name: "textual-inversion", "unlearndiffatk", "ring-a-bell", "ft" (see `available_attacks()`),
+    or an attack's config object (e.g. `RingABellConfig(generations=50)`).
     spec: a ConceptSpec, a built-in concept name or a concept YAML path; judge: a Judge that knows it.
     reference_pipe: M_0 (same architecture). Data the attack learns from (reference images, target
     images, seed prompts) always come from M_0. Neither pipeline's weights are changed.
@@ -487,8 +468,7 @@ def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, refe
     U-Net forward/backward samples, renders, wall time, peak memory; per phase under "prepare",
     "edited", "reference"; "cached": what was loaded from the disk cache instead of computed).
     """
-    entry = get_attack(name)
-    config = make_attack_config(entry, options)
+    entry, config = attack_config(name, options)
     spec = resolve_spec(spec)
     if edited_pipe is None or reference_pipe is None:
         raise ErasureLabError("run_attack needs both the edited model and the unedited reference model")
@@ -497,7 +477,7 @@ def run_attack(name: str, edited_pipe: Any, spec: ConceptSpec | str | Path, refe
                               "unedited base of the edited model")
     if hasattr(judge, "attribute_of"):
         judge.attribute_of(spec.name)  # one-line error now rather than after minutes of work
-    attack: Attack = entry.cls()
+    attack: Attack = entry.factory()
     if hasattr(attack, "check"):
         attack.check(edited_pipe)
         attack.check(reference_pipe)

@@ -29,6 +29,7 @@ from erasurelab.attacks.base import (
     register_attack,
 )
 from erasurelab.errors import ErasureLabError
+from erasurelab.registry import option
 
 #: Selection stream of the benign dataset (never a scoring seed).
 DATA_SEED = 7
@@ -38,14 +39,15 @@ DATA_SEED = 7
 class FinetuneAttackConfig(RenderConfig):
     """Budget of the re-emergence attack (the diffusers LoRA recipe, scaled to the embedded model)."""
 
-    train_steps: int = 300
-    snapshot_every: int = 100
-    rank: int = 4
-    lr: float = 1e-4
-    train_batch_size: int = 16
-    n_images: int = 128
-    n_prompts: int = 8
-    data: str | None = None
+    train_steps: int = option(300, help="LoRA fine-tuning steps on the benign data")
+    snapshot_every: int = option(100, help="steps between snapshots, each scored (the re-emergence curve)")
+    rank: int = option(4, help="rank of the fine-tuning LoRA")
+    lr: float = option(1e-4, help="AdamW learning rate of the fine-tuning")
+    train_batch_size: int = option(16, help="images per fine-tuning step")
+    n_images: int = option(128, help="images of the rendered benign dataset (embedded-world concepts, no data)")
+    n_prompts: int = option(8, help="concept anchor prompts scored at every snapshot")
+    data: str | None = option(None, help="image-and-caption folder of benign data (None: the world's benign "
+                                         "dataset for an embedded-world concept)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

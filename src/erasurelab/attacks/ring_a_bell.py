@@ -65,6 +65,7 @@ from erasurelab.attacks.tokens import (
     whole_word_ids,
 )
 from erasurelab.errors import ErasureLabError
+from erasurelab.registry import option
 
 #: Seed offset of the pair-filter selection renders on M_0 (disjoint from the seed prompts' and the scoring seeds).
 PAIR_SEED_OFFSET = 20_000
@@ -91,20 +92,22 @@ class RingABellConfig(RenderConfig):
     full vocabulary.
     """
 
-    k: int = 8
-    eta: float = 3.0
-    population: int = 64
-    generations: int = 200
-    mutation: float = 0.25
-    crossover: float = 0.5
-    n_pairs: int = 20
-    pair_seeds: int = 5
-    pair_min_positive: int = 3
-    n_prompts: int = 10
-    prompts: tuple[str, ...] = ()
-    init_from_prompt: bool = True
-    whole_words: bool = True
-    eval_batch: int = 256
+    k: int = option(8, help="searched tokens K of a random start (official SD nudity: 16)")
+    eta: float = option(3.0, help="η: the target is f(P) + η·c, c the concept vector")
+    population: int = option(64, help="individuals per generation, at least 2 (official SD: 200)")
+    generations: int = option(200, help="generations of the genetic search (official SD: 3000; 0: no search)")
+    mutation: float = option(0.25, help="probability that an individual (not the best) gets a random token, in [0, 1]")
+    crossover: float = option(0.5, help="probability that a child is a crossover of two parents, in [0, 1]")
+    n_pairs: int = option(20, help="prompt pairs (with / without the concept) averaged into the concept vector")
+    pair_seeds: int = option(5, help="seeds each pair's concept prompt is rendered at on the unedited model")
+    pair_min_positive: int = option(3, help="of those, how many must show the concept for the pair to count")
+    n_prompts: int = option(10, help="seed prompts attacked")
+    prompts: tuple[str, ...] = option((), help="seed prompts (empty: the concept's paraphrase and anchor prompts)")
+    init_from_prompt: bool = option(True, help="seed one individual with the seed prompt, concept words replaced "
+                                               "by random words (False: the official random start)")
+    whole_words: bool = option(True, help="search only whole-word tokens, so prompts round-trip (False: the "
+                                          "official full vocabulary)")
+    eval_batch: int = option(256, help="candidate prompts encoded per batch (memory only)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -80,6 +80,7 @@ from erasurelab.attacks.tokens import (
 )
 from erasurelab.concepts.spec import replace_mention
 from erasurelab.errors import ErasureLabError
+from erasurelab.registry import option
 
 #: Training templates of the official scripts (diffusers textual_inversion.py, "object" mode).
 OBJECT_TEMPLATES: tuple[str, ...] = (
@@ -129,19 +130,25 @@ class TextualInversionConfig(RenderConfig):
     grad-accum 4), steps 5000, lr 0.08 (5e-3 scaled by batch·accum); pass those as options on a GPU.
     """
 
-    n_images: int = 50
-    train_batch: int = 8
-    train_steps: int = 500
-    lr: float = 5e-3
-    weight_decay: float = 1e-2
-    placeholder: str = "<c*>"
-    initializer: str = ""
-    templates: tuple[str, ...] = ()
-    eval_templates: tuple[str, ...] = ()
-    eval_seeds: int = 5
-    instance_tries: int = 5
-    source_prompts: tuple[str, ...] = ()
-    max_reference_renders: int = 100
+    n_images: int = option(50, help="judge-confirmed reference images rendered on the unedited model (official "
+                                    "SD: 25)")
+    train_batch: int = option(8, help="images per training step (official SD: 16 = 4 × grad-accum 4)")
+    train_steps: int = option(500, help="optimisation steps of the token embedding (official SD: 5000; 0: the "
+                                        "untrained initial token)")
+    lr: float = option(5e-3, help="AdamW learning rate, unscaled (official SD: 0.08)")
+    weight_decay: float = option(1e-2, help="AdamW weight decay on the learned embedding")
+    placeholder: str = option("<c*>", help="the new token's text, one word")
+    initializer: str = option("", help="word whose embedding starts the token (empty: the category's word)")
+    templates: tuple[str, ...] = option((), help="training templates with one {} slot (empty: each image's own "
+                                                 "prompt with the concept swapped for the token)")
+    eval_templates: tuple[str, ...] = option((), help="held-out scoring templates with one {} slot (empty: the "
+                                                      "world's or the category's)")
+    eval_seeds: int = option(5, help="scoring instances per held-out template")
+    instance_tries: int = option(5, help="selection seeds tried per instance until the unedited model renders "
+                                         "the concept")
+    source_prompts: tuple[str, ...] = option((), help="prompts rendered for the reference images (empty: the "
+                                                      "concept's described, anchor and paraphrase prompts)")
+    max_reference_renders: int = option(100, help="renders allowed to find n_images judge-positive ones")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -66,6 +66,7 @@ from erasurelab.attacks.tokens import (
     vocabulary_ids,
 )
 from erasurelab.errors import ErasureLabError
+from erasurelab.registry import option
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,16 @@ class UnlearnDiffAtkConfig(RenderConfig):
     Official SD setting: k 5 (nudity) or 3, timesteps (10, 30, ..., 990), iters 40, guidance 7.5.
     """
 
-    k: int = 3
-    timesteps: tuple[int, ...] = tuple(range(50, 1000, 100))
-    iters: int = 20
-    lr: float = 0.01
-    weight_decay: float = 0.1
-    n_prompts: int = 10
-    prompts: tuple[str, ...] = ()
-    target_tries: int = 5
+    k: int = option(3, help="adversarial tokens prepended after the start token (official SD: 5 for nudity)")
+    timesteps: tuple[int, ...] = option(tuple(range(50, 1000, 100)), help="diffusion timesteps visited, ascending "
+                                        "(official SD: 10, 30, ..., 990)")
+    iters: int = option(20, help="optimisation steps per timestep (official SD: 40; 0: no optimisation)")
+    lr: float = option(0.01, help="Adam learning rate of the token probabilities")
+    weight_decay: float = option(0.1, help="Adam weight decay of the token probabilities")
+    n_prompts: int = option(10, help="concept prompts attacked")
+    prompts: tuple[str, ...] = option((), help="concept prompts (empty: the concept's anchor prompts)")
+    target_tries: int = option(5, help="seeds tried per prompt for a judge-positive target image on the unedited "
+                                       "model, and for an unattacked start without the concept")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,4 +1,4 @@
-"""The Judge protocol and the judge registry.
+"""The Judge protocol and the judge registry (an `erasurelab.registry.Registry`, entry-point group `erasurelab.judges`).
 
 Why a protocol: every number erasurelab reports ("target proportion", "retention") is a judge's
 verdict. Judges differ (the shapes CNN here; NudeNet or a CLIP classifier for real models), so
@@ -9,12 +9,14 @@ its weights, classes or thresholds do.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from erasurelab.configs import load_plugins
 from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.registry import Registry
 
 
 @runtime_checkable
@@ -83,50 +85,62 @@ class LabelTable:
         return self._attribute_of[concept]
 
 
-_JUDGES: dict[str, Callable[[], Judge]] = {}
-#: Judges named "NAME:ARGUMENT" (e.g. "clip:/models/clip-vit-large"): the factory takes the argument.
-_PARAMETRIC: dict[str, Callable[[str], Judge]] = {}
+#: Every judge: name -> zero-argument factory; parametric ones ("NAME:ARGUMENT", e.g.
+#: "clip:/models/clip-vit-large") -> a factory taking the argument.
+JUDGES: Registry[Callable[..., Judge]] = Registry("judge", "erasurelab.judges")
 
 
-def register_judge(name: str) -> Callable[[Callable[[], Judge]], Callable[[], Judge]]:
-    """Decorator adding a judge factory to the registry under `name`."""
+def _summary(factory: Callable[..., Any]) -> str:
+    """The first docstring line of the factory, else of the judge class it is annotated to return."""
+    import typing
+
+    doc = factory.__doc__
+    if not doc:
+        try:
+            doc = getattr(typing.get_type_hints(factory).get("return"), "__doc__", None)
+        except Exception:  # an unresolvable annotation only costs the listing its summary
+            doc = None
+    return (doc or "").strip().split("\n")[0]
+
+
+def register_judge(name: str, summary: str = "",
+                   aliases: Sequence[str] = ()) -> Callable[[Callable[[], Judge]], Callable[[], Judge]]:
+    """Decorator adding a judge factory (no arguments) to the registry under `name`."""
 
     def add(factory: Callable[[], Judge]) -> Callable[[], Judge]:
-        _JUDGES[name] = factory
+        JUDGES.add(name, factory, None, tuple(aliases), summary or _summary(factory))
         return factory
 
     return add
 
 
-def register_parametric_judge(name: str) -> Callable[[Callable[[str], Judge]], Callable[[str], Judge]]:
+def register_parametric_judge(name: str, summary: str = "") -> Callable[[Callable[[str], Judge]],
+                                                                        Callable[[str], Judge]]:
     """Decorator adding a judge factory that is loaded as "NAME:ARGUMENT" (a folder, a file, ...)."""
 
     def add(factory: Callable[[str], Judge]) -> Callable[[str], Judge]:
-        _PARAMETRIC[name] = factory
+        JUDGES.add(name, factory, None, (), summary or _summary(factory), parametric=True)
         return factory
 
     return add
 
 
 def available_judges() -> list[str]:
-    """Registered judge names; parametric ones are listed as "NAME:ARGUMENT"."""
-    return sorted([*_JUDGES, *(f"{name}:ARGUMENT" for name in _PARAMETRIC)])
+    """Registered judge names, third-party plugins included; parametric ones are listed as "NAME:ARGUMENT"."""
+    load_plugins(JUDGES)
+    return JUDGES.names()
 
 
 def is_judge_name(name: str) -> bool:
     """True for a registered name or a "NAME:ARGUMENT" of a registered parametric judge."""
-    prefix, sep, argument = name.partition(":")
-    return name in _JUDGES or bool(sep and argument and prefix in _PARAMETRIC)
+    try:
+        JUDGES.lookup(name)
+    except ErasureLabError:
+        return False
+    return True
 
 
 def load_judge(name: str = "shapes") -> Judge:
     """Instantiate a registered judge; unknown names give a one-line error listing valid ones."""
-    prefix, sep, argument = name.partition(":")
-    if name not in _JUDGES and sep and prefix in _PARAMETRIC:
-        if not argument:
-            raise ErasureLabError(f"judge {prefix!r} needs an argument: {prefix}:ARGUMENT (e.g. a folder)")
-        return _PARAMETRIC[prefix](argument)
-    if name not in _JUDGES:
-        raise ErasureLabError(f"unknown judge {name!r}{did_you_mean(name, [*_JUDGES, *_PARAMETRIC])}; "
-                              f"available: {', '.join(available_judges())}")
-    return _JUDGES[name]()
+    entry, argument = JUDGES.lookup(name)
+    return entry.factory(argument) if entry.parametric else entry.factory()

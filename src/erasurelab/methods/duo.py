@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from erasurelab.methods.finetune import Cond, encode_prompts
 from erasurelab.methods.lora_engine import LoraTuner, attn1_targets, check_rank
 from erasurelab.methods.pairs import PairSettings, build_pairs
 from erasurelab.models.sampling import noise_scheduler, seeded
+from erasurelab.registry import option
 
 CONDITIONINGS: tuple[str, ...] = ("empty", "prompt")
 #: Random stream of DUO's per-step draws (pair indices, ε, t⁺, t⁻).
@@ -66,31 +67,39 @@ class DuoConfig:
     pairs. safe_prompt / prompts: override the pair prompts. pair_*: SDEdit settings (methods.pairs).
     """
 
-    beta: float | None = None
-    lr: float | None = None
-    lam: float | None = None
-    lr_base: float = 3e-4
-    lam_base: float = 1e6
-    steps: int | None = None
-    batch_size: int | None = None
-    n_pairs: int = 64
-    rank: int | None = None
-    alpha: float | None = None
-    t_max: float = 0.75
-    conditioning: str = "empty"
-    weight_decay: float = 1e-2
-    grad_clip: float = 1.0
-    seed: int = 42
-    judge: str = "shapes"
-    safe_prompt: str | None = None
-    prompts: tuple[str, ...] | None = None
-    pair_guidance: float = 7.5
-    pair_strength: float | None = None
-    pair_steps: int | None = None
-    pair_attempts: int = 20
-    pair_negative: str | None = None
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 50
+    #: (SD-family, embedded) values of the None defaults (`resolve`).
+    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = DEFAULTS
+
+    beta: float | None = option(None, help="DPO temperature β, > 0 (None: the model's default)")
+    lr: float | None = option(None, help="AdamW learning rate (None: the coupling lr_base·100/β)")
+    lam: float | None = option(None, help="weight λ of the output-preserving term (None: the coupling "
+                                          "lam_base·β/100)")
+    lr_base: float = option(3e-4, help="base of the learning-rate coupling")
+    lam_base: float = option(1e6, help="base of the λ coupling")
+    steps: int | None = option(None, help="optimisation steps (None: the model's default)")
+    batch_size: int | None = option(None, help="pairs per step (None: the model's default)")
+    n_pairs: int = option(64, help="SDEdit pairs built per concept")
+    rank: int | None = option(None, help="LoRA rank on the self-attention projections (None: the model's default)")
+    alpha: float | None = option(None, help="LoRA alpha (None: the rank, so the scale is 1)")
+    t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
+    conditioning: str = option("empty", help="text both pair members are conditioned on: empty (\"\") or prompt "
+                                             "(the unsafe prompt)")
+    weight_decay: float = option(1e-2, help="AdamW weight decay")
+    grad_clip: float = option(1.0, help="gradient norm clipping")
+    seed: int = option(42, help="seed of every random draw")
+    judge: str = option("shapes", help="judge that keeps only pairs showing / not showing the concept")
+    safe_prompt: str | None = option(None, help="prompt of the safe pair members (None: the concept phrase "
+                                                "replaced by its guide)")
+    prompts: tuple[str, ...] | None = option(None, help="unsafe pair prompts (None: the concept's own)")
+    pair_guidance: float = option(7.5, help="classifier-free guidance of the pair renders")
+    pair_strength: float | None = option(None, help="SDEdit strength of the safe members, in (0, 1] (None: the "
+                                                    "model's default)")
+    pair_steps: int | None = option(None, help="sampler steps of the pair renders (None: the model's default)")
+    pair_attempts: int = option(20, help="render attempts per pair before giving up on it")
+    pair_negative: str | None = option(None, help="SDEdit negative prompt: unsafe (the whole prompt), concept "
+                                                  "(the concept word) or none (None: the model's default)")
+    checkpoint_dir: str | None = option(None, help="folder for resumable checkpoints (None: no checkpoints)")
+    checkpoint_every: int = option(50, help="steps between checkpoints")
 
     def __post_init__(self) -> None:
         for name in ("beta", "lr", "lr_base", "grad_clip", "alpha"):

@@ -15,7 +15,7 @@ Multi-concept and multi-anchor runs cycle the forget anchors across steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -43,6 +43,7 @@ from erasurelab.methods.finetune import (
     tuner_for,
 )
 from erasurelab.models.sampling import is_embedded
+from erasurelab.registry import option
 
 VARIANTS: tuple[str, ...] = ("x", "u", "x-strict", "all")
 SAMPLE_WITH: tuple[str, ...] = ("pool", "trained", "frozen")
@@ -68,19 +69,26 @@ class EsdConfig:
     the retain anchors (0: plain ESD). seed: every random draw. checkpoint_dir/every: resumable runs.
     """
 
-    variant: str | None = None
-    eta: float = 1.0
-    lr: float | None = None
-    steps: int | None = None
-    batch_size: int = 1
-    sample_steps: int | None = None
-    start_guidance: float = 3.0
-    sample_with: str = "pool"
-    pool_size: int = 32
-    retain_weight: float = 0.0
-    seed: int = 0
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 50
+    #: (SD-1.x, embedded) values of the None defaults (`resolve`).
+    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {"variant": ("u", "x"), "lr": LR, "steps": STEPS,
+                                                            "sample_steps": SAMPLE_STEPS}
+
+    variant: str | None = option(None, help="parameters trained: x (cross-attention), x-strict (its K/V), u "
+                                            "(outside cross-attention), all; None: x for styles and on the "
+                                            "embedded model, else u")
+    eta: float = option(1.0, help="negative guidance η: how far the target is pushed away from the concept")
+    lr: float | None = option(None, help="Adam learning rate (None: the model's default)")
+    steps: int | None = option(None, help="training iterations (None: the model's default)")
+    batch_size: int = option(1, help="x_t samples per iteration")
+    sample_steps: int | None = option(None, help="DDIM steps of the x_t sampler (None: the model's default)")
+    start_guidance: float = option(3.0, help="classifier-free guidance while sampling x_t")
+    sample_with: str = option("pool", help="x_t source: pool (cached frozen trajectories), trained or frozen "
+                                           "(fresh per step)")
+    pool_size: int = option(32, help="trajectories in the pool")
+    retain_weight: float = option(0.0, help="weight of a preservation term on the retain anchors (0: plain ESD)")
+    seed: int = option(0, help="seed of every random draw")
+    checkpoint_dir: str | None = option(None, help="folder for resumable checkpoints (None: no checkpoints)")
+    checkpoint_every: int = option(50, help="iterations between checkpoints")
 
     def __post_init__(self) -> None:
         if self.variant is not None:

@@ -13,8 +13,8 @@ space instead of imposing E P_R = P_R exactly (PureConfig says when and why).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,6 +25,7 @@ from erasurelab.methods.base import MethodWarning, check_fraction, check_number,
 from erasurelab.models.capture import CaptureConfig, capture_activations, stack_rows
 from erasurelab.models.layers import cross_attention_layers
 from erasurelab.models.sampling import is_embedded
+from erasurelab.registry import option
 
 PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
 SOLVERS: tuple[str, ...] = ("auto", "projector", "least_squares")
@@ -54,20 +55,28 @@ class PureConfig:
     lets SDXL users collect activations at a lower resolution.
     """
 
-    tau_forget: float = 0.95
-    tau_retain: float = 0.99
-    steps: int = 10
-    guidance: float = 7.5
-    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3))
-    batch_size: int = 16
-    projections: tuple[str, ...] = PROJECTIONS
-    retain_empty_prompt: bool = True
-    latent_size: int | None = None
-    centre: bool | None = None
-    retain_strength: float = 1.0
-    solver: str = "auto"
-    retain_weight: float = 30.0
-    ridge: float = 1e-3
+    #: (SD-family, embedded) values of the "auto"/None defaults (`resolved`).
+    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {"solver": ("projector", "least_squares"),
+                                                            "centre": (False, True)}
+
+    tau_forget: float = option(0.95, help="energy kept by the forget basis V_F, in (0, 1]")
+    tau_retain: float = option(0.99, help="energy kept by the retain basis V_R, in (0, 1]")
+    steps: int = option(10, help="sampler steps of the activation-capture trajectories")
+    guidance: float = option(7.5, help="classifier-free guidance of the capture trajectories")
+    seeds: tuple[int, ...] = option((0, 1, 2, 3), help="latent seeds of the capture trajectories")
+    batch_size: int = option(16, help="prompts per capture batch (memory only)")
+    projections: tuple[str, ...] = option(PROJECTIONS, help="cross-attention projections to edit: to_k, to_v "
+                                                            "([to_v]: the V-only ablation)")
+    retain_empty_prompt: bool = option(True, help="add the empty prompt to the retain anchors")
+    latent_size: int | None = option(None, help="latent side of the capture (None: the U-Net's sample_size)")
+    centre: bool | None = option(None, help="projector: build V_F from forget rows minus the retain mean at the "
+                                            "same seed and step (None: follows the solver)")
+    retain_strength: float = option(1.0, help="projector: α in [0, 1]; below 1 also removes forget directions "
+                                              "that neighbours share")
+    solver: str = option("auto", help="projector (the paper's E = I - P_F(I - αP_R)) or least_squares (fitted "
+                                      "X in E = I - V_F X); auto picks per model")
+    retain_weight: float = option(30.0, help="least_squares: λ, weight of keeping retain rows unchanged")
+    ridge: float = option(1e-3, help="least_squares: ε, ridge relative to the Gram trace")
 
     def __post_init__(self) -> None:
         if not isinstance(self.retain_strength, int | float) or not 0.0 <= float(self.retain_strength) <= 1.0:

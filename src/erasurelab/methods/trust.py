@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -71,6 +71,7 @@ from erasurelab.methods.finetune import (
     tuner_for,
 )
 from erasurelab.models.sampling import noise_scheduler
+from erasurelab.registry import option
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
 SALIENCY_WINDOWS: tuple[str, ...] = ("late", "early")
@@ -117,26 +118,38 @@ class TrustConfig:
     (finetune.apply_masked_update says why this matters).
     """
 
-    variant: str = "csr"
-    xi: float = 2.0
-    mask_fraction: float | None = None
-    refresh: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    steps: int | None = None
-    beta: float | None = None
-    kappa: float | None = None
-    n_forget: int | None = None
-    sample_steps: int | None = None
-    guidance: float = 7.5
-    saliency_prompts: int = 4
-    guide: str | None = None
-    retain_weight: float | None = None
-    eta: float | None = None
-    saliency_window: str = "early"
-    seed: int = 0
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 50
+    #: (SD, embedded) values of the None defaults (`resolve`); steps are csr's (cip: STEPS["cip"]).
+    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "refresh": REFRESH, "lr": LR, "batch_size": BATCH, "steps": STEPS["csr"], "kappa": KAPPA,
+        "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS}
+
+    variant: str = option("csr", help="csr (soft: curvature penalty) or cip (hard: proximal shrink)")
+    xi: float = option(2.0, help="per-matrix z-score threshold of the saliency mask")
+    mask_fraction: float | None = option(None, help="instead of xi, keep this fraction of each matrix, in (0, 1]")
+    refresh: int | None = option(None, help="re-estimate the mask every this many steps (None: the model's default)")
+    lr: float | None = option(None, help="learning rate (None: the model's default)")
+    batch_size: int | None = option(None, help="D_f items per step (None: the model's default)")
+    steps: int | None = option(None, help="optimisation steps (None: the model's default; cip: "
+                                          f"{STEPS['cip'][0]} SD, {STEPS['cip'][1]} embedded)")
+    beta: float | None = option(None, help="csr: weight of the curvature term (None: half the erase loss at the "
+                                           "start)")
+    kappa: float | None = option(None, help="cip: proximal shrink strength (None: the model's default)")
+    n_forget: int | None = option(None, help="size of the forget set D_f (None: the model's default)")
+    sample_steps: int | None = option(None, help="DDIM steps of the saliency estimate and D_f (None: the model's "
+                                                 "default)")
+    guidance: float = option(7.5, help="classifier-free guidance of D_f and the saliency trajectories")
+    saliency_prompts: int = option(4, help="forget prompts averaged per saliency estimate")
+    guide: str | None = option(None, help="anchor guide prompt (None: each concept's own guide)")
+    retain_weight: float | None = option(None, help="preservation term on the retain prompts (None: "
+                                                    f"{RETAIN_WEIGHT[0]:g} for single concepts, {RETAIN_WEIGHT[1]:g} "
+                                                    "for combinations and conditionals)")
+    eta: float | None = option(None, help="negative guidance past the anchor in the target (None: "
+                                          f"{ETA[0]:g} for single concepts, {ETA[1]:g} for compounds)")
+    saliency_window: str = option("early", help="where saliency is scored: early (first third of the trajectory, "
+                                                "layout) or late (last third, details)")
+    seed: int = option(0, help="seed of every random draw")
+    checkpoint_dir: str | None = option(None, help="folder for resumable checkpoints (None: no checkpoints)")
+    checkpoint_every: int = option(50, help="steps between checkpoints")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -28,6 +28,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.methods.base import MethodWarning, check_unwrapped, register_method
 from erasurelab.models.conditioning import encode, is_clip_encoder, last_word_indices
 from erasurelab.models.layers import cross_attention_layers
+from erasurelab.registry import option
 
 PROJECTIONS: tuple[str, ...] = ("to_k", "to_v")
 TOKEN_MODES: tuple[str, ...] = ("auto", "tail", "last", "all")
@@ -52,15 +53,24 @@ class UceConfig:
     (our mode for bidirectional encoders), False for tail/last (the official code's bare guide).
     """
 
-    lam: float = 0.5
-    erase_scale: float = 1.0
-    preserve_scale: float | None = None
-    token_mode: str = "auto"
-    guide: str | None = None
-    preserve: tuple[str, ...] | None = None
-    projections: tuple[str, ...] = PROJECTIONS
-    use_templates: bool = True
-    template_guide: bool | None = None
+    #: (SD-family, embedded) values of the "auto"/None defaults (CLIP encoder vs the embedded BERT).
+    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {"token_mode": ("tail", "all"),
+                                                            "template_guide": (False, True)}
+
+    lam: float = option(0.5, help="λ: pull of the edited weights towards the original ones (>= 0)")
+    erase_scale: float = option(1.0, help="s_e: weight of sending the concept's tokens to the guide's outputs (> 0)")
+    preserve_scale: float | None = option(None, help="s_p: weight of keeping the preserve prompts' outputs "
+                                                     "(None: 0.1 for tail/all, 1.0 for last)")
+    token_mode: str = option("auto", help="token rows edited: tail (after the start token), last (the concept's "
+                                          "last word), all (every position); auto: tail for CLIP, else all")
+    guide: str | None = option(None, help="prompt the concept is mapped to (None: each concept's own guide)")
+    preserve: tuple[str, ...] | None = option(None, help="prompts whose outputs are kept (None: the concepts' "
+                                                         "same-category neighbours plus the empty prompt)")
+    projections: tuple[str, ...] = option(PROJECTIONS, help="cross-attention projections to edit: to_k, to_v")
+    use_templates: bool = option(True, help="expand each concept's words with UCE's prompt templates "
+                                            "('photo of {c}', ...)")
+    template_guide: bool | None = option(None, help="give the guide the erased prompt's template (None: "
+                                                    "True for all, False for tail/last)")
 
     def __post_init__(self) -> None:
         if self.token_mode not in TOKEN_MODES:
