@@ -29,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from erasurelab.api import erase
 from erasurelab.concepts import concept
-from erasurelab.concepts.catalog import DEV_CONCEPTS, TEST_CONCEPTS, concept_split
 from erasurelab.judges import load_judge
 from erasurelab.models import generate, load_pipeline
 from erasurelab.world import captions
+from erasurelab.world.catalog import DEV_CONCEPTS, TEST_CONCEPTS, concept_split
 
 from _common import peak_rss_mb, run_worker, table, write_json
 

@@ -26,10 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_closed_form import VARIANTS, run_erase
 from erasurelab.concepts import concept
-from erasurelab.evaluation.compound import CompoundSettings, build_compound_suites, evaluate_compound
+from erasurelab.evaluation.compound import CompoundSettings, evaluate_compound
 from erasurelab.evaluation.rendering import RenderCache
 from erasurelab.judges import load_judge
 from erasurelab.models import load_pipeline
+from erasurelab.world.compound import build_compound_suites
 
 from _common import peak_rss_mb, table, write_json
 

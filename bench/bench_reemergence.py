@@ -44,7 +44,7 @@ def main() -> None:
     import erasurelab as el
     from erasurelab.caption_data import load_caption_folder
     from erasurelab.concepts import concept as concept_spec
-    from erasurelab.concepts.catalog import concept_split
+    from erasurelab.concepts import concept_split
     from erasurelab.finetuning import FinetuneConfig
     from erasurelab.finetuning.reemergence import plot_curves, run_experiment
     from erasurelab.judges import load_judge

@@ -20,13 +20,13 @@ from erasurelab.concepts import (
     compound_catalog,
     concept,
     mentions,
-    parse_compound,
 )
 from erasurelab.errors import ErasureLabError
-from erasurelab.evaluation.compound import build_compound_suites
 from erasurelab.evaluation.suites import normalise
 from erasurelab.methods.finetune import forget_pairs
 from erasurelab.world import vocab
+from erasurelab.world.catalog import parse_compound
+from erasurelab.world.compound import build_compound_suites
 
 from conftest import yaml_error
 

@@ -12,7 +12,6 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.compound import (
     COMPOUND_SUITE_VERSION,
     CompoundSettings,
-    build_compound_suites,
     check_compound_leakage,
     compound_metrics,
     context_present,
@@ -23,6 +22,7 @@ from erasurelab.evaluation.compound import (
 from erasurelab.evaluation.suites import load_suite, save_suite
 from erasurelab.evaluation.types import EvaluationSettings
 from erasurelab.world import vocab
+from erasurelab.world.compound import build_compound_suites
 from stub_judge import StubJudge
 
 torch.set_num_threads(1)

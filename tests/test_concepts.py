@@ -140,7 +140,7 @@ def test_missing_yaml() -> None:
 
 
 def test_dev_and_test_concepts_partition_the_world_labels() -> None:
-    from erasurelab.concepts.catalog import DEV_CONCEPTS, TEST_CONCEPTS
+    from erasurelab.world.catalog import DEV_CONCEPTS, TEST_CONCEPTS
 
     assert not set(DEV_CONCEPTS) & set(TEST_CONCEPTS)
     assert set(DEV_CONCEPTS) | set(TEST_CONCEPTS) == set(vocab.all_labels())
@@ -157,6 +157,6 @@ def test_dev_and_test_concepts_partition_the_world_labels() -> None:
     ("concept.yaml", "other"), ("unicorn", "other"), ("red+unicorn", "other"),
 ])
 def test_concept_split(name: str, split: str) -> None:
-    from erasurelab.concepts.catalog import concept_split
+    from erasurelab.world.catalog import concept_split
 
     assert concept_split(name) == split

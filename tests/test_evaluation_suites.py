@@ -11,15 +11,14 @@ from erasurelab.concepts import concept, mentions
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.suites import (
     Suite,
-    build_suites,
     check_leakage,
     load_suite,
     method_anchors,
-    rank_neighbours,
     save_suite,
 )
 from erasurelab.evaluation.types import EvaluationSettings
 from erasurelab.world import vocab
+from erasurelab.world.suites import build_suites, rank_neighbours
 from tiny_bert_pipeline import tiny_bert_pipeline
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ def test_registry_lists_shapes_and_rejects_unknown_names() -> None:
 
 
 def test_missing_weights_give_a_one_line_error(tmp_path) -> None:
-    from erasurelab.judges.shapes import ShapesJudge
+    from erasurelab.world.judge import ShapesJudge
 
     with pytest.raises(ErasureLabError, match="judge weights missing") as err:
         ShapesJudge(tmp_path)

@@ -21,15 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from erasurelab.concepts import concept_set
 from erasurelab.errors import ErasureLabError
 
 DEMO_CONCEPT = "circle"
 DEMO_METHODS: tuple[str, ...] = ("pure", "uce")
-try:  # the catalog's split of dev (may tune defaults) and test (only ever reported) concepts
-    from erasurelab.concepts.catalog import DEV_CONCEPTS, TEST_CONCEPTS
-except ImportError:  # pragma: no cover - older catalog without the split
-    TEST_CONCEPTS: tuple[str, ...] = ("green", "purple", "triangle", "diamond", "dotted", "outlined", "kiki", "zuzu")
-    DEV_CONCEPTS: tuple[str, ...] = ("red", "circle", "striped", "bobo")
+#: The concept providers' split: dev concepts may tune defaults, test concepts are only ever reported.
+TEST_CONCEPTS: tuple[str, ...] = concept_set("test")
+DEV_CONCEPTS: tuple[str, ...] = concept_set("dev")
 #: `erasurelab bench` reports the held-out test concepts by default.
 BENCH_CONCEPTS: tuple[str, ...] = tuple(TEST_CONCEPTS)
 #: The attacks of the demo and the bench: textual inversion (the strongest measured on U-Net edits)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -52,7 +52,6 @@ from erasurelab.evaluation import types as _types
 from erasurelab.evaluation.types import AttackResult, Rate
 from erasurelab.registry import Entry, Registry, option
 from erasurelab.runinfo import library_versions, peak_rss_mb, replace_folder, write_json_atomic
-from erasurelab.world.architecture import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 #: Below this ASR on the unedited model the attack "does not work" and the report says so.
 REFERENCE_MIN_ASR: float = getattr(_types, "REFERENCE_MIN_ASR", 0.5)
@@ -66,13 +65,20 @@ SCORING_SEED_OFFSET = 500_000
 # ---------------------------------------------------------------------------------------------
 
 
+class _SamplerDefaults:
+    """`RenderConfig.model_defaults`, read when asked from the defaults `sampling.default_sampling` uses
+    (the embedded model's are registered by its plugin, which nothing here imports)."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> dict[str, tuple[Any, Any]]:
+        from erasurelab.models.sampling import sampling_defaults
+
+        sd, embedded = sampling_defaults(None), sampling_defaults("builtin:shapes")
+        return {"steps": (sd[0], embedded[0]), "guidance": (sd[1], embedded[1])}
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Rendering settings every attack shares; None means the model's defaults (sampling.default_sampling)."""
-
-    #: (SD-family, embedded) values of the None defaults, as `sampling.default_sampling` picks them.
-    model_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {"steps": (50, DEFAULT_STEPS),
-                                                            "guidance": (7.5, DEFAULT_GUIDANCE)}
 
     steps: int | None = option(None, help="sampler steps of every render (None: the model's default)")
     guidance: float | None = option(None, help="classifier-free guidance scale of every render (None: the "
@@ -85,6 +91,11 @@ class RenderConfig:
             check_positive("steps", self.steps)
         if self.guidance is not None and not isinstance(self.guidance, int | float):
             raise ErasureLabError(f"guidance must be a number, got {self.guidance!r}")
+
+
+#: (SD-family, embedded) values of the None defaults, as `sampling.default_sampling` picks them; set after the
+#: class is made, because the dataclass decorator reads class attributes and these are read only when asked.
+RenderConfig.model_defaults = _SamplerDefaults()  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,10 +70,10 @@ class FinetuneAttack:
 
             data = load_caption_folder(config.data)
         else:
-            try:
-                from erasurelab.world.benign import benign_data
+            try:  # a plugin's benign data for its own concepts (the embedded world renders it)
+                from erasurelab.concepts.grammar import benign_data_for
 
-                data = benign_data(ctx.spec.name, config.n_images, DATA_SEED, ctx.judge)
+                data = benign_data_for(ctx.spec, config.n_images, DATA_SEED, ctx.judge)
             except ErasureLabError as exc:
                 raise ErasureLabError(f"attack ft on {ctx.spec.name!r}: {exc}; give data=FOLDER "
                                       "(an image-and-caption folder without the concept)") from exc

@@ -68,7 +68,7 @@ from erasurelab.attacks.prompts import (
     described_prompts,
     paraphrase_prompts,
     round_robin,
-    world_attribute,
+    scoring_templates,
 )
 from erasurelab.attacks.tokens import (
     embedding_override,
@@ -191,18 +191,14 @@ class Prepared:
 def templates_for(spec: Any, config: TextualInversionConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(training, held-out scoring) templates: the config's, else by category (style vs object).
 
-    Built-in world concepts are scored in the world's held-out grammar (`captions.slot_prompts`,
+    Concepts of a prompt grammar are scored in its held-out prompts (the world's `captions.slot_prompts`,
     "a photograph of a {} red circle"): the world names a style only as an adjective of a shape,
     and the generic style templates carry even the plain word for a style only part of the time,
     so they could not tell a working token from a broken one.
     """
     style = spec.category == "style"
     train = config.templates or (STYLE_TEMPLATES if style else OBJECT_TEMPLATES)
-    held_out = config.eval_templates
-    if not held_out and world_attribute(spec) is not None:
-        from erasurelab.world.captions import slot_prompts
-
-        held_out = tuple(slot_prompts(spec.name))
+    held_out = config.eval_templates or tuple(scoring_templates(spec))
     held_out = held_out or (STYLE_EVAL_TEMPLATES if style else OBJECT_EVAL_TEMPLATES)
     overlap = set(train) & set(held_out)
     if overlap:

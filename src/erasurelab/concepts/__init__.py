@@ -1,17 +1,18 @@
-"""Concepts: what to erase (ConceptSpec), YAML loading and the built-in world catalog.
+"""Concepts: what to erase (ConceptSpec), YAML loading and the registry of concept providers.
 
-Names: a world label ("red"), a combination "red+circle" or a conditional "circle|white"
-(see `catalog` for the syntax and aliases), or a concept YAML file.
+Names: whatever a registered concept provider understands — the embedded world's labels ("red"),
+combinations ("red+circle") and conditionals ("circle|white"), the shipped library ("lib:snoopy")
+— or a concept YAML file. This package knows no world: providers register themselves
+(`erasurelab.concepts.providers`, loaded through `erasurelab.plugins`).
 """
 
-from erasurelab.concepts.catalog import (
+from erasurelab.concepts.providers import (
     catalog,
     compound_catalog,
     concept,
-    parse_compound,
-    world_combination,
-    world_concept,
-    world_conditional,
+    concept_set,
+    concept_split,
+    register_concept_provider,
 )
 from erasurelab.concepts.spec import (
     ALONE_EVAL_TEMPLATES,
@@ -50,12 +51,11 @@ __all__ = [
     "combine",
     "compound_catalog",
     "concept",
+    "concept_set",
+    "concept_split",
     "conditional_spec",
     "default_templates",
     "expand",
     "mentions",
-    "parse_compound",
-    "world_combination",
-    "world_concept",
-    "world_conditional",
+    "register_concept_provider",
 ]

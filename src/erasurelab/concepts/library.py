@@ -6,6 +6,7 @@ retain prompts written with care. The library holds project-written YAML specs f
 package (`concepts/library/*.yaml`, the same format as a user's own file), and a list of generic
 prompts that name none of them, grouped as people, animals, places and objects, which the
 evaluation uses as the unrelated suite on models without the embedded world's labels.
+Registered as the parametric concept provider "lib": `concept("lib:snoopy")`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
+from erasurelab.concepts.providers import register_concept_provider
 from erasurelab.concepts.spec import ConceptSpec, mentions
 from erasurelab.errors import ErasureLabError, did_you_mean
 
@@ -62,3 +64,6 @@ def generic_unrelated_prompts(exclude: ConceptSpec | None = None) -> list[str]:
         return interleaved
     words = [exclude.name.replace("_", " "), *exclude.synonyms]
     return [p for p in interleaved if not any(mentions(p, w) for w in words if w)]
+
+
+register_concept_provider("lib", library_spec, parametric=True, summary="the shipped concept library (lib:NAME)")

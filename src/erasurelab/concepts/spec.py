@@ -290,10 +290,14 @@ class ConceptSpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ConceptSpec:
-        """Load a spec for any model from YAML; see `erasurelab.concepts.yaml_spec` for the format."""
-        from erasurelab.concepts.yaml_spec import load_yaml_spec
+        """Load a spec for any model from YAML; see `erasurelab.concepts.yaml_spec` for the format.
 
-        return load_yaml_spec(path)
+        Read through the concept-provider registry (the YAML loader registers itself there), so
+        this record never imports its own loader.
+        """
+        from erasurelab.concepts.providers import concept_file
+
+        return concept_file(path)
 
 
 #: Fields that to_dict leaves out at these values (added after hashes of single concepts were in use).

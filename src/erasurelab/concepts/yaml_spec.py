@@ -32,6 +32,9 @@ the rest: the last part swapped for its first alternative ("child juice"), or th
 concept in the context ("dog on a table"); `guide: ''` maps to the empty prompt instead.
 Built-in world compounds ("red+circle", "circle|white") need no file.
 
+Registered as the file concept provider ("yaml"): `concept("x.yaml")` and
+`ConceptSpec.from_yaml` both read through it.
+
 Why strict: a typo such as `neighbors:` would silently erase without protection, so unknown
 keys are refused with a suggestion, and every error is one line naming file and key.
 """
@@ -42,6 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from erasurelab.concepts.providers import register_concept_provider
 from erasurelab.concepts.spec import (
     KINDS,
     MAX_NEIGHBOURS,
@@ -171,3 +175,6 @@ def _compound_spec(path: Path, data: dict[str, Any], name: str, kind: str) -> Co
                        retain=base.retain + retain)
     except ErasureLabError as exc:
         raise ErasureLabError(f"{path}: {exc}") from None
+
+
+register_concept_provider("yaml", load_yaml_spec, files=True, summary="concept YAML files (any model)")

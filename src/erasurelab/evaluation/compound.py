@@ -1,4 +1,4 @@
-"""Evaluation of combination and conditional concepts (as the TRuST paper defines them) on the embedded world.
+"""Evaluation of combination and conditional concepts (as the TRuST paper defines them).
 
 Why separate from the single-concept suites: a compound target is not one judge label. A
 combination "red+circle" is present only when the judge sees every part on the same image, and
@@ -6,6 +6,10 @@ erasing it is judged against keeping each part alone ("a red square", "a blue ci
 conditional "circle|white" is erased only on white backgrounds and must survive elsewhere. Each
 facet is a rate over a fixed, versioned suite built from the *evaluation* templates, which are
 disjoint from the training templates every anchor comes from (checked on every build).
+
+Who builds the suites: a registered suite builder that accepts the compound (the embedded world
+does, for its labels: `world/compound.py`); this module holds what any compound evaluation shares
+(settings, suite records, target decisions, metrics) and asks the builders (`compound_suites`).
 
 Suites (each prompt × `seeds` images, seed rule of suites.Suite; labels = what the judge must see):
 - combination: F_ev (all parts, held-out templates), R_A, R_B, ... (part A kept, every other part
@@ -29,26 +33,11 @@ from typing import Any
 
 import torch
 
-from erasurelab.concepts.catalog import (
-    alternatives,
-    combination_items,
-    combination_labels,
-    conditional_items,
-    conditional_labels,
-    swapped_labels,
-)
-from erasurelab.concepts.spec import (
-    ALONE_EVAL_TEMPLATES,
-    COMBINATION_EVAL_TEMPLATES,
-    CONDITIONAL_EVAL_TEMPLATES,
-    PART_SLOTS,
-    ConceptSpec,
-)
+from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation import judging, metrics
-from erasurelab.evaluation.suites import Suite, normalise
+from erasurelab.evaluation.suites import Suite, normalise, suite_builder_for
 from erasurelab.evaluation.types import EvaluationSettings, Rate
-from erasurelab.world import vocab
 
 #: Bump when the construction of any compound suite changes: it is part of every suite hash.
 COMPOUND_SUITE_VERSION = "compound-1"
@@ -114,20 +103,6 @@ class CompoundSuites:
 # ---------------------------------------------------------------------------------------------
 
 
-def _world_labels(spec: ConceptSpec) -> tuple[dict[str, str], str | None]:
-    """(attribute -> label of the target, background of a conditional); one-line error outside the world."""
-    if not spec.is_compound:
-        raise ErasureLabError(f"concept {spec.name!r} is a single concept: use evaluation.suites.build_suites")
-    try:
-        if spec.kind == "combination":
-            return combination_labels(spec.parts), None
-        attribute, background = conditional_labels(spec.parts[0], spec.context)
-        return {attribute: spec.parts[0].lower()}, background
-    except ErasureLabError as exc:
-        raise ErasureLabError(f"no evaluation suites for {spec.kind} {spec.name!r}: suites exist only for "
-                              f"embedded-world labels ({exc})") from None
-
-
 def rotated(grid: Sequence[Sequence[tuple[str, dict[str, str]]]], k: int) -> list[tuple[str, dict[str, str]]]:
     """Up to k items of a variants × templates grid, diagonal by diagonal.
 
@@ -141,53 +116,14 @@ def rotated(grid: Sequence[Sequence[tuple[str, dict[str, str]]]], k: int) -> lis
     return order[:k]
 
 
-def _suite(name: str, spec: ConceptSpec, items: Sequence[tuple[str, dict[str, str]]], settings: CompoundSettings,
-           known: set[str], note: str) -> Suite:
+def compound_suite(name: str, spec: ConceptSpec, items: Sequence[tuple[str, dict[str, str]]],
+                   settings: CompoundSettings, known: set[str], note: str) -> Suite:
+    """One compound suite from (prompt, labels) items; labels the judge cannot see are dropped."""
     if not items:
         raise ErasureLabError(f"the {name} suite of {spec.name!r} is empty; nothing to evaluate")
     labels = tuple({a: v for a, v in lab.items() if v in known} for _, lab in items)
     return Suite(name, spec.name, tuple(p for p, _ in items), settings.seeds, labels, base_seed=settings.base_seed,
                  version=COMPOUND_SUITE_VERSION, notes=(note,))
-
-
-def _combination_suites(spec: ConceptSpec, labels: dict[str, str], settings: CompoundSettings,
-                        known: set[str]) -> CompoundSuites:
-    forget = _suite("F_ev", spec, combination_items(COMBINATION_EVAL_TEMPLATES, labels), settings, known,
-                    "all parts together, held-out templates; target = every part detected")
-    retain, measure = [], {"F_ev": tuple(labels.values())}
-    for letter, (attribute, part) in zip(PART_SLOTS, labels.items(), strict=False):
-        grid = [combination_items(COMBINATION_EVAL_TEMPLATES, v)
-                for v in swapped_labels(labels, (attribute,))]
-        name = f"R_{letter}"
-        retain.append(_suite(name, spec, rotated(grid, settings.retain_max), settings, known,
-                             f"{part} kept, every other part changed; rate = {part} detected"))
-        measure[name] = (part,)
-    grid = [combination_items(COMBINATION_EVAL_TEMPLATES, v) for v in swapped_labels(labels, ())]
-    retain.append(_suite("R_U", spec, rotated(grid, settings.retain_max), settings, known,
-                         "every part changed; rate = all labels of the prompt detected"))
-    measure["R_U"] = ()
-    return CompoundSuites(spec.name, spec.kind, tuple(labels.values()), "", forget, tuple(retain), measure)
-
-
-def _conditional_suites(spec: ConceptSpec, labels: dict[str, str], background: str, settings: CompoundSettings,
-                        known: set[str]) -> CompoundSuites:
-    (attribute, label), = labels.items()
-    forget = _suite("F_ev", spec, conditional_items(CONDITIONAL_EVAL_TEMPLATES, attribute, label, background),
-                    settings, known, f"{label} on {background}, held-out templates; target = {label} detected")
-    contexts = [conditional_items(CONDITIONAL_EVAL_TEMPLATES, attribute, label, b)
-                for b in vocab.classes("background") if b != background]
-    others = [conditional_items(CONDITIONAL_EVAL_TEMPLATES, attribute, o, background)
-              for o in alternatives(attribute, label)]
-    retain = (
-        _suite("R_ctx", spec, rotated(contexts, settings.retain_max), settings, known,
-               f"{label} on the other backgrounds; rate = {label} detected"),
-        _suite("R_A", spec, conditional_items(ALONE_EVAL_TEMPLATES, attribute, label), settings, known,
-               f"{label} alone; rate = {label} detected"),
-        _suite("R_B", spec, rotated(others, settings.retain_max), settings, known,
-               f"other {attribute}s on {background}; rate = {background} detected"),
-    )
-    measure = {"F_ev": (label,), "R_ctx": (label,), "R_A": (label,), "R_B": (background,)}
-    return CompoundSuites(spec.name, spec.kind, (label,), background, forget, retain, measure)
 
 
 def check_compound_leakage(suites: CompoundSuites, anchors: Iterable[str]) -> None:
@@ -200,28 +136,20 @@ def check_compound_leakage(suites: CompoundSuites, anchors: Iterable[str]) -> No
                                       "is one of the method's anchors; use other anchors")
 
 
-def build_compound_suites(spec: ConceptSpec, judge_concepts: Iterable[str] | None = None,
-                          settings: CompoundSettings | None = None, anchors: Iterable[str] = ()) -> CompoundSuites:
-    """The fixed suites of a world combination or conditional (see the module docstring).
+def compound_suites(spec: ConceptSpec, judge_concepts: Iterable[str] | None = None,
+                    settings: CompoundSettings | None = None, anchors: Iterable[str] = ()) -> CompoundSuites:
+    """The fixed suites of a combination or conditional, from the registered suite builder that accepts it.
 
-    judge_concepts: labels the judge can detect (default: every world label); every part and
-    the context must be among them. anchors: the method's anchors (the spec's own are always
-    checked too); an overlap with any suite prompt raises a one-line ErasureLabError.
+    judge_concepts: labels the judge can detect (None: the builder's own labels); anchors: the
+    method's anchors, checked against every suite prompt. One-line error when no builder knows it.
     """
-    settings = settings or CompoundSettings()
-    labels, background = _world_labels(spec)
-    known = set(vocab.all_labels()) if judge_concepts is None else set(judge_concepts)
-    needed = [*labels.values(), *([background] if background else [])]
-    missing = [c for c in needed if c not in known]
-    if missing:
-        raise ErasureLabError(f"{spec.kind} {spec.name!r}: the judge cannot detect {', '.join(missing)}; "
-                              "cannot measure it")
-    if background is None:
-        suites = _combination_suites(spec, labels, settings, known)
-    else:
-        suites = _conditional_suites(spec, labels, background, settings, known)
-    check_compound_leakage(suites, [*spec.forget, *spec.retain, *anchors])
-    return suites
+    if not spec.is_compound:
+        raise ErasureLabError(f"concept {spec.name!r} is a single concept: use evaluation.generic_suites")
+    builder = suite_builder_for(spec)
+    if builder is None:
+        raise ErasureLabError(f"no evaluation suites for {spec.kind} {spec.name!r}: compound suites exist only where "
+                              "a plugin builds them (the embedded world's labels, e.g. red+circle, circle|white)")
+    return builder.build_compound(spec, judge_concepts, settings or CompoundSettings(), anchors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,11 +161,7 @@ def detected(observation: Observation, concept: str) -> bool:
     """Whether one image shows `concept`, from concept -> flag answers or attribute -> label predictions."""
     if concept in observation:
         return bool(observation[concept])
-    try:
-        attribute = vocab.lookup(concept)[0]
-    except KeyError:
-        return False
-    return observation.get(attribute) == concept
+    return concept in observation.values()  # a prediction: some attribute's label is the concept
 
 
 def target_present(spec: ConceptSpec, observation: Observation) -> bool:

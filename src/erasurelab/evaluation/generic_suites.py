@@ -12,7 +12,8 @@ the judge knows what Snoopy is. The five suites of the protocol come from the sp
   judge features) and not attribute accuracy;
 - selective: the same generic scenes with the target added ("..., in the style of Van Gogh"): long
   prompts in which the target must still disappear (its share counts towards forgetting).
-Same seed rule, hashes and leakage check as the embedded world's suites.
+Same seed rule, hashes and leakage check as the embedded world's suites. `concept_suites` picks
+a registered suite builder's suites (the world's, for its labels) when one accepts the concept.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any
 from erasurelab.concepts import ConceptSpec
 from erasurelab.concepts.library import generic_unrelated_prompts
 from erasurelab.errors import ErasureLabError
-from erasurelab.evaluation.suites import ConceptSuites, Neighbour, Suite, check_leakage, text_embeddings
+from erasurelab.evaluation.suites import (
+    ConceptSuites,
+    Neighbour,
+    Suite,
+    check_leakage,
+    suite_builder_for,
+    text_embeddings,
+)
 from erasurelab.evaluation.types import EvaluationSettings
 
 #: How the target joins a generic scene in the selective suite, per spec category.
@@ -120,3 +128,16 @@ def build_generic_suites(spec: ConceptSpec, pipe: Any, judge_concepts: Iterable[
                            tuple(ranked))
     check_leakage(suites.all(), anchors)
     return suites
+
+
+def concept_suites(spec: ConceptSpec, pipe: Any, judge_concepts: Iterable[str], attribute_of: Callable[[str], str],
+                   settings: EvaluationSettings | None = None, anchors: Iterable[str] = ()) -> ConceptSuites:
+    """The suites of a single concept: a registered builder's that accepts it (the embedded world's for
+    its labels), else the ones built from its spec (`build_generic_suites`)."""
+    if spec.is_compound:
+        raise ErasureLabError(f"{spec.kind} {spec.name!r} has compound suites: use evaluation.compound.compound_suites")
+    settings = settings or EvaluationSettings()
+    builder = suite_builder_for(spec)
+    if builder is not None:
+        return builder.build(spec, pipe, judge_concepts, attribute_of, settings, anchors)
+    return build_generic_suites(spec, pipe, judge_concepts, attribute_of, settings, anchors)

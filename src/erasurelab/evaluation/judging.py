@@ -13,8 +13,7 @@ import torch
 
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.evaluation.types import Rate
-from erasurelab.judges.base import Judge, available_judges, is_judge_name, load_judge
-from erasurelab.world import vocab
+from erasurelab.judges import Judge, available_judges, is_judge_name, load_judge
 
 
 def resolve_judge(judge: str | Judge, specs: Sequence[Any] = ()) -> Judge:
@@ -48,10 +47,18 @@ def attribute_of(judge: Judge, concept: str) -> str:
     known = judge.concepts()
     if concept not in known:
         raise ErasureLabError(f"concept {concept!r} unknown to judge {judge.id}{did_you_mean(concept, known)}")
+    return _category(concept)
+
+
+def _category(concept: str) -> str:
+    """The category a concept provider gives a concept name ("red" -> "color"), else "concept"."""
+    from erasurelab.concepts import concept as resolve
+
     try:
-        return vocab.lookup(concept)[0]
-    except KeyError:
+        category = resolve(concept).category
+    except ErasureLabError:
         return "concept"
+    return category if category != "custom" else "concept"
 
 
 def present(judge: Judge, images: torch.Tensor, concept: str) -> torch.Tensor:
@@ -82,22 +89,19 @@ def features(judge: Judge, images: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(judge.features(images)).double().reshape(len(images), -1).cpu()
 
 
-def world_accuracy(judge: Judge, n: int, seed: int) -> dict[str, Rate] | None:
-    """Per-attribute accuracy of judge.predict on n fresh ground-truth renders of the shapes world.
+def ground_truth_accuracy(judge: Judge, n: int, seed: int) -> dict[str, Rate] | None:
+    """Per-attribute accuracy of judge.predict on n fresh ground-truth images, from the first suite
+    builder that has ground truth the judge reads (the embedded world's renders).
 
-    None when the judge does not speak the world's labels (its accuracy must then be given).
-    Why fresh renders with a fixed seed: the number is reproducible and not the training set.
+    None when no builder can measure this judge (its accuracy must then be given).
     """
-    world_labels = set(vocab.all_labels()) | {vocab.NO_CHARACTER}
-    if n <= 0 or not set(judge.concepts()) <= world_labels:
-        return None
-    from erasurelab.world.dataset import render_dataset
+    from erasurelab.evaluation.suites import suite_builders
 
-    data = render_dataset(n, seed)
-    predictions = judge.predict(data.float_images())
-    truths = [scene.labels() for scene in data.scenes]
-    attributes = [a for a in vocab.ATTRIBUTES if predictions and a in predictions[0]]
-    return {a: Rate(sum(p[a] == t[a] for p, t in zip(predictions, truths, strict=True)), n) for a in attributes}
+    for builder in suite_builders():
+        accuracy = builder.judge_accuracy(judge, n, seed)
+        if accuracy is not None:
+            return accuracy
+    return None
 
 
 def accuracy_dict(accuracy: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -130,11 +134,21 @@ def _agreement_function() -> Any:
     return judge_agreement
 
 
+def _attributes(judge: Judge) -> set[str]:
+    """The attributes a judge decides some concept of (`attribute_of` over its concepts)."""
+    out = set()
+    for concept in judge.concepts():
+        try:
+            out.add(attribute_of(judge, concept))
+        except ErasureLabError:
+            continue
+    return out
+
+
 def _shared_attributes(judge_a: Judge, judge_b: Judge) -> tuple[str, ...]:
-    """AGREEMENT_ATTRIBUTES on which both judges know at least one world label."""
-    known_a, known_b = set(judge_a.concepts()), set(judge_b.concepts())
-    return tuple(a for a in AGREEMENT_ATTRIBUTES
-                 if known_a & set(vocab.classes(a)) and known_b & set(vocab.classes(a)))  # type: ignore[arg-type]
+    """AGREEMENT_ATTRIBUTES on which both judges decide at least one concept."""
+    known_a, known_b = _attributes(judge_a), _attributes(judge_b)
+    return tuple(a for a in AGREEMENT_ATTRIBUTES if a in known_a and a in known_b)
 
 
 def second_judge_agreement(judge: Judge, second: str | None, reference: Sequence[torch.Tensor],

@@ -27,6 +27,7 @@ from erasurelab.concepts import ConceptSpec
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation import compound, judging, metrics
 from erasurelab.evaluation.efficiency import edit_cost, median_latency
+from erasurelab.evaluation.generic_suites import concept_suites
 from erasurelab.evaluation.rendering import (
     RenderCache,
     is_main_process,
@@ -35,7 +36,7 @@ from erasurelab.evaluation.rendering import (
     world_size,
 )
 from erasurelab.evaluation.result import ConceptResult, EvaluationResult, Examples
-from erasurelab.evaluation.suites import ConceptSuites, Suite, build_suites, is_world_concept, method_anchors
+from erasurelab.evaluation.suites import ConceptSuites, Suite, method_anchors
 from erasurelab.evaluation.types import REFERENCE_MIN_ASR, AttackResult, EvaluationSettings, Rate
 from erasurelab.models.provenance import UNKNOWN_SOURCE, applied_edits, base_source_of, current_edit, source_of
 from erasurelab.runinfo import library_versions
@@ -393,12 +394,8 @@ def _concept_result(spec: ConceptSpec, suites: ConceptSuites, ref: dict[str, _Im
 
 def _suites_for(spec: ConceptSpec, pipe: Any, judge: Any, known: set[str], settings: EvaluationSettings,
                 anchors: Sequence[str]) -> ConceptSuites:
-    """The embedded world's suites for its own concepts; suites built from the spec for any other concept."""
-    if is_world_concept(spec.name):
-        return build_suites(spec, pipe, known, settings, anchors)
-    from erasurelab.evaluation.generic_suites import build_generic_suites
-
-    return build_generic_suites(spec, pipe, known, lambda c: judging.attribute_of(judge, c), settings, anchors)
+    """A registered builder's suites (the embedded world's, for its labels); suites built from the spec otherwise."""
+    return concept_suites(spec, pipe, known, lambda c: judging.attribute_of(judge, c), settings, anchors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +417,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     attacks: AttackResults (erasurelab.evaluation.types) of attacks already run on this model.
     out: report folder (index.html, metrics.json, tradeoff.png, grids/, suites/), written atomically.
     settings: protocol sizes and sampler (EvaluationSettings); judge_accuracy: precomputed accuracy
-    per attribute (Rate or float), otherwise measured on fresh world renders when possible.
+    per attribute (Rate or float), otherwise measured on fresh ground-truth renders when a suite
+    builder has them (the embedded world's).
     Raises ErasureLabError (one line) on bad input, before any image is rendered.
     """
     from erasurelab.api import resolve_concepts
@@ -446,8 +444,8 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     all_suites = [_suites_for(s, model_pipe, judge_obj, known, settings, method_anchors(s, manifest_concepts))
                   for s in spec_list]
     compound_settings = compound.CompoundSettings.from_evaluation(settings)
-    compound_suites = [compound.build_compound_suites(s, known, compound_settings,
-                                                      method_anchors(s, manifest_concepts)) for s in compound_specs]
+    compound_suites = [compound.compound_suites(s, known, compound_settings, method_anchors(s, manifest_concepts))
+                       for s in compound_specs]
     if cache is None:
         cache = RenderCache(settings.steps, settings.guidance, settings.batch_size, quiet)
     elif (cache.steps, cache.guidance) != (settings.steps, settings.guidance):
@@ -505,7 +503,7 @@ def evaluate(model: ModelLike, specs: Any, reference: ModelLike | None = None, j
     if judge_accuracy is not None:
         accuracy, source = dict(judge_accuracy), "given"
     else:
-        measured = judging.world_accuracy(judge_obj, settings.judge_accuracy_n, settings.judge_accuracy_seed)
+        measured = judging.ground_truth_accuracy(judge_obj, settings.judge_accuracy_n, settings.judge_accuracy_seed)
         accuracy = measured
         source = (f"{settings.judge_accuracy_n} fresh world renders (seed {settings.judge_accuracy_seed})"
                   if measured is not None else "not measured")

@@ -43,17 +43,12 @@ class Probe:
 def target_probes(spec: Any, pipe: Any, judge_concepts: set[str], anchor_seeds: int = 4,
                   paraphrase_max: int = 40) -> list[Probe]:
     """The concept's anchor and held-out paraphrase prompts at the evaluation protocol's seeds."""
-    from erasurelab.evaluation.suites import anchor_suite, is_world_concept, paraphrase_suite
+    from erasurelab.evaluation.generic_suites import concept_suites
     from erasurelab.evaluation.types import EvaluationSettings
 
     settings = EvaluationSettings(anchor_seeds=anchor_seeds, paraphrase_max=paraphrase_max)
-    if is_world_concept(spec.name):
-        suites = [anchor_suite(spec, settings), paraphrase_suite(spec, settings, judge_concepts)]
-    else:  # the generic suites built from its spec
-        from erasurelab.evaluation.generic_suites import build_generic_suites
-
-        generic = build_generic_suites(spec, pipe, judge_concepts, lambda c: spec.category, settings)
-        suites = [generic.anchor, generic.paraphrase]
+    built = concept_suites(spec, pipe, judge_concepts, lambda c: spec.category, settings)  # a plugin's or the spec's
+    suites = [built.anchor, built.paraphrase]
     probes = []
     for suite in suites:
         prompts, seeds = suite.requests()

@@ -136,13 +136,29 @@ def noise_scheduler(pipe: Any) -> Any:
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def default_sampling(pipe: Any) -> tuple[int, float]:
-    """(steps, guidance) defaults: the embedded world's, or SD's usual 50 / 7.5."""
-    if is_embedded(pipe):
-        from erasurelab.world.architecture import DEFAULT_GUIDANCE, DEFAULT_STEPS
+#: SD's usual sampler defaults, for models whose source registered none.
+SD_SAMPLING: tuple[int, float] = (50, 7.5)
+#: (steps, guidance) defaults per model spec (e.g. "builtin:shapes"), registered by the plugin that ships the model.
+SAMPLING_DEFAULTS: dict[str, tuple[int, float]] = {}
 
-        return DEFAULT_STEPS, DEFAULT_GUIDANCE
-    return 50, 7.5
+
+def register_sampling_defaults(source: str, steps: int, guidance: float) -> None:
+    """Make `steps` / `guidance` the defaults of every pipeline loaded from model spec `source` (and its runs)."""
+    SAMPLING_DEFAULTS[str(source)] = (int(steps), float(guidance))
+
+
+def sampling_defaults(source: str | None) -> tuple[int, float]:
+    """(steps, guidance) registered for model spec `source` (plugins loaded first), else SD's usual 50 / 7.5."""
+    from erasurelab.plugins import load_plugins
+
+    load_plugins()
+    return SAMPLING_DEFAULTS.get(str(source), SD_SAMPLING) if source else SD_SAMPLING
+
+
+def default_sampling(pipe: Any) -> tuple[int, float]:
+    """(steps, guidance) defaults: those registered for the pipeline's model source (the embedded
+    world's for builtin:shapes and runs on it), or SD's usual 50 / 7.5."""
+    return sampling_defaults(base_source_of(pipe))
 
 
 def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,

@@ -53,7 +53,7 @@ def _next_objects(name: str, k: int = 2) -> list[str]:
 
 def scene_pools(concept: str) -> list[dict[str, list[str]]]:
     """Label pools per attribute (one dict per sub-task) from which benign scenes are drawn."""
-    from erasurelab.concepts.catalog import parse_compound
+    from erasurelab.world.catalog import parse_compound
 
     every = {a: [c for c in vocab.classes(a) if c != vocab.NO_CHARACTER] for a in ("object", "color", "style",
                                                                                     "background")}

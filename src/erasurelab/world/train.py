@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from erasurelab.judges.shapes_net import ShapesJudgeNet
 from erasurelab.world import architecture, captions, vocab
 from erasurelab.world.dataset import WorldDataset, render_dataset
+from erasurelab.world.judge_net import ShapesJudgeNet
 
 STAGES = ("vae", "judge", "unet")
 _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}

@@ -18,13 +18,15 @@ separators; names are case-insensitive:
   e.g. "circle|white" (aliases: "circle on white", "circle | white-background",
   "circle on a white background").
 Any such pair of world labels is valid; `compound_catalog()` lists the shipped examples.
+
+The world registers `world_spec` as its concept provider (`erasurelab.world.plugin`), so
+`erasurelab.concept("red")` reaches it without importing the world.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from erasurelab.concepts.spec import (
     ALONE_TRAIN_TEMPLATES,
@@ -128,16 +130,37 @@ def world_concept(label: str) -> ConceptSpec:
                                   guide=world_guide(attribute, concept.name), paraphrases=concept.paraphrases)
 
 
-def concept(name_or_path: str | Path) -> ConceptSpec:
-    """A ConceptSpec from a built-in name ("red", "red+circle", "circle|white") or a concept YAML file."""
-    text = str(name_or_path)
-    if isinstance(name_or_path, Path) or text.lower().endswith((".yaml", ".yml")):
-        return ConceptSpec.from_yaml(text)
+def world_spec(name: str) -> ConceptSpec | None:
+    """The spec of a world name ("red", "red+circle", "circle|white"), or None when it is not the world's.
+
+    A single name is the world's when it is a label; a compound name when any of its parts (or its
+    context) is one, so "red+circel" gets the world's one-line error with a suggestion while a
+    name of another provider's (e.g. "van gogh") is left to that provider.
+    """
+    text = str(name)
+    if text.lower().endswith((".yaml", ".yml")):
+        return None
     parsed = parse_compound(text)
     if parsed is None:
-        return world_concept(text)
+        return world_concept(text) if _is_label(text) else None
     kind, parts, context = parsed
+    if not any(_is_label(p) for p in (*parts, context) if p):
+        return None
     return world_combination(parts) if kind == "combination" else world_conditional(parts[0], context)
+
+
+def _is_label(text: str) -> bool:
+    try:
+        vocab.lookup(text)
+    except KeyError:
+        return False
+    return True
+
+
+def world_split(name: str) -> str | None:
+    """"dev" or "test" for a world name, None for any other (the concept provider's split)."""
+    split = concept_split(name)
+    return None if split == "other" else split
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Why a threshold on the softmax rather than argmax alone: an erased model may render something
 that is no concept at all; "red is present" should need a confident red, not merely red being
 the least unlikely color. The threshold is part of the judge id.
+
+Registered as the judge "shapes" when the world plugin loads (`erasurelab.world.plugin`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import torch.nn.functional as F
 
 from erasurelab.errors import ErasureLabError
 from erasurelab.judges.base import LabelTable, register_judge
-from erasurelab.judges.shapes_net import ShapesJudgeNet
 from erasurelab.world import vocab
 from erasurelab.world.builtin import assets_dir
+from erasurelab.world.judge_net import ShapesJudgeNet
 
 JUDGE_VERSION = "1"
 
