@@ -30,8 +30,6 @@ from erasurelab.registry import Entry, Registry
 
 #: Named model sources: `NAME:ARG` -> loader(ARG, dtype=...) (parametric) or `NAME` -> loader(None, dtype=...).
 MODEL_SOURCES: Registry[Callable[..., Any]] = Registry("model source", entry_point_group="erasurelab.model_sources")
-#: Modules that register the built-in model sources when imported (imported on first use, since they import torch).
-BUILTIN_SOURCE_MODULES: tuple[str, ...] = ("erasurelab.world.builtin",)
 #: Pickle-based checkpoint formats that are refused: unpickling can run arbitrary code.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 #: Libraries a model_index.json may name for its components (plus diffusers' pipeline modules,
@@ -56,10 +54,10 @@ def register_model_source(name: str, loader: Callable[..., Any], parametric: boo
 
 
 def _register_builtin_sources() -> None:
-    from importlib import import_module
+    """Load the plugins (erasurelab.plugins), which register their model sources (the world's builtin:shapes)."""
+    from erasurelab.plugins import load_plugins
 
-    for module in BUILTIN_SOURCE_MODULES:
-        import_module(module)
+    load_plugins()
 
 
 def _named_source(text: str) -> tuple[Entry[Callable[..., Any]], str | None] | None:
