@@ -37,3 +37,47 @@ def test_fine_tuning_attack_on_an_erased_model(builtin_pipe, shapes_judge):
     assert [p["step"] for p in curve] == [0, 2, 4] and curve[0]["tp"] == run.pre_asr.value
     assert all(torch.equal(before[k], v) for k, v in edited.unet.state_dict().items())
     assert not getattr(edited.unet, "peft_config", None)
+    # The curves reach the result: erased, Modular and the unerased control, anchor and paraphrase, with RR.
+    curves = run.curves
+    assert curves["kind"] == "reemergence" and curves["steps"] == [0, 2, 4]
+    assert set(curves["tp"]) == {"erased", "modular", "control"}
+    assert curves["counts"]["anchor"] == 4 and 0 < curves["counts"]["paraphrase"] <= 4
+    assert run.suite["edited_info"]["paraphrases"] and not set(run.suite["edited_info"]["paraphrases"]) & set(
+        run.prompts)
+    for probes in curves["tp"].values():
+        assert set(probes) == {"anchor", "paraphrase"} and all(len(v) == 3 for v in probes.values())
+    assert curves["tp"]["erased"]["anchor"] == [p["tp"] for p in curve]
+    assert curves["tp"]["modular"]["anchor"][0] == curves["tp"]["erased"]["anchor"][0]  # same model at step 0
+    assert curves["tp"]["control"]["anchor"][-1] == run.reference_asr.value  # the reference run is the control
+    assert curves["tp_unaligned"]["anchor"] == curves["tp"]["control"]["anchor"][0]
+    # The reference run reused the adapter the edited run trained on the reference model (for Modular).
+    assert run.budget["edited"]["optimisation_steps"] == 8 and not run.budget["reference"].get("optimisation_steps")
+    gap = curves["tp_unaligned"]["anchor"] - curves["tp_aligned"]["anchor"]
+    if gap > 0:
+        final = curves["tp"]["erased"]["anchor"][-1]
+        assert curves["final_rr"]["erased"]["anchor"] == pytest.approx((final - curves["tp_aligned"]["anchor"]) / gap)
+    else:
+        assert curves["final_rr"]["erased"]["anchor"] is None
+    assert run.to_dict()["curves"] == curves
+
+
+def test_curves_record_and_ratio():
+    from erasurelab.finetuning.curves import build_curves, final_rr, verdict
+
+    curves = build_curves([0, 5, 10], {"erased": {"anchor": [0.1, 0.3, 0.5]}, "modular": {"anchor": [0.1, 0.1, 0.2]},
+                                       "control": {"anchor": [0.9, 0.9, 0.8]}}, {"anchor": 10})
+    assert curves["rr"]["erased"]["anchor"] == pytest.approx([0.0, 0.25, 0.5])
+    assert final_rr(curves, "modular") == pytest.approx(0.125) and final_rr(curves, "control") == pytest.approx(0.875)
+    assert verdict(curves).startswith("re-emergence observed")
+    held = build_curves([0, 5], {"erased": {"anchor": [0.2, 0.1]}, "control": {"anchor": [0.9, 0.9]}}, {"anchor": 10})
+    assert verdict(held).startswith("no re-emergence observed")
+    # No control (the attack ran without its reference run), or nothing erased: RR is not defined.
+    alone = build_curves([0, 5], {"erased": {"anchor": [0.1, 0.3]}}, {"anchor": 10})
+    assert alone["rr"] == {} and final_rr(alone) is None and verdict(alone).startswith("RR not defined")
+    nothing = build_curves([0, 5], {"erased": {"anchor": [0.9, 0.9]}, "control": {"anchor": [0.9, 1.0]}},
+                           {"anchor": 10})
+    assert final_rr(nothing) is None
+    with pytest.raises(ValueError, match="step 0"):
+        build_curves([5, 10], {"erased": {"anchor": [0.1, 0.2]}}, {"anchor": 10})
+    with pytest.raises(ValueError, match="values for"):
+        build_curves([0, 5], {"erased": {"anchor": [0.1]}}, {"anchor": 10})

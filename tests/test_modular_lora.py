@@ -160,3 +160,81 @@ def test_bad_input(pipe, data, safety):
             finetune(pipe, data, "modular", safety, CONFIG)
     finally:
         safety.revert(pipe)
+
+
+def _recorded_batches(monkeypatch):
+    """Record, per training run, every step's batch rows, seed and first noise value (the data order)."""
+    runs: list[list[tuple[int, tuple[int, ...], int]]] = []
+    original_init, original_loss = DenoisingObjective.__init__, DenoisingObjective.loss
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        runs.append([])
+        self._record = runs[-1]
+
+    def loss(self, step):
+        self._record.append((step, tuple(self.batch_indices(step).tolist()), self.seed))
+        return original_loss(self, step)
+
+    monkeypatch.setattr(DenoisingObjective, "__init__", init)
+    monkeypatch.setattr(DenoisingObjective, "loss", loss)
+    return runs
+
+
+def test_full_fine_tuning_baseline_has_the_same_data_and_leaves_the_model_and_safety_untouched(
+        pipe, data, safety, monkeypatch):
+    from erasurelab.edits import Dense
+    from erasurelab.finetuning.modular import ft_targets
+
+    runs = _recorded_batches(monkeypatch)
+    before_weights, before_hash = state(pipe), edit_hash(safety)
+    control = finetune(pipe, data, "control", None, CONFIG)
+    plain = finetune(pipe, data, "plain", safety, CONFIG)
+    full = finetune(pipe, data, "full", safety, CONFIG)
+    # Identical data order, seeds and steps across the variants (baseline a included).
+    assert len(runs) == 3 and runs[0] == runs[1] == runs[2] and len(runs[0]) == CONFIG.steps
+    assert sorted(full.snapshots) == sorted(plain.snapshots) == sorted(control.snapshots) == [2, 4]
+    # Baseline (a) trains the same projections at full rank: dense deltas, no adapter left behind.
+    assert set(full.ft.deltas) == {f"{t}.weight" for t in ft_targets(pipe.unet)}
+    assert all(isinstance(d, Dense) for d in full.ft.deltas.values())
+    assert any(bool(d.delta().abs().max() > 0) for d in full.ft.deltas.values())
+    assert edit_hash(safety) == before_hash == full.safety_hash
+    after = state(pipe)
+    assert all(torch.equal(before_weights[k], after[k]) for k in after)
+    assert not hasattr(pipe.unet, "peft_config") or not pipe.unet.peft_config
+    assert full.merged.meta["components"] == ["safety", "ft"] and full.merged.meta["variant"] == "full"
+    # The merged edit on the base is the erased model with the full-rank update on top.
+    merged, stacked = tiny_sd15_pipeline(), tiny_sd15_pipeline()
+    full.merged.apply(merged)
+    safety.apply(stacked)
+    full.ft.apply(stacked)
+    torch.testing.assert_close(unet_out(merged), unet_out(stacked), atol=1e-5, rtol=0)
+    # Its learning rate is its own: a larger full_lr moves the weights further in the same two steps.
+    faster = finetune(pipe, data, "full", safety, FinetuneConfig(**{**CONFIG.to_dict(), "steps": 2, "full_lr": 1e-3}))
+    key = next(iter(full.ft.deltas))
+    assert faster.ft.deltas[key].delta().norm() > full.snapshots[2].deltas[key].delta().norm()
+
+
+def test_full_fine_tuning_resumes_exactly(pipe, data, safety, tmp_path):
+    whole = finetune(pipe, data, "full", safety, CONFIG)
+    short = FinetuneConfig(**{**CONFIG.to_dict(), "steps": 2})
+    finetune(pipe, data, "full", safety, short, checkpoint_dir=tmp_path / "ckpt")
+    resumed = finetune(pipe, data, "full", safety, CONFIG, checkpoint_dir=tmp_path / "ckpt")
+    for key, entry in whole.ft.deltas.items():
+        torch.testing.assert_close(resumed.ft.deltas[key].delta(), entry.delta(), atol=0, rtol=0)
+    assert sorted(resumed.snapshots) == [2, 4]
+    for key, entry in whole.snapshots[2].deltas.items():  # the snapshot taken before the interruption
+        torch.testing.assert_close(resumed.snapshots[2].deltas[key].delta(), entry.delta(), atol=0, rtol=0)
+    with pytest.raises(ErasureLabError, match="needs a safety edit"):
+        finetune(pipe, data, "full", None, CONFIG)
+    with pytest.raises(ErasureLabError, match="full_lr must be positive"):
+        FinetuneConfig(full_lr=0.0)
+
+
+def test_experiment_refuses_an_unknown_variant_before_any_work(pipe, data):
+    from erasurelab.finetuning.reemergence import EXPERIMENT_VARIANTS, run_experiment
+
+    assert "full" in EXPERIMENT_VARIANTS  # baseline (a) can join (b) and Modular on the same data and seeds
+    spec = ConceptSpec.from_words("cat", "object", ["cat"], ["dog"])
+    with pytest.raises(ErasureLabError, match="unknown experiment variant 'fulll'"):
+        run_experiment(pipe, {}, spec, data, judge=None, variants=("fulll",))

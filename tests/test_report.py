@@ -160,3 +160,68 @@ def test_a_failed_write_leaves_nothing(report, tmp_path, monkeypatch) -> None:
         write_report(result, out)
     assert "\n" not in str(info.value)
     assert not out.exists() and not out.with_name("broken.tmp").exists()
+
+
+def _ft_attack(concept: str) -> AttackResult:
+    """A re-emergence ("ft") attack result as run_attack hands it over: ASR plus the curves per checkpoint."""
+    from erasurelab.finetuning.curves import build_curves
+
+    curves = build_curves([0, 50, 100], {
+        "erased": {"anchor": [0.125, 0.375, 0.625], "paraphrase": [0.0, 0.25, 0.5]},
+        "modular": {"anchor": [0.125, 0.125, 0.25], "paraphrase": [0.0, 0.0, 0.25]},
+        "control": {"anchor": [0.875, 0.875, 0.75], "paraphrase": [1.0, 0.75, 0.75]}},
+        {"anchor": 8, "paraphrase": 4})
+    return AttackResult("ft", concept, Rate(5, 8), Rate(1, 8), Rate(6, 8), prompts=[f"a photo of {concept}"],
+                        images=torch.rand(1, 3, 16, 16), budget={"optimisation_steps": 200}, curves=curves)
+
+
+@pytest.fixture(scope="module")
+def ft_report(models, tmp_path_factory):
+    edited, reference = models
+    out = tmp_path_factory.mktemp("reports") / "ft"
+    attack = _ft_attack("red")
+    result = evaluate(edited, ["red"], reference=reference, judge=StubJudge(), attacks=[attack], out=out,
+                      settings=SMALL)
+    return result, out, attack
+
+
+def test_report_shows_the_reemergence_curves_and_metrics_carry_them(ft_report) -> None:
+    from erasurelab.finetuning.curves import final_rr
+
+    result, out, attack = ft_report
+    figure = (out / "reemergence.png").read_bytes()
+    assert figure.startswith(PNG)
+    page = _parse(out / "index.html")
+    assert "reemergence" in page.ids
+    inline = [base64.b64decode(src.split(",", 1)[1]) for src in page.images if src.startswith("data:")]
+    assert figure in inline
+    text = " ".join(page.text)
+    assert "Re-emergence under benign fine-tuning" in text and "re-emergence observed" in text
+    assert f"{final_rr(attack.curves):.3f}" in text and f"{final_rr(attack.curves, 'modular'):.3f}" in text
+    data = json.loads((out / "metrics.json").read_text())
+    assert data == json.loads(json.dumps(result.to_dict()))
+    (ft,) = [a for a in data["attacks"] if a["name"] == "ft"]
+    assert ft["curves"]["steps"] == [0, 50, 100]
+    assert ft["curves"]["tp"]["erased"]["paraphrase"] == [0.0, 0.25, 0.5]
+    assert ft["curves"]["final_rr"]["erased"]["anchor"] == pytest.approx((0.625 - 0.125) / (0.875 - 0.125))
+
+
+def test_no_reemergence_figure_without_an_ft_attack(report) -> None:
+    _, out = report
+    assert not (out / "reemergence.png").exists()
+    assert "reemergence" not in _parse(out / "index.html").ids
+
+
+def test_bench_row_carries_the_final_rr(ft_report, report) -> None:
+    from erasurelab.demo import _table, markdown, rows
+
+    result, _, _ = ft_report
+    (row,) = rows([result])
+    assert row["ft_rr"] == pytest.approx(0.5 / 0.75) and row["ft_rr_para"] == pytest.approx(0.5)
+    assert row["ft_rr_modular"] == pytest.approx(0.125 / 0.75) and row["ft_rr_control"] == pytest.approx(0.625 / 0.75)
+    assert row["ft_tp_aligned"] == 0.125 and row["ft_tp_unaligned"] == 0.875 and row["ft_steps"] == 100
+    assert row["attacks"]["ft"]["asr"] == pytest.approx(5 / 8) and row["attacks"]["ft"]["asr_ref"] == 0.75
+    assert "ft_rr" in markdown([row]).splitlines()[0]
+    assert any("re-emergence (" in line and "final RR 0.667" in line for line in _table([row]))
+    # Rows without the ft attack have no RR fields (n/a in the markdown table).
+    assert not any(k.startswith("ft_") for r in rows([report[0]]) for k in r)

@@ -82,6 +82,19 @@ def _value(rate: Any) -> float | None:
     return None if rate is None or not rate.denominator else rate.value
 
 
+def _rr_fields(curves: dict[str, Any]) -> dict[str, Any]:
+    """The re-emergence attack's final RR (erased model fine-tuned; Modular; the unerased control as its
+    reference on the same scale) and the two TPs RR is measured between; {} for other curves."""
+    from erasurelab.finetuning.curves import final_rr, is_curves
+
+    if not is_curves(curves):
+        return {}
+    return {"ft_steps": curves["steps"][-1], "ft_rr": final_rr(curves),
+            "ft_rr_para": final_rr(curves, "erased", "paraphrase"), "ft_rr_modular": final_rr(curves, "modular"),
+            "ft_rr_control": final_rr(curves, "control"), "ft_tp_aligned": curves["tp_aligned"].get("anchor"),
+            "ft_tp_unaligned": curves["tp_unaligned"].get("anchor")}
+
+
 def rows(results: Sequence[Any]) -> list[dict[str, Any]]:
     """One flat record per (method, concept): every facet, each attack with its reference check, the timings."""
     from erasurelab.evaluation.result import jsonable
@@ -93,6 +106,8 @@ def rows(results: Sequence[Any]) -> list[dict[str, Any]]:
             attacks = {a.name: {"asr": _value(a.asr), "asr_ref": _value(a.reference_asr),
                                 "reference_passed": a.reference_passed, "instances": a.asr.denominator}
                        for a in result.attacks if a.concept == c.concept}
+            reemergence = next((_rr_fields(a.curves) for a in result.attacks
+                                if a.concept == c.concept and getattr(a, "curves", None)), {})
             t = c.target
             out.append(jsonable({
                 "method": result.method, "concept": c.concept, "attribute": c.attribute,
@@ -104,7 +119,7 @@ def rows(results: Sequence[Any]) -> list[dict[str, Any]]:
                 "retention": {a: v["ratio"] for a, v in c.unrelated.get("attributes", {}).items()},
                 "unrelated_ratio": c.unrelated["ratio"], "neighbour_rho": sum(rhos) / len(rhos) if rhos else None,
                 "selective": _value(c.selective["edited"]), "selective_ref": _value(c.selective["reference"]),
-                "attacks": attacks, "edit_s": result.efficiency.get("edit_wall_time_s"),
+                "attacks": attacks, **reemergence, "edit_s": result.efficiency.get("edit_wall_time_s"),
                 "evaluate_s": result.timings.get("total_s"), "problems": list(c.problems),
             }))
     return out
@@ -146,6 +161,10 @@ def _table(records: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(f"{r['method'] or '?':8} {r['concept']:10} {_fmt(r['tp_anchor_ref']):>5} → "
                      f"{_fmt(r['tp_anchor']):5} {_fmt(r['tp_para_ref']):>5} → {_fmt(r['tp_para']):5} "
                      f"{_fmt(r['f']):>6} {_fmt(retain):>7} {_fmt(r['h']):>6}  {_fmt(r['attacks']) or 'none'}")
+        if "ft_rr" in r:
+            lines.append(f"  re-emergence ({r['method']}, {r['concept']}) after {r['ft_steps']} fine-tuning steps: "
+                         f"final RR {_fmt(r['ft_rr'])} (paraphrase {_fmt(r['ft_rr_para'])}), Modular "
+                         f"{_fmt(r['ft_rr_modular'])}, unerased control {_fmt(r['ft_rr_control'])}")
         lines += [f"  note ({r['method']}, {r['concept']}): {p}" for p in r["problems"]]
     lines.append("TP: judge-detected target proportion, unedited → edited; f = 1 − max TP edited/unedited; "
                  "retain: worst attribute on unrelated prompts (1 = unchanged); H: HUB summary score")

@@ -6,7 +6,16 @@ arXiv 2412.00357). The attack: a LoRA trained with the standard denoising loss o
 (images and captions that never show or name the concept but are close to it), then the concept's
 anchor prompts rendered at scoring seeds. Success = the judge sees the concept. The unattacked
 prompts on the same model are the pre-ASR, and the adapter is snapshotted so the target proportion
-is reported at every snapshot (the re-emergence curve).
+is reported at every snapshot (the re-emergence curve), on the anchor prompts and on the first
+held-out paraphrase prompts of the concept.
+
+Curves (outcome extra "curves", see erasurelab.finetuning.curves): the attacked model fine-tuned
+("erased"); Modular LoRA ("modular": the same adapter trained on the unedited reference model,
+then added to the attacked one, which is Modular's sum merge when the reference is the attacked
+model's base, as run_attack requires); and the reference model fine-tuned ("control", the
+reference run). The reference run reuses the adapter the edited run trained on it for Modular
+(same data, seed and steps, so the same adapter), and completes the curves with the control and
+the re-emergence ratio RR(k).
 
 Data: `data` names an image-and-caption folder; without it, an embedded-world concept gets the
 world's benign dataset (`world dataset`), rendered and judge-checked. Nothing here changes the
@@ -80,37 +89,93 @@ class FinetuneAttack:
         prompts = list(ctx.spec.forget[:config.n_prompts])
         if not prompts:
             raise ErasureLabError(f"concept {ctx.spec.name!r} has no anchor prompts to score the attack on")
-        return {"data": data, "prompts": prompts}
+        # shared: what the edited run hands to the reference run of the same run_attack call.
+        return {"data": data, "prompts": prompts, "paraphrases": _paraphrases(ctx, config.n_prompts), "shared": {}}
 
     def attack(self, target: Any, prepared: dict[str, Any], ctx: AttackContext, budget: Budget) -> AttackOutcome:
+        from erasurelab.finetuning.curves import build_curves
+
+        prompts, paraphrases, shared = prepared["prompts"], prepared["paraphrases"], prepared["shared"]
+        seeds = [ctx.scoring_seed(i) for i in range(len(prompts))]
+        para_seeds = [ctx.scoring_seed(len(prompts) + i) for i in range(len(paraphrases))]
+        pre = ctx.present(ctx.render(target, prompts, seeds, budget))
+        start = {"anchor": pre}
+        if paraphrases:
+            start["paraphrase"] = ctx.present(ctx.render(target, paraphrases, para_seeds, budget))
+        probes = (prompts, seeds, paraphrases, para_seeds)
+        cached = []
+        if target is ctx.reference and "control" in shared:  # trained on this model by the edited run
+            run = shared["control"]
+            cached.append("fine-tuning (trained by the edited run for its Modular curve)")
+        else:
+            run = self._finetune(target, prepared, ctx, budget)
+        tp, flags, images = _curve(ctx, target, run.snapshots, start, probes, budget)
+        success = flags if flags is not None else pre
+        series = {"erased" if target is not ctx.reference else "control": tp}
+        if target is not ctx.reference:  # Modular: the adapter trained on the unedited model, added here
+            if "control" not in shared:
+                shared["control"] = self._finetune(ctx.reference, prepared, ctx, budget)
+            series["modular"] = _curve(ctx, target, shared["control"].snapshots, start, probes, budget)[0]
+            shared["edited"] = series
+        else:
+            series = {**shared.get("edited", {}), **series}
+        steps = [0, *run.snapshots]
+        counts = {"anchor": len(prompts), **({"paraphrase": len(paraphrases)} if paraphrases else {})}
+        curve = [{"step": step, "tp": value} for step, value in zip(steps, tp["anchor"], strict=True)]
+        records = [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds, strict=True)]
+        extra = {"curve": curve, "curves": build_curves(steps, series, counts), "paraphrases": list(paraphrases),
+                 "seed_sets": {"selection": [DATA_SEED], "scoring": seeds + para_seeds},
+                 "final_loss": run.logs[-1]["loss"], "train_seconds": run.wall_time_s, "cached": cached}
+        return AttackOutcome(success=success, prompts=list(prompts), images=images, pre_success=pre,
+                             records=records, extra=extra)
+
+    @staticmethod
+    def _finetune(pipe: Any, prepared: dict[str, Any], ctx: AttackContext, budget: Budget) -> Any:
+        """The benign LoRA fine-tuning of `pipe` (left unchanged) with the attack's budget and seed."""
         from erasurelab.finetuning import FinetuneConfig, finetune
 
         config = ctx.config
-        prompts = prepared["prompts"]
-        seeds = [ctx.scoring_seed(i) for i in range(len(prompts))]
-        before = ctx.render(target, prompts, seeds, budget)
-        pre = ctx.present(before)
         ft_config = FinetuneConfig(steps=config.train_steps, rank=config.rank, lr=config.lr,
                                    batch_size=config.train_batch_size, seed=ctx.seed,
                                    snapshot_every=config.snapshot_every)
-        run = finetune(target, prepared["data"], "control", None, ft_config, quiet=ctx.quiet)
+        run = finetune(pipe, prepared["data"], "control", None, ft_config, quiet=ctx.quiet)
         budget.add("optimisation_steps", config.train_steps)
-        curve = [{"step": 0, "tp": float(pre.float().mean())}]
-        images = None
-        success = pre
-        for step, adapter in run.snapshots.items():
-            adapter.apply(target)
-            try:
-                images = _render(ctx, target, prompts, seeds, budget)
-            finally:
-                adapter.revert(target)
-            success = ctx.present(images)
-            curve.append({"step": step, "tp": float(success.float().mean())})
-        records = [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds, strict=True)]
-        extra = {"curve": curve, "seed_sets": {"selection": [DATA_SEED], "scoring": seeds},
-                 "final_loss": run.logs[-1]["loss"], "train_seconds": run.wall_time_s}
-        return AttackOutcome(success=success, prompts=list(prompts), images=images, pre_success=pre,
-                             records=records, extra=extra)
+        return run
+
+
+def _paraphrases(ctx: AttackContext, n: int) -> list[str]:
+    """The first n prompts of the concept's held-out paraphrase suite (the evaluation's); none for a compound."""
+    if ctx.spec.is_compound:
+        return []
+    from erasurelab.finetuning.reemergence import target_probes
+
+    probes = target_probes(ctx.spec, ctx.reference, set(ctx.judge.concepts()), anchor_seeds=1, paraphrase_max=n)
+    prompts = next((probe.prompts for probe in probes if probe.name == "paraphrase"), ())
+    return list(dict.fromkeys(prompts))[:n]
+
+
+def _curve(ctx: AttackContext, pipe: Any, snapshots: dict[int, Any], start: dict[str, torch.Tensor],
+           probes: tuple[list[str], list[int], list[str], list[int]],
+           budget: Budget) -> tuple[dict[str, list[float]], torch.Tensor | None, torch.Tensor | None]:
+    """TP per probe at step 0 (`start`) and with each adapter snapshot added to `pipe`.
+
+    Returns (TP lists, the last snapshot's anchor verdicts and anchor images; None without snapshots).
+    """
+    prompts, seeds, paraphrases, para_seeds = probes
+    tp = {name: [float(flags.float().mean())] for name, flags in start.items()}
+    flags = images = None
+    for adapter in snapshots.values():
+        adapter.apply(pipe)
+        try:
+            rendered = _render(ctx, pipe, prompts + paraphrases, seeds + para_seeds, budget)
+        finally:
+            adapter.revert(pipe)
+        images = rendered[:len(prompts)]
+        flags = ctx.present(images)
+        tp["anchor"].append(float(flags.float().mean()))
+        if paraphrases:
+            tp["paraphrase"].append(float(ctx.present(rendered[len(prompts):]).float().mean()))
+    return tp, flags, images
 
 
 def _render(ctx: AttackContext, pipe: Any, prompts: list[str], seeds: list[int], budget: Budget) -> torch.Tensor:

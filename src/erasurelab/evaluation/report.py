@@ -1,4 +1,5 @@
-"""The evaluation report: DIR/index.html, DIR/metrics.json, DIR/tradeoff.png, DIR/grids/, DIR/suites/.
+"""The evaluation report: DIR/index.html, DIR/metrics.json, DIR/tradeoff.png, DIR/grids/, DIR/suites/,
+and DIR/reemergence.png when a re-emergence attack ("ft") was run.
 
 Why self-contained HTML: a report is mailed, attached to a pull request or opened from an
 archive; every image is inline (base64 PNG), so nothing breaks when the folder moves. The PNG
@@ -6,8 +7,9 @@ grids are also written as files for reuse. Why atomic (DIR.tmp, then rename): a 
 full disk must never leave a half report that looks finished.
 
 Layout of index.html: a summary table with H first (what a reviewer wants), then per concept
-the facet table, neighbours, suites and before/after grids, then attacks, efficiency, judge,
-settings and versions.
+the facet table, neighbours, suites and before/after grids, then attacks (with the re-emergence
+curves of the "ft" attack: target proportion per fine-tuning checkpoint and RR), efficiency,
+judge, settings and versions. metrics.json carries those curves as each attack's "curves".
 """
 
 from __future__ import annotations
@@ -150,6 +152,94 @@ def tradeoff_figure(results: Sequence[EvaluationResult]) -> bytes:
     return buffer.getvalue()
 
 
+def _reemergence_attacks(results: Sequence[EvaluationResult]) -> list[tuple[str, Any]]:
+    """(model label, attack) for every attack that reported re-emergence curves, in result order."""
+    from erasurelab.finetuning.curves import is_curves
+
+    return [(_label(r), a) for r in results for a in r.attacks if is_curves(getattr(a, "curves", None))]
+
+
+def reemergence_figure(results: Sequence[EvaluationResult]) -> bytes | None:
+    """TP per fine-tuning step, one row of panels per concept, one panel per probe (anchor, paraphrase).
+
+    Per model: the erased model fine-tuned (solid) and, when measured, Modular LoRA (dotted) and
+    full fine-tuning (dash-dot); the unerased control (grey, dashed) once per concept. None when
+    no attack reported curves.
+    """
+    from matplotlib.figure import Figure
+
+    from erasurelab.finetuning.curves import PROBES, SERIES
+
+    found = _reemergence_attacks(results)
+    if not found:
+        return None
+    concepts = list(dict.fromkeys(a.concept for _, a in found))
+    probes = [p for p in PROBES if any(p in a.curves["counts"] for _, a in found)]
+    fig = Figure(figsize=(4.2 * len(probes), 3.3 * len(concepts)), dpi=110)
+    axes = fig.subplots(len(concepts), len(probes), squeeze=False)
+    colours = [f"C{i}" for i in range(10)]
+    models = list(dict.fromkeys(label for label, _ in found))
+    styles = {"erased": ("-", "o"), "modular": (":", "s"), "full": ("-.", "^")}
+    for row, concept in enumerate(concepts):
+        mine = [(label, a.curves) for label, a in found if a.concept == concept]
+        for col, probe in enumerate(probes):
+            ax = axes[row][col]
+            control = next((c for _, c in mine if probe in c["tp"].get("control", {})), None)
+            if control is not None:
+                ax.plot(control["steps"], _plottable(control["tp"]["control"][probe]), color="gray", ls="--",
+                        marker=".", label=SERIES["control"])
+            for label, curves in mine:
+                colour = colours[models.index(label) % len(colours)]
+                for series, (ls, marker) in styles.items():
+                    values = curves["tp"].get(series, {}).get(probe)
+                    if values is not None:
+                        ax.plot(curves["steps"], _plottable(values), color=colour, ls=ls, marker=marker, ms=3,
+                                label=f"{label}: {SERIES[series]}" if len(models) > 1 else SERIES[series])
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("fine-tuning step")
+            ax.set_ylabel(f"target proportion ({probe})")
+            ax.set_title(f"{concept}: {probe} prompts", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _plottable(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]
+
+
+def _reemergence_section(results: Sequence[EvaluationResult], figure: bytes | None) -> str:
+    """The curves, a table of TP before/after and the final RR per model and concept, and how to read them."""
+    from erasurelab.finetuning.curves import final_rr, verdict
+
+    found = _reemergence_attacks(results)
+    if not found or figure is None:
+        return ""
+    rows = []
+    for label, a in found:
+        c = a.curves
+        last = {s: {p: v[-1] for p, v in probes.items()} for s, probes in c["tp"].items()}
+        rows.append((_esc(label), _esc(a.concept), c["steps"][-1], c["tp_aligned"].get("anchor"),
+                     last.get("erased", {}).get("anchor"), c["tp_unaligned"].get("anchor"),
+                     last.get("control", {}).get("anchor"), last.get("modular", {}).get("anchor"),
+                     final_rr(c, "erased"), final_rr(c, "erased", "paraphrase"), final_rr(c, "modular"),
+                     final_rr(c, "control"), _esc(verdict(c))))
+    table = _table(["model", "concept", "steps", "TP anchor, erased", "after fine-tuning", "TP anchor, unerased",
+                    "control after fine-tuning", "Modular after fine-tuning", "final RR anchor",
+                    "final RR paraphrase", "final RR Modular", "final RR control", "verdict"], rows)
+    note = ('<p class="sub">RR(k) = (TP<sub>k</sub> − TP<sub>erased</sub>) / (TP<sub>unerased</sub> − '
+            "TP<sub>erased</sub>), both before fine-tuning: 0 while the erasure holds, 1 when the concept renders "
+            "as often as on the unerased model; n/a when no unerased control was measured or the erasure removed "
+            "nothing. Modular LoRA: the adapter trained on the unerased model and added to the erased one. It "
+            "protects a cooperative user's benign fine-tuning only: anyone holding the weights can drop the "
+            "safety edit.</p>")
+    return (f'<h3 id="reemergence">Re-emergence under benign fine-tuning</h3>{_img(figure, "re-emergence curves")}'
+            f"{table}{note}")
+
+
 def _summary(results: Sequence[EvaluationResult]) -> str:
     rows = []
     for result in results:
@@ -282,7 +372,7 @@ def _agreement(agreement: dict[str, Any] | None) -> str:
 
 
 def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
-          grids: dict[tuple[int, str], dict[str, tuple[bytes, bytes]]]) -> str:
+          grids: dict[tuple[int, str], dict[str, tuple[bytes, bytes]]], reemergence: bytes | None = None) -> str:
     first = results[0]
     names = dict.fromkeys([c.concept for r in results for c in r.concepts] + [m.concept for r in results
                                                                               for m in r.compound])
@@ -302,7 +392,8 @@ def _html(results: Sequence[EvaluationResult], tradeoff: bytes,
         body.append(_compound_section(result))
     body.append("</section>")
     body.append('<section id="attacks"><h2>Attacks</h2>'
-                + "".join(_attack_section(r) for r in results) + "</section>")
+                + "".join(_attack_section(r) for r in results) + _reemergence_section(results, reemergence)
+                + "</section>")
     body.append('<section id="efficiency"><h2>Efficiency</h2>'
                 + "".join(_kv(jsonable(r.efficiency)) for r in results) + "</section>")
     judge_parts = []
@@ -373,11 +464,14 @@ def write_report(results: EvaluationResult | Sequence[EvaluationResult], out: st
             save_suite(suite, tmp / "suites" / f"{_slug(suite.concept)}_{suite.name}.json")
         tradeoff = tradeoff_figure(results)
         (tmp / "tradeoff.png").write_bytes(tradeoff)
+        reemergence = reemergence_figure(results)
+        if reemergence is not None:
+            (tmp / "reemergence.png").write_bytes(reemergence)
         payload = results[0].to_dict() if len(results) == 1 else {
             "kind": "erasurelab-evaluation-set", "results": [r.to_dict() for r in results]}
         (tmp / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n",
                                           encoding="utf-8")
-        (tmp / "index.html").write_text(_html(results, tradeoff, grids), encoding="utf-8")
+        (tmp / "index.html").write_text(_html(results, tradeoff, grids, reemergence), encoding="utf-8")
         replace_folder(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,7 +54,11 @@ class AttackResult:
     the edited model; reference_asr is the attack's ASR on the unedited model (sanity check: an
     attack that fails there makes its ASR on the edited model meaningless). images are example
     renders on the edited model, (N, 3, H, W) in [0, 1], aligned with prompts when given.
-    budget holds steps, U-Net forward/backward counts, wall time and peak memory.
+    budget holds steps, U-Net forward/backward counts, wall time and peak memory. curves: what an
+    attack measures along its run, JSON-ready (the "ft" attack: target proportion at every
+    fine-tuning checkpoint and the re-emergence ratio, see erasurelab.finetuning.curves); an
+    AttackRun takes them from its runs' outcome extra "curves", the reference run's (which follows
+    the edited run and can complete it) first.
     """
 
     name: str
@@ -65,6 +69,16 @@ class AttackResult:
     prompts: list[str] = field(default_factory=list)
     images: torch.Tensor | None = None
     budget: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.curves:  # an AttackRun: the curves its runs reported
+            suite = getattr(self, "suite", None) or {}
+            for role in ("reference_info", "edited_info"):
+                found = (suite.get(role) or {}).get("curves")
+                if found:
+                    self.curves = dict(found)
+                    break
 
     @property
     def delta_asr(self) -> float | None:
@@ -100,6 +114,7 @@ class AttackResult:
             "prompts": list(self.prompts),
             "n_images": 0 if self.images is None else len(self.images),
             "budget": dict(self.budget),
+            **({"curves": self.curves} if self.curves else {}),
         }
 
 

@@ -8,6 +8,12 @@ Variants (same data order, noise, seeds and steps; see denoise.py):
 - "modular": ΔW_ft is trained on the base with the safety edit absent from the forward pass, and the
   two are summed only at inference (Safety Alignment Backfires, arXiv 2412.00357); result =
   base + ΔW_safe + ΔW_ft. The fine-tuning has no gradient that could undo the edit.
+- "full": the paper's full fine-tuning baseline: the erased weights W_0 + ΔW_safe themselves are
+  trained (full rank, AdamW with the LoRA recipe's weight decay and clipping, at `full_lr`), not an
+  adapter; ΔW_ft is the dense difference trained − erased, so the result is again
+  base + ΔW_safe + ΔW_ft. Which weights: the projections the adapter trains (our choice), so
+  that this baseline differs from "plain" in rank only, and its snapshots stay small enough to
+  keep one per checkpoint.
 
 Merging is a sum of Edits: low-rank + low-rank stays an exact LoRA (concatenated factors), dense
 deltas (TRuST, ESD) add as dense deltas. `merge="project"` is for projection edits (PURE, whose
@@ -32,8 +38,11 @@ from erasurelab.caption_data import CaptionData
 from erasurelab.edits import Dense, Edit, LowRank
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.finetuning.denoise import DenoisingObjective, DenoisingTrainer
+from erasurelab.methods.finetune import FineTuner
 
-VARIANTS: tuple[str, ...] = ("control", "plain", "modular")
+VARIANTS: tuple[str, ...] = ("control", "plain", "modular", "full")
+#: Variants trained through the safety edit (it is applied to the model during training).
+THROUGH_SAFETY: tuple[str, ...] = ("plain", "full")
 MERGES: tuple[str, ...] = ("sum", "project")
 #: Projections the fine-tuning adapter trains: self- and cross-attention q, k, v, out.
 FT_PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -51,14 +60,17 @@ class FinetuneConfig:
     snapshot_every: int = field(default=100, metadata={"help": "steps between adapter snapshots / checkpoints"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip of the adapter"})
+    full_lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the full fine-tuning "
+                                                           "baseline (variant full)"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank", "batch_size", "snapshot_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ErasureLabError(f"fine-tuning {name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ErasureLabError(f"fine-tuning lr must be positive, got {self.lr}")
+        for name in ("lr", "full_lr"):
+            if not getattr(self, name) > 0:
+                raise ErasureLabError(f"fine-tuning {name} must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,12 +136,49 @@ def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) ->
     return safety + ft + Edit(extra) if extra else safety + ft
 
 
+class FullTuner(FineTuner):
+    """Full-rank training of U-Net weights with the adapter's optimiser (AdamW, weight decay, clipping).
+
+    The full-weight engine (checkpoints, exact resume, the weights restored on exit) with the
+    LoRA engine's optimiser and step, so baseline (a) and the LoRA variants share everything but
+    the parametrisation and the learning rate.
+    """
+
+    def __init__(self, pipe: Any, names: list[str], lr: float, weight_decay: float = 1e-2,
+                 grad_clip: float | None = 1.0, **kwargs: Any) -> None:
+        super().__init__(pipe, names, lr, **kwargs)
+        self.weight_decay, self.grad_clip = float(weight_decay), grad_clip
+
+    def __enter__(self) -> FullTuner:
+        super().__enter__()
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=self.lr, betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=self.weight_decay)
+        return self
+
+    def step(self, loss: torch.Tensor, masks: Any = None) -> float:  # type: ignore[override]
+        """Backward, clip the gradient norm, one AdamW step; returns the pre-clip norm."""
+        if self.optimizer is None:
+            raise RuntimeError("use FullTuner as a context manager")
+        if not torch.isfinite(loss):
+            raise ErasureLabError(f"the training loss became {float(loss)}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(self.params.values())
+        if self.grad_clip is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip)))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        self.optimizer.step()
+        return norm
+
+
 def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = None,
              config: FinetuneConfig | None = None, checkpoint_dir: Any = None, quiet: bool = True,
              merge_mode: str = "sum") -> FinetuneResult:
-    """Train a fine-tuning LoRA on `pipe` (the BASE model, no edit applied) in one of VARIANTS.
+    """Train a fine-tuning delta on `pipe` (the BASE model, no edit applied) in one of VARIANTS.
 
-    The pipeline is left as it was (adapter unloaded, the safety edit reverted in "plain").
+    A LoRA adapter, except in "full" (dense deltas). The pipeline is left as it was (adapter
+    unloaded, trained weights restored, the safety edit reverted in "plain" and "full").
     """
     from erasurelab.methods.lora_engine import ADAPTER, LoraTuner
 
@@ -144,22 +193,35 @@ def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = N
     started = time.perf_counter()
     before = edit_hash(safety)
     snapshots: dict[int, Edit] = {}
-    if variant == "plain":
+    if variant in THROUGH_SAFETY:
         safety.apply(pipe)  # type: ignore[union-attr]
     try:
-        # The run's identity for resuming: everything but the step count (a longer run resumes a shorter one).
-        identity = {k: v for k, v in config.to_dict().items() if k != "steps"}
+        # The run's identity for resuming: everything but the step count (a longer run resumes a shorter
+        # one) and, for the adapters, the full baseline's learning rate.
+        unused = ("steps",) if variant == "full" else ("steps", "full_lr")
+        identity = {k: v for k, v in config.to_dict().items() if k not in unused}
         key = {"kind": "benign-finetune", "variant": variant, "config": identity, "safety": before,
                "data": [data.files, data.captions]}
-        with LoraTuner(pipe, ft_targets(pipe.unet), config.rank, config.lr, weight_decay=config.weight_decay,
-                       grad_clip=config.grad_clip, seed=config.seed, quiet=quiet, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=config.snapshot_every, key=key) as tuner:
-            if set(pipe.unet.peft_config) != {ADAPTER}:  # only the fine-tuning adapter is in the graph
+        targets = ft_targets(pipe.unet)
+        if variant == "full":
+            if getattr(pipe.unet, "peft_config", None):
+                raise ErasureLabError(f"unexpected adapters on the U-Net: {sorted(pipe.unet.peft_config)}")
+            tuner_cm = FullTuner(pipe, [f"{t}.weight" for t in targets], config.full_lr,
+                                 weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed,
+                                 quiet=quiet, checkpoint_dir=checkpoint_dir, checkpoint_every=config.snapshot_every,
+                                 key=key)
+        else:
+            tuner_cm = LoraTuner(pipe, targets, config.rank, config.lr, weight_decay=config.weight_decay,
+                                 grad_clip=config.grad_clip, seed=config.seed, quiet=quiet,
+                                 checkpoint_dir=checkpoint_dir, checkpoint_every=config.snapshot_every, key=key)
+        with tuner_cm as tuner:
+            if variant != "full" and set(pipe.unet.peft_config) != {ADAPTER}:  # only the fine-tuning adapter
                 raise ErasureLabError(f"unexpected adapters in the fine-tuning graph: {sorted(pipe.unet.peft_config)}")
 
             def snapshot(step: int) -> None:
                 if step % config.snapshot_every == 0 or step == config.steps:
-                    snapshots[step] = Edit.from_peft(pipe.unet, ADAPTER, {"step": step})
+                    snapshots[step] = Edit(tuner.deltas(), {"step": step}) if variant == "full" else \
+                        Edit.from_peft(pipe.unet, ADAPTER, {"step": step})
 
             objective = DenoisingObjective(pipe, data, tuner.predict, config.batch_size, config.seed)
             trainer = DenoisingTrainer(objective, tuner.step, snapshot)
@@ -168,7 +230,7 @@ def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = N
             logs = tuner.run(trainer, config.steps, desc=f"fine-tuning ({variant})")
             ft = tuner.edit({"method": "benign-finetune", "variant": variant, "config": config.to_dict()})
     finally:
-        if variant == "plain" and safety is not None and safety.is_applied(pipe):
+        if variant in THROUGH_SAFETY and safety is not None and safety.is_applied(pipe):
             safety.revert(pipe)
     if edit_hash(safety) != before:
         raise ErasureLabError("the safety edit changed during fine-tuning")  # isolation broke: never expected
@@ -181,18 +243,24 @@ def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = N
 
 
 def _snapshot_state(snapshots: Mapping[int, Edit]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Snapshots as checkpoint tensors: "step|key|B" and "|A" for LoRA factors, "|D" for dense deltas."""
     tensors = {}
     for step, edit in snapshots.items():
         for key, entry in edit.deltas.items():
-            tensors[f"{step}|{key}|B"] = entry.B.double()  # type: ignore[union-attr]
-            tensors[f"{step}|{key}|A"] = entry.A.double()  # type: ignore[union-attr]
+            if isinstance(entry, LowRank):
+                tensors[f"{step}|{key}|B"] = entry.B.double()
+                tensors[f"{step}|{key}|A"] = entry.A.double()
+            else:
+                tensors[f"{step}|{key}|D"] = entry.delta()
     return {"snapshot_steps": sorted(snapshots)}, tensors
 
 
 def _load_snapshots(state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[int, Edit]:
-    out: dict[int, dict[str, LowRank]] = {int(s): {} for s in state.get("snapshot_steps", [])}
+    out: dict[int, dict[str, LowRank | Dense]] = {int(s): {} for s in state.get("snapshot_steps", [])}
     for name in tensors:
         step, key, part = name.split("|")
         if part == "B":
             out[int(step)][key] = LowRank(tensors[name].double(), tensors[f"{step}|{key}|A"].double())
+        elif part == "D":
+            out[int(step)][key] = Dense(tensors[name].clone())
     return {step: Edit(deltas, {"step": step}) for step, deltas in out.items()}

@@ -1,6 +1,6 @@
 """The re-emergence experiment: does benign fine-tuning bring an erased concept back?
 
-For each variant (control, plain, Modular; see modular.py) the fine-tuning adapter is snapshotted
+For each variant (control, plain, Modular, optionally full; see modular.py) the fine-tuning delta is snapshotted
 every `snapshot_every` steps; each snapshot's model (base + safety + ΔW_ft(k), or base + ΔW_ft(k)
 for the control) renders the concept's anchor and held-out paraphrase prompts at fixed seeds, and
 the judge gives the target proportion TP(k). The re-emergence ratio
@@ -17,7 +17,6 @@ per variant says whether the fine-tuning still learned what it was for.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,9 @@ import torch
 
 from erasurelab.caption_data import CaptionData
 from erasurelab.edits import Edit
+from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.types import Rate
+from erasurelab.finetuning.curves import reemergence_ratio
 from erasurelab.finetuning.modular import FinetuneConfig, finetune
 
 
@@ -87,12 +88,6 @@ def _with(pipe: Any, edit: Edit | None) -> Iterator[Any]:
         edit.revert(pipe)
 
 
-def reemergence_ratio(tp: float, aligned: float, unaligned: float) -> float:
-    """RR = (TP − TP_aligned) / (TP_unaligned − TP_aligned); nan when the erasure removed nothing."""
-    gap = unaligned - aligned
-    return (tp - aligned) / gap if gap > 0 and not math.isnan(tp) else float("nan")
-
-
 def _curve(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str, start: dict[str, Rate],
            snapshots: dict[int, Edit], safety: Edit | None) -> list[dict[str, Any]]:
     """TP per probe at step 0 (`start`) and at every snapshot of the adapter (with the safety edit added)."""
@@ -103,16 +98,25 @@ def _curve(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str, start: 
     return curve
 
 
+#: Variants run_experiment can run per safety edit ("full" is the costlier baseline (a), off by default).
+EXPERIMENT_VARIANTS: tuple[str, ...] = ("plain", "modular", "full")
+
+
 def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: CaptionData, judge: Any,
                    config: FinetuneConfig | None = None, task_probe: Probe | None = None,
-                   quiet: bool = True) -> dict[str, Any]:
-    """The unerased control and, per safety edit, plain fine-tuning and Modular LoRA on the same data and seeds.
+                   quiet: bool = True, variants: Sequence[str] = ("plain", "modular")) -> dict[str, Any]:
+    """The unerased control and, per safety edit, each of `variants` on the same data, seeds and steps.
 
     pipe: the base pipeline (no edit applied); it is left unchanged. safeties: label -> safety Edit.
+    variants: of EXPERIMENT_VARIANTS, plain fine-tuning (b), Modular LoRA (c), full fine-tuning (a).
     Modular's adapter is the control's: both are ΔW_ft trained on W_0 alone with the same data
     order, noise and seeds, so they are equal bit for bit (tests/test_modular_lora.py proves it);
     only the merge differs. The control is therefore trained once and reused.
     """
+    unknown = [v for v in variants if v not in EXPERIMENT_VARIANTS]
+    if unknown or not variants:
+        raise ErasureLabError(f"unknown experiment variant {unknown[0] if unknown else '(none given)'!r}; "
+                              f"valid: {', '.join(EXPERIMENT_VARIANTS)}")
     config = config or FinetuneConfig()
     probes = target_probes(spec, pipe, set(judge.concepts()))
     unaligned = render_rates(pipe, probes, judge, spec.name)
@@ -134,21 +138,24 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
         with _with(pipe, safety):
             aligned = render_rates(pipe, probes, judge, spec.name)
             task_aligned = task(None)
-        plain = finetune(pipe, data, "plain", safety, config, quiet=quiet)
         entry: dict[str, Any] = {"aligned": aligned, "task_aligned": task_aligned, "variants": {}}
-        for variant, run_snapshots, final in (("plain", plain.snapshots, plain.merged),
-                                              ("modular", control.snapshots, safety + control.ft)):
+        for variant in variants:
+            if variant == "modular":
+                run_snapshots, final = control.snapshots, safety + control.ft
+            else:
+                run = finetune(pipe, data, variant, safety, config, quiet=quiet)
+                run_snapshots, final = run.snapshots, run.merged
+                entry[f"{variant}_wall_time_s"] = run.wall_time_s
             curve = _curve(pipe, probes, judge, spec.name, aligned, run_snapshots, safety)
             rr = {p.name: [reemergence_ratio(point[p.name].value, aligned[p.name].value, unaligned[p.name].value)
                            for point in curve] for p in probes}
             entry["variants"][variant] = {"curve": curve, "rr": rr, "task_accuracy": task(final)}
-        entry["plain_wall_time_s"] = plain.wall_time_s
         result["methods"][label] = entry
     return result
 
 
 def plot_curves(result: dict[str, Any], path: Any, probe: str = "anchor") -> Any:
-    """TP(k) of the control and of every method's plain and Modular runs on one plot; a PNG."""
+    """TP(k) of the control and of every method's variants (plain, Modular, full) on one plot; a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,10 +167,13 @@ def plot_curves(result: dict[str, Any], path: Any, probe: str = "anchor") -> Any
             label="unerased control")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, entry) in enumerate(result["methods"].items()):
-        for variant, style in (("plain", "-"), ("modular", ":")):
+        for variant, style, name in (("plain", "-", "fine-tuned"), ("modular", ":", "Modular"),
+                                     ("full", "-.", "full fine-tuning")):
+            if variant not in entry["variants"]:
+                continue
             curve = entry["variants"][variant]["curve"]
             ax.plot([p["step"] for p in curve], [p[probe].value for p in curve], color=colours[i % len(colours)],
-                    ls=style, marker="o", ms=3, label=f"{label} {'fine-tuned' if variant == 'plain' else 'Modular'}")
+                    ls=style, marker="o", ms=3, label=f"{label} {name}")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel(f"target proportion ({probe} prompts)")
     ax.set_ylim(-0.02, 1.02)
