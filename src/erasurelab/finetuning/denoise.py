@@ -21,7 +21,9 @@ import torch
 
 from erasurelab.caption_data import CaptionData
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.finetune import Cond, encode_prompts, noise_mse, sample_timesteps, step_generator
+from erasurelab.methods.training.diffusion import Cond, encode_prompts
+from erasurelab.methods.training.losses import noise_mse
+from erasurelab.methods.training.streams import sample_timesteps, step_generator
 from erasurelab.models.sampling import noise_scheduler
 
 #: Random streams of the trainer (see the module docstring).

@@ -27,9 +27,9 @@ from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.base import check_count, check_number, config_dict, register_method, resolve_defaults
-from erasurelab.methods.finetune import Cond, encode_prompts
 from erasurelab.methods.lora_engine import LoraTuner, attn1_targets, check_rank
 from erasurelab.methods.pairs import PairSettings, build_pairs
+from erasurelab.methods.training.diffusion import Cond, encode_prompts
 from erasurelab.models.sampling import noise_scheduler, seeded
 from erasurelab.registry import option
 

@@ -23,25 +23,19 @@ from erasurelab.concepts.spec import ConceptSpec, combine
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.base import check_count, check_number, register_method, resolve_defaults
-from erasurelab.methods.finetune import (
-    STREAM_POOL,
-    STREAM_TRAIN,
+from erasurelab.methods.finetune import FineTuner, tuner_for
+from erasurelab.methods.training.diffusion import (
     Cond,
-    FineTuner,
     ddim_scheduler,
     denoise,
     encode_empty,
     encode_prompts,
-    forget_pairs,
-    negative_guidance,
-    noise_mse,
-    retain_conditioning,
-    retain_term,
-    select_parameters,
     start_noise,
-    step_generator,
-    tuner_for,
 )
+from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_conditioning, retain_term
+from erasurelab.methods.training.prompts import forget_pairs
+from erasurelab.methods.training.streams import STREAM_POOL, STREAM_TRAIN, step_generator
+from erasurelab.methods.training.subsets import select_parameters
 from erasurelab.models.sampling import is_embedded
 from erasurelab.registry import option
 

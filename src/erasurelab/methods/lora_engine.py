@@ -28,13 +28,9 @@ import torch
 
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.finetune import (
-    CheckpointedLoop,
-    Checkpointer,
-    Cond,
-    run_key,
-    unet_output,
-)
+from erasurelab.methods.training.checkpoints import Checkpointer, run_key
+from erasurelab.methods.training.diffusion import Cond, unet_output
+from erasurelab.methods.training.loop import CheckpointedLoop
 
 ADAPTER = "erasurelab"
 #: Self-attention projections DUO trains (`attn1.{to_q,to_k,to_v,to_out.0}`).

@@ -48,28 +48,26 @@ from erasurelab.methods.base import (
     register_method,
     resolve_defaults,
 )
-from erasurelab.methods.finetune import (
-    STREAM_DATA,
-    STREAM_PROBE,
-    STREAM_SALIENCY,
-    STREAM_TRAIN,
+from erasurelab.methods.finetune import FineTuner, tuner_for
+from erasurelab.methods.training.diffusion import (
     Cond,
-    FineTuner,
     ddim_scheduler,
     denoise,
     encode_empty,
     encode_prompts,
-    forget_pairs,
-    negative_guidance,
-    noise_mse,
-    retain_conditioning,
-    retain_term,
-    sample_timesteps,
-    select_parameters,
     start_noise,
-    step_generator,
-    tuner_for,
 )
+from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_conditioning, retain_term
+from erasurelab.methods.training.prompts import forget_pairs
+from erasurelab.methods.training.streams import (
+    STREAM_DATA,
+    STREAM_PROBE,
+    STREAM_SALIENCY,
+    STREAM_TRAIN,
+    sample_timesteps,
+    step_generator,
+)
+from erasurelab.methods.training.subsets import select_parameters
 from erasurelab.models.sampling import noise_scheduler
 from erasurelab.registry import option
 
