@@ -8,7 +8,6 @@ import torch
 
 import erasurelab as el
 from erasurelab.concepts.spec import ConceptSpec
-from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods import esd
 from erasurelab.methods import finetune as ft
@@ -193,18 +192,6 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(pipe, tmp_
     assert all(torch.equal(resumed.deltas[k].value, full.deltas[k].value) for k in full.deltas)
     with pytest.raises(ErasureLabError, match="another run"):
         el.erase(pipe, SPEC, "esd", checkpoint_dir=str(tmp_path / "b"), **{**options, "eta": 2.0})
-
-
-def test_edit_round_trips_through_full_weights(pipe, tmp_path):
-    edit = el.erase(pipe, SPEC, "esd", variant="x", **FAST)
-    edit.save(tmp_path / "run", format="full")
-    loaded = Edit.load(tmp_path / "run")
-    fresh = tiny_bert_pipeline(0)
-    loaded.apply(fresh)
-    edit.apply(pipe)
-    assert same_state(unet_state(fresh), unet_state(pipe))
-    edit.revert(pipe)
-    assert same_state(unet_state(pipe), unet_state(tiny_bert_pipeline(0)))
 
 
 def test_lora_export_needs_two_dimensional_deltas(pipe, tmp_path):

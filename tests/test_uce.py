@@ -21,7 +21,7 @@ from erasurelab.methods.uce import (
 )
 from erasurelab.models.conditioning import last_word_indices
 from erasurelab.models.layers import cross_attention_layers
-from tiny_bert_pipeline import MAX_TOKENS, assert_lora_round_trip, tiny_bert_pipeline
+from tiny_bert_pipeline import MAX_TOKENS, tiny_bert_pipeline
 
 from conftest import needs_assets
 
@@ -184,10 +184,6 @@ def test_without_preservation_erase_tokens_map_to_guide(pipe) -> None:
         assert torch.linalg.norm(got - want) / torch.linalg.norm(want) < 0.1
 
 
-def test_lora_round_trip_through_diffusers(tmp_path, pipe) -> None:
-    assert_lora_round_trip(erase(pipe, "red", "uce"), pipe, tmp_path / "run")
-
-
 def test_guide_equal_to_concept_gives_empty_edit(pipe) -> None:
     spec = ConceptSpec("red", "color", forget=("red",), guide="red")
     edit = erase(pipe, spec, "uce")
@@ -215,23 +211,13 @@ def test_bad_options_one_line(pipe, options, needle) -> None:
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_clip_pipeline_uses_tail_and_round_trips(tmp_path) -> None:
+def test_clip_pipeline_uses_tail() -> None:
+    """The CLIP token mode; its LoRA round trip through diffusers is in the contract suite (test_contract.py)."""
     from tiny_pipelines import tiny_sd15_pipeline
 
-    clip = tiny_sd15_pipeline(0)
-    edit = erase(clip, "red", "uce")
+    edit = erase(tiny_sd15_pipeline(0), "red", "uce")
     assert edit.meta["token_mode"] == "tail" and edit.meta["preserve_scale"] == 0.1
     assert ["photo of red", ""] in edit.meta["pairs"]                                    # bare guide, as official
-    edit.save(tmp_path / "clip", format="lora")
-    edit.apply(clip)
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    ctx = clip.encode_prompt(["a photo of red"], "cpu", 1, False)[0]
-    with torch.no_grad():
-        direct = clip.unet(x, 500, encoder_hidden_states=ctx).sample
-    loaded = tiny_sd15_pipeline(0)
-    loaded.load_lora_weights(str(tmp_path / "clip"))
-    with torch.no_grad():
-        assert torch.allclose(loaded.unet(x, 500, encoder_hidden_states=ctx).sample, direct, atol=1e-4)
 
 
 def test_sdxl_uce_edits_every_layer() -> None:

@@ -99,6 +99,39 @@ def tiny_sd15_pipeline(seed: int = 0) -> Any:
     return pipe
 
 
+def tiny_sd2_pipeline(seed: int = 0) -> Any:
+    """StableDiffusionPipeline shaped like SD2.x: v-prediction, linear projections, per-block head dims.
+
+    As diffusers' SD2 fast tests: `use_linear_projection`, attention_head_dim (2, 4), a GELU text
+    encoder, and a scheduler with `prediction_type="v_prediction"`; the context width (48) differs
+    from SD1.5's (32) so a width taken from the wrong component fails. 6 cross-attention layers.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=48, norm_num_groups=2,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    vae = _tiny_vae()
+    tokenizer = tiny_clip_tokenizer()
+    config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=48, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=VOCAB_SIZE, max_position_embeddings=MAX_TOKENS, hidden_act="gelu", projection_dim=64,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(), text_encoder=CLIPTextModel(config).eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sdxl_pipeline(seed: int = 0) -> Any:
     """StableDiffusionXLPipeline with SDXL's conditioning: two text encoders and "text_time" embeddings.
 
@@ -130,6 +163,19 @@ def tiny_sdxl_pipeline(seed: int = 0) -> Any:
         tokenizer_2=tokenizer_2, unet=unet.eval(), scheduler=scheduler, force_zeros_for_empty_prompt=True,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def at_sample_size(pipe: Any, size: int) -> Any:
+    """The same pipeline with a smaller default latent size (`size` x `size`), in place; returns it.
+
+    Why: a U-Net's `sample_size` sets only the default resolution (its convolutions take any size
+    the down blocks divide), and suites that render hundreds of images only need the code paths, so
+    8x8 latents cost a sixteenth of the 32x32 ones. SDXL pipelines cache it as `default_sample_size`.
+    """
+    pipe.unet.register_to_config(sample_size=size)
+    if hasattr(pipe, "default_sample_size"):
+        pipe.default_sample_size = size
     return pipe
 
 

@@ -226,21 +226,26 @@ class AttackContext:
             return torch.zeros(0)
         return torch.stack([self.memo[k] for k in keys])
 
-    def render_embeds(self, pipe: Any, embeds: torch.Tensor, seeds: Sequence[int], budget: Budget) -> torch.Tensor:
-        """Render from prompt embeddings (searched token ids), same seeding rule as `generate`."""
+    def render_embeds(self, pipe: Any, embeds: Any, seeds: Sequence[int], budget: Budget) -> torch.Tensor:
+        """Render from prompt embeddings (searched token ids), same seeding rule as `generate`.
+
+        embeds: token states (n, L, d), or a `tokens.Encoded` (SDXL: with its pooled embeddings).
+        """
         from erasurelab.models.sampling import default_sampling
 
         default_steps, default_guidance = default_sampling(pipe)
         steps = self.config.steps or default_steps
         guidance = default_guidance if self.config.guidance is None else self.config.guidance
+        embeds, pooled = (embeds.embeds, embeds.pooled) if hasattr(embeds, "embeds") else (embeds, None)
         out = []
         with budget.render_phase(), torch.no_grad():
             for start in range(0, len(embeds), self.config.batch_size):
-                chunk = embeds[start:start + self.config.batch_size]
-                generators = [torch.Generator("cpu").manual_seed(int(s))
-                              for s in seeds[start:start + self.config.batch_size]]
-                result = pipe(prompt_embeds=chunk.to(pipe.unet.device, pipe.unet.dtype), generator=generators,
-                              num_inference_steps=steps, guidance_scale=guidance, output_type="pt")
+                chunk = slice(start, start + self.config.batch_size)
+                generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[chunk]]
+                extra = {} if pooled is None else {"pooled_prompt_embeds": pooled[chunk].to(pipe.unet.device,
+                                                                                          pipe.unet.dtype)}
+                result = pipe(prompt_embeds=embeds[chunk].to(pipe.unet.device, pipe.unet.dtype), generator=generators,
+                              num_inference_steps=steps, guidance_scale=guidance, output_type="pt", **extra)
                 images = result.images if isinstance(result.images, torch.Tensor) else torch.as_tensor(result.images)
                 out.append(images.float().cpu())
         images = torch.cat(out)

@@ -4,7 +4,8 @@ Why one place: both attacks use the edited model as a denoiser, L = ‖target �
 x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε from the model's own training schedule and the target chosen by its
 prediction type (ε or v). Getting ᾱ from the *sampling* scheduler (DPM-Solver here) would be
 wrong for v-prediction models, so the noise schedule is rebuilt as a DDPM scheduler from the
-pipeline scheduler's config, which carries the β schedule and prediction type.
+pipeline scheduler's config, which carries the β schedule and prediction type. SDXL's U-Net also
+reads the pooled text embedding and the size/crop time ids (`added_conditioning`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,39 @@ def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor
 
 
 def denoising_loss(pipe: Any, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                   context: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the U-Net's prediction at noise level t, computed in float32."""
+                   context: Any) -> torch.Tensor:
+    """Mean squared error of the U-Net's prediction at noise level t, computed in float32.
+
+    context: token states (n, L, d), or a `tokens.Encoded` (SDXL: with its pooled embedding).
+    """
     unet = pipe.unet
+    embeds, pooled = (context.embeds, context.pooled) if hasattr(context, "embeds") else (context, None)
     noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy.to(unet.dtype), t.to(unet.device), encoder_hidden_states=context.to(unet.dtype)).sample
+    pred = unet(noisy.to(unet.dtype), t.to(unet.device), encoder_hidden_states=embeds.to(unet.dtype),
+                added_cond_kwargs=added_conditioning(pipe, pooled, latents)).sample
     return F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, t).float())
+
+
+def added_conditioning(pipe: Any, pooled: torch.Tensor | None, latents: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """SDXL's added U-Net inputs for these latents: the pooled text embedding and the size/crop time ids.
+
+    Time ids say "original = target size = the latents' image size, no crop", as the pipeline sets
+    them when rendering at that size (the attacks' latents come from such renders). None elsewhere.
+    """
+    from erasurelab.models.conditioning import is_sdxl, sdxl_time_ids
+
+    if not is_sdxl(pipe):
+        return None
+    if pooled is None:
+        raise ValueError("an SDXL U-Net needs the pooled text embedding (encode with tokens.TextSide)")
+    unet = pipe.unet
+    scale = int(getattr(pipe, "vae_scale_factor", 8))
+    height, width = int(latents.shape[-2]) * scale, int(latents.shape[-1]) * scale
+    n = int(latents.shape[0])
+    pooled = pooled.to(unet.device, unet.dtype)
+    if pooled.shape[0] != n:
+        pooled = pooled.expand(n, -1)
+    return {"text_embeds": pooled, "time_ids": sdxl_time_ids(pipe, height, width, n, unet.dtype, int(pooled.shape[-1]))}
 
 
 @torch.no_grad()

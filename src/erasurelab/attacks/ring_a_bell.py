@@ -10,9 +10,11 @@ Tsai et al., "Ring-A-Bell! How Reliable are Concept Removal Methods for Diffusio
      target y = f(P) + η·c;
   3. a genetic search over K token ids placed after the start token (rest: end + padding) for
      min ‖f(x) − y‖²; the best decoded prompt is the attack.
-The prompt is then rendered *as text*: the suite is a list of portable prompts, reusable for every
-U-Net edit of the same text encoder, so suites are cached in-process and on disk by encoder
-fingerprint, search settings, pairs and seed prompts.
+On SDXL, f is everything the U-Net reads from the text (`tokens.TextSide`): both encoders' states
+side by side and the pooled embedding, so the distance counts both. The prompt is then rendered
+*as text*: the suite is a list of portable prompts, reusable for every U-Net edit of the same text
+encoder(s), so suites are cached in-process and on disk by encoder fingerprint, search settings,
+pairs and seed prompts.
 
 Seeds and starts (so the sanity check can fail): pairs and seed prompts are picked on M_0 at
 *selection* seeds; each found prompt is scored at its *scoring* seed, a disjoint range. The search
@@ -54,13 +56,13 @@ from erasurelab.attacks.base import (
 from erasurelab.attacks.diffusion import seeded
 from erasurelab.attacks.prompts import anchor_prompts, concept_phrases, paraphrase_prompts, template_pairs
 from erasurelab.attacks.tokens import (
+    Encoded,
+    TextSide,
     decode,
-    encode_ids,
     frame,
     prompt_tokens,
-    require_single_encoder,
+    require_text_encoders,
     round_trips,
-    tokenize,
     vocabulary_ids,
     whole_word_ids,
 )
@@ -135,11 +137,16 @@ class RingABellConfig(RenderConfig):
 @torch.no_grad()
 def concept_vector(encoder: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
     """c = mean_j [f(P_j⁺) − f(P_j⁻)] ∈ R^{L×d}; both sides encoded in one batch (identical pairs give 0)."""
+    return text_concept_vector(TextSide((tokenizer,), (encoder,)), pairs).embeds
+
+
+@torch.no_grad()
+def text_concept_vector(text: TextSide, pairs: list[tuple[str, str]]) -> Encoded:
+    """`concept_vector` over everything the U-Net reads (SDXL: both encoders' states and the pooled embedding)."""
     if not pairs:
         raise ErasureLabError("no prompt pairs for the concept vector")
-    ids, lengths = tokenize(tokenizer, [p for p, _ in pairs] + [n for _, n in pairs])
-    states = encode_ids(encoder, ids, lengths).float()
-    return (states[: len(pairs)] - states[len(pairs):]).mean(dim=0)
+    states = text.encode_prompts([p for p, _ in pairs] + [n for _, n in pairs]).float()
+    return (states[: len(pairs)] - states[len(pairs):]).mean()
 
 
 @dataclass
@@ -214,12 +221,17 @@ def genetic_search(fitness: Callable[[torch.Tensor], torch.Tensor], template: to
 
 
 def encoder_fingerprint(pipe: Any) -> str:
-    """sha256 of the text encoder's tensors and the tokenizer's vocabulary: the Ring-A-Bell suite cache key."""
+    """sha256 of the text encoders' tensors and the tokenizers' vocabularies: the Ring-A-Bell suite cache key."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(pipe.text_encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    digest.update(str(sorted(pipe.tokenizer.get_vocab().items())).encode())
+    text = TextSide.of(pipe)
+    for i, (tokenizer, encoder) in enumerate(zip(text.tokenizers, text.encoders, strict=True)):
+        prefix = "" if i == 0 else f"text_encoder_{i + 1}."  # the first encoder hashes as it always has
+        for name, tensor in sorted(encoder.state_dict().items()):
+            digest.update((prefix + name).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(str(sorted(tokenizer.get_vocab().items())).encode())
+        if i > 0:
+            digest.update(f"pad:{tokenizer.pad_token_id}".encode())
     return digest.hexdigest()
 
 
@@ -324,20 +336,21 @@ def seed_prompts(ctx: AttackContext, budget: Budget) -> tuple[list[str], list[in
 
 
 def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> list[dict[str, Any]]:
-    """One genetic search per seed prompt against this pipeline's text encoder."""
+    """One genetic search per seed prompt against this pipeline's text encoder(s) (SDXL: both, and pooled)."""
     config: RingABellConfig = ctx.config
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    text = TextSide.of(pipe)
+    tokenizer = text.tokenizer
     fr = frame(tokenizer)
     if config.k > fr.length - 2:
         raise ErasureLabError(f"k={config.k} does not fit a {fr.length}-token prompt (at most {fr.length - 2})")
-    vocab = vocabulary_ids(tokenizer, encoder)
+    vocab = vocabulary_ids(tokenizer, text)
     if config.whole_words:
         vocab = whole_word_ids(tokenizer, vocab)
     with torch.no_grad():
-        vector = concept_vector(encoder, tokenizer, prepared.pairs)
+        vector = text_concept_vector(text, prepared.pairs)
         suite = []
         for p, prompt in enumerate(prepared.prompts):
-            target = encode_ids(encoder, *tokenize(tokenizer, [prompt]))[0].float() + config.eta * vector
+            target = text.encode_prompts([prompt]).float() + vector.scaled(config.eta)
             own = prompt_tokens(tokenizer, prompt) if config.init_from_prompt else []
             # Seeded, the search edits the seed prompt's own words: K is its length (cut at K, a longer
             # prompt lost its meaning; padded with random words, a shorter one lost the concept).
@@ -345,13 +358,11 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
             template, lengths = fr.build([[int(vocab[0])] * k])
             template = template[0]
 
-            def fitness(rows: torch.Tensor, target: torch.Tensor = target,
-                        lengths: torch.Tensor = lengths) -> torch.Tensor:
+            def fitness(rows: torch.Tensor, target: Encoded = target, lengths: torch.Tensor = lengths) -> torch.Tensor:
                 out = []
                 for s in range(0, len(rows), config.eval_batch):
                     chunk = rows[s:s + config.eval_batch]
-                    states = encode_ids(encoder, chunk, lengths.expand(len(chunk))).float()
-                    out.append(((states - target) ** 2).sum(dim=(1, 2)).cpu())
+                    out.append(text.encode(chunk, lengths.expand(len(chunk))).squared_distance(target))
                 return torch.cat(out)
 
             generator = seeded(ctx.seed, 3, p)
@@ -393,7 +404,7 @@ class RingABell:
     """Ring-A-Bell (Tsai et al., ICLR 2024): concept vector + genetic prompt search on the text encoder."""
 
     def check(self, pipe: Any) -> None:
-        require_single_encoder(pipe, "ring-a-bell")
+        require_text_encoders(pipe, "ring-a-bell")
 
     def prepare(self, ctx: AttackContext, budget: Budget) -> Prepared:
         pairs, hits, tried = filter_pairs(ctx, budget)

@@ -32,6 +32,12 @@ through a shallow pipeline copy that shares the U-Net and VAE. This works for BE
 model) and CLIP alike, where `inputs_embeds` would not (transformers 5's CLIP text model has no
 such argument). The vector is saved as {placeholder: v} in safetensors, which diffusers'
 `pipe.load_textual_inversion(path)` loads.
+
+SDXL: the placeholder is added to both tokenizers (one shared id) and one vector per text encoder
+is trained jointly through the U-Net's full conditioning (both encoders' states, the pooled
+embedding, the time ids), as diffusers' textual_inversion_sdxl.py does; they are saved as
+{"clip_l": v₁, "clip_g": v₂}, the form SDXL embeddings are shipped in (load each into its encoder
+with `pipe.load_textual_inversion(v, token=..., text_encoder=..., tokenizer=...)`).
 """
 
 from __future__ import annotations
@@ -70,14 +76,7 @@ from erasurelab.attacks.prompts import (
     round_robin,
     scoring_templates,
 )
-from erasurelab.attacks.tokens import (
-    embedding_override,
-    encode_ids,
-    prompt_tokens,
-    require_single_encoder,
-    special_ids,
-    tokenize,
-)
+from erasurelab.attacks.tokens import TextSide, prompt_tokens, require_text_encoders, special_ids, tokenize
 from erasurelab.concepts.spec import replace_mention
 from erasurelab.errors import ErasureLabError
 from erasurelab.registry import option
@@ -261,14 +260,13 @@ def captions_for(spec: Any, prompts: list[str], placeholder: str) -> list[str | 
             for prompt in prompts]
 
 
-def placeholder_copy(pipe: Any, placeholder: str) -> tuple[Any, Any, int]:
-    """(tokenizer copy with the placeholder added, encoder copy with a row for it, placeholder id)."""
-    tokenizer = copy.deepcopy(pipe.tokenizer)
+def _placeholder_pair(tokenizer: Any, encoder: Any, placeholder: str) -> tuple[Any, Any, int]:
+    tokenizer = copy.deepcopy(tokenizer)
     if placeholder in tokenizer.get_vocab():
         raise ErasureLabError(f"placeholder {placeholder!r} is already a token of this tokenizer; choose another")
     tokenizer.add_tokens([placeholder])
     token_id = int(tokenizer.convert_tokens_to_ids(placeholder))
-    encoder = strip_budget_hooks(copy.deepcopy(pipe.text_encoder)).requires_grad_(False).eval()
+    encoder = strip_budget_hooks(copy.deepcopy(encoder)).requires_grad_(False).eval()
     if token_id >= encoder.get_input_embeddings().weight.shape[0]:
         encoder.resize_token_embeddings(token_id + 1, mean_resizing=False)  # the row is set before use
     if prompt_tokens(tokenizer, f"a {placeholder} b")[1:-1] != [token_id]:
@@ -276,15 +274,24 @@ def placeholder_copy(pipe: Any, placeholder: str) -> tuple[Any, Any, int]:
     return tokenizer, encoder, token_id
 
 
-def initial_vector(pipe: Any, spec: Any, config: TextualInversionConfig) -> tuple[torch.Tensor, str]:
-    """Mean embedding of the initializer word's tokens (first candidate with ordinary tokens)."""
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
-    banned = special_ids(pipe.tokenizer)
+def placeholder_copies(pipe: Any, placeholder: str) -> tuple[TextSide, int]:
+    """Every tokenizer/encoder the U-Net reads, copied with the placeholder added (SDXL: both, one shared id)."""
+    text = TextSide.of(pipe)
+    pairs = [_placeholder_pair(t, e, placeholder) for t, e in zip(text.tokenizers, text.encoders, strict=True)]
+    if len({token_id for _, _, token_id in pairs}) != 1:
+        raise ErasureLabError(f"placeholder {placeholder!r} gets different ids in the pipeline's tokenizers")
+    return TextSide.of(pipe, [t for t, _, _ in pairs], [e for _, e, _ in pairs]), pairs[0][2]
+
+
+def initial_vectors(pipe: Any, spec: Any, config: TextualInversionConfig) -> tuple[list[torch.Tensor], str]:
+    """Per encoder the mean embedding of the initializer word's tokens (first candidate with ordinary tokens)."""
+    text = TextSide.of(pipe)
+    banned = special_ids(text.tokenizer)
     candidates = [config.initializer] if config.initializer else [CATEGORY_WORDS[spec.category], "art"]
     for word in candidates:
-        ids = [i for i in prompt_tokens(pipe.tokenizer, word) if i not in banned] if word.strip() else []
+        ids = [i for i in prompt_tokens(text.tokenizer, word) if i not in banned] if word.strip() else []
         if ids:
-            return table[ids].float().mean(dim=0).clone(), word
+            return [table.mean(dim=0).clone() for table in text.tables(torch.tensor(ids))], word
     raise ErasureLabError(f"initializer {candidates[0]!r} has no ordinary token in this tokenizer; "
                           "pass initializer=<a word the tokenizer knows>")
 
@@ -292,9 +299,14 @@ def initial_vector(pipe: Any, spec: Any, config: TextualInversionConfig) -> tupl
 def with_text_components(pipe: Any, tokenizer: Any, encoder: Any) -> Any:
     """A pipeline sharing every component of `pipe` except the tokenizer and text encoder.
 
+    tokenizer / encoder: one each, or one per encoder the U-Net reads (SDXL: two, as in `TextSide`).
     It shares the U-Net, so it shares its provenance (source, applied edits) too.
     """
-    components = {**pipe.components, "tokenizer": tokenizer, "text_encoder": encoder}
+    tokenizers = list(tokenizer) if isinstance(tokenizer, list | tuple) else [tokenizer]
+    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    components = {**pipe.components, "tokenizer": tokenizers[0], "text_encoder": encoders[0]}
+    if len(tokenizers) > 1:
+        components.update(tokenizer_2=tokenizers[1], text_encoder_2=encoders[1])
     if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
         components["requires_safety_checker"] = False
     clone = type(pipe)(**components)
@@ -302,28 +314,53 @@ def with_text_components(pipe: Any, tokenizer: Any, encoder: Any) -> Any:
     return clone
 
 
-def learn_embedding(target: Any, latents: torch.Tensor, templates: tuple[str, ...], spec: Any,
-                    config: TextualInversionConfig, seed: int, budget: Budget, quiet: bool = True,
-                    captions: list[str | None] | None = None) -> tuple[Any, Any, torch.Tensor, list[float], str]:
-    """Train v against `target`; returns (tokenizer copy, encoder copy with v in its row, v, losses, initializer).
+@dataclass
+class LearnedToken:
+    """The learned placeholder: tokenizer/encoder copies carrying it (`text`), one vector per encoder, the losses."""
+
+    text: TextSide
+    vectors: list[torch.Tensor]
+    losses: list[float]
+    initializer: str
+
+    def set_rows(self, token_id: int) -> None:
+        """Write each vector into its encoder copy's placeholder row."""
+        with torch.no_grad():
+            for encoder, vector in zip(self.text.encoders, self.vectors, strict=True):
+                table = encoder.get_input_embeddings().weight
+                table[token_id] = vector.to(table.device, table.dtype)
+
+    def embeds(self, placeholder: str) -> dict[str, torch.Tensor]:
+        """The saved form: {placeholder: v} (diffusers' `load_textual_inversion`), or SDXL's {"clip_l", "clip_g"}."""
+        if len(self.vectors) == 1:
+            return {placeholder: self.vectors[0]}
+        return {"clip_l": self.vectors[0], "clip_g": self.vectors[1]}
+
+
+def learn_token(target: Any, latents: torch.Tensor, templates: tuple[str, ...], spec: Any,
+                config: TextualInversionConfig, seed: int, budget: Budget, quiet: bool = True,
+                captions: list[str | None] | None = None) -> LearnedToken:
+    """Train the placeholder's vector(s) against `target` (SDXL: one per text encoder, trained together).
 
     captions[i] (with the placeholder in it), when given and not None, is latent i's prompt;
     otherwise a random template is.
     """
-    tokenizer, encoder, token_id = placeholder_copy(target, config.placeholder)
-    init, init_word = initial_vector(target, spec, config)
-    vector = torch.nn.Parameter(init.to(encoder.device))
-    optimizer = torch.optim.AdamW([vector], lr=config.lr, weight_decay=config.weight_decay)
+    text, token_id = placeholder_copies(target, config.placeholder)
+    inits, init_word = initial_vectors(target, spec, config)
+    vectors = [torch.nn.Parameter(init.to(encoder.device)) for init, encoder in zip(inits, text.encoders, strict=True)]
+    optimizer = torch.optim.AdamW(vectors, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = noise_scheduler(target)
-    table_dtype = encoder.get_input_embeddings().weight.dtype
 
-    def put_vector(ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        mask = (ids == token_id).unsqueeze(-1)
-        return torch.where(mask, vector.to(table_dtype), embeds)
+    def put(vector: torch.Tensor) -> Any:
+        def put_vector(ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+            mask = (ids == token_id).unsqueeze(-1)
+            return torch.where(mask, vector.to(embeds.dtype), embeds)
+
+        return put_vector
 
     losses: list[float] = []
     n_train = int(scheduler.config.num_train_timesteps)
-    with frozen(target.unet, target.vae), embedding_override(encoder, put_vector):
+    with frozen(target.unet, target.vae), text.override([put(v) for v in vectors]):
         for step in tqdm(range(config.train_steps), desc="textual inversion", disable=quiet):
             g = seeded(seed, 1, step)
             pick = torch.randint(len(latents), (config.train_batch,), generator=g)
@@ -333,7 +370,7 @@ def learn_embedding(target: Any, latents: torch.Tensor, templates: tuple[str, ..
             x0 = latents[pick]
             noise = torch.randn(x0.shape, generator=g).to(x0.device)
             t = torch.randint(0, n_train, (config.train_batch,), generator=g).to(x0.device)
-            context = encode_ids(encoder, *tokenize(tokenizer, prompts))
+            context = text.encode(*tokenize(text.tokenizer, prompts))
             loss = denoising_loss(target, scheduler, x0, noise, t, context)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,9 +379,18 @@ def learn_embedding(target: Any, latents: torch.Tensor, templates: tuple[str, ..
             budget.add("steps")
             budget.add("unet_backward", config.train_batch)
             budget.add("text_encoder_forward", config.train_batch)
-    with torch.no_grad():
-        encoder.get_input_embeddings().weight[token_id] = vector.detach().to(table_dtype)
-    return tokenizer, encoder, vector.detach().float().cpu().clone(), losses, init_word
+    learned = LearnedToken(text, [v.detach().float().cpu().clone() for v in vectors], losses, init_word)
+    learned.set_rows(token_id)
+    return learned
+
+
+def learn_embedding(target: Any, latents: torch.Tensor, templates: tuple[str, ...], spec: Any,
+                    config: TextualInversionConfig, seed: int, budget: Budget, quiet: bool = True,
+                    captions: list[str | None] | None = None) -> tuple[Any, Any, torch.Tensor, list[float], str]:
+    """`learn_token` seen through the first text encoder: (tokenizer copy, encoder copy with v in its row, v,
+    losses, initializer); the whole result (SDXL's second encoder too) is `learn_token`'s."""
+    learned = learn_token(target, latents, templates, spec, config, seed, budget, quiet, captions)
+    return learned.text.tokenizer, learned.text.encoder, learned.vectors[0], learned.losses, learned.initializer
 
 
 @register_attack("textual-inversion", TextualInversionConfig,
@@ -354,7 +400,7 @@ class TextualInversion:
     """Concept inversion (Pham et al., ICLR 2024): textual inversion against the edited model."""
 
     def check(self, pipe: Any) -> None:
-        require_single_encoder(pipe, "textual-inversion")
+        require_text_encoders(pipe, "textual-inversion")
 
     def prepare(self, ctx: AttackContext, budget: Budget) -> Prepared:
         """D_ref (judge-confirmed M_0 renders of the concept) and the scoring instances, both from selection seeds."""
@@ -382,10 +428,10 @@ class TextualInversion:
                         targets_from_cache(tensors, meta["instances"], "instance_"))
 
     def learn(self, target: Any, prepared: Prepared, captions: list[str | None] | None, ctx: AttackContext,
-              budget: Budget) -> tuple[Any, Any, torch.Tensor, list[float], str, bool]:
-        """`learn_embedding` against `target`, or its result from the disk cache (same model, D_ref, config).
+              budget: Budget) -> tuple[LearnedToken, bool]:
+        """`learn_token` against `target`, or its result from the disk cache (same model, D_ref, config).
 
-        Returns (tokenizer, encoder, vector, losses, initializer, from_cache).
+        Returns (the learned token, from_cache).
         """
         from erasurelab import diskcache
 
@@ -401,27 +447,30 @@ class TextualInversion:
                                       ctx.seed)
             meta = diskcache.load_json("textual-inversion-token", key)
             stored = diskcache.load_tensors("textual-inversion-token", key) if meta is not None else None
-            if meta is not None and stored is not None:
-                tokenizer, encoder, token_id = placeholder_copy(target, config.placeholder)
-                vector = stored["vector"]
-                with torch.no_grad():
-                    table = encoder.get_input_embeddings().weight
-                    table[token_id] = vector.to(table.device, table.dtype)
-                return tokenizer, encoder, vector, list(meta["losses"]), str(meta["initializer"]), True
+            names = _vector_names(TextSide.of(target))
+            if meta is not None and stored is not None and all(n in stored for n in names):
+                text, token_id = placeholder_copies(target, config.placeholder)
+                learned = LearnedToken(text, [stored[n] for n in names], list(meta["losses"]),
+                                       str(meta["initializer"]))
+                learned.set_rows(token_id)
+                return learned, True
         latents = images_to_latents(target, prepared.reference.images)
-        tokenizer, encoder, vector, losses, init_word = learn_embedding(
-            target, latents, prepared.train_templates, ctx.spec, config, ctx.seed, budget, ctx.quiet, captions)
+        learned = learn_token(target, latents, prepared.train_templates, ctx.spec, config, ctx.seed, budget,
+                              ctx.quiet, captions)
         if key is not None:
-            diskcache.save_tensors("textual-inversion-token", key, {"vector": vector})
-            diskcache.save_json("textual-inversion-token", key, {"losses": losses, "initializer": init_word})
-        return tokenizer, encoder, vector, losses, init_word, False
+            diskcache.save_tensors("textual-inversion-token", key,
+                                   dict(zip(_vector_names(learned.text), learned.vectors, strict=True)))
+            diskcache.save_json("textual-inversion-token", key,
+                                {"losses": learned.losses, "initializer": learned.initializer})
+        return learned, False
 
     def attack(self, target: Any, prepared: Prepared, ctx: AttackContext, budget: Budget) -> AttackOutcome:
         config: TextualInversionConfig = ctx.config
         reference = prepared.reference
         captions = None if config.templates else captions_for(ctx.spec, reference.prompts, config.placeholder)
-        tokenizer, encoder, vector, losses, init_word, from_cache = self.learn(target, prepared, captions, ctx, budget)
-        attacked = with_text_components(target, tokenizer, encoder)
+        learned, from_cache = self.learn(target, prepared, captions, ctx, budget)
+        losses = learned.losses
+        attacked = with_text_components(target, learned.text.tokenizers, learned.text.encoders)
         instances = [t for t in prepared.instances if t.image is not None]
         templates = [prepared.eval_templates[t.index // config.eval_seeds] for t in instances]
         seeds = [ctx.scoring_seed(t.index) for t in instances]
@@ -438,7 +487,7 @@ class TextualInversion:
                    for t in prepared.instances if t.image is None]
         selection = sorted({ctx.seed + t.index + RETRY_SEED_STRIDE * j for t in prepared.instances
                             for j in range(t.tries)} | set(reference.seeds))
-        extra = {"placeholder": config.placeholder, "initializer": init_word, "loss_first": losses[:5],
+        extra = {"placeholder": config.placeholder, "initializer": learned.initializer, "loss_first": losses[:5],
                  "loss_last": losses[-5:], "reference_images": len(reference.images),
                  "reference_renders": reference.tried, "train_templates": list(prepared.train_templates),
                  "train_captions": [c for c in captions or [] if c],
@@ -446,5 +495,10 @@ class TextualInversion:
                  "cached": ["token"] if from_cache else [],
                  "seed_sets": {"selection": selection, "scoring": seeds}}
         return AttackOutcome(success=success, prompts=prompts, images=images, pre_success=pre_success,
-                             records=records, tensors={"learned_embeds": {config.placeholder: vector}},
+                             records=records, tensors={"learned_embeds": learned.embeds(config.placeholder)},
                              extra=extra)
+
+
+def _vector_names(text: TextSide) -> list[str]:
+    """Disk-cache names of the learned vectors: "vector" (first encoder), "vector_2" (SDXL's second)."""
+    return ["vector"] + [f"vector_{i + 1}" for i in range(1, len(text.encoders))]

@@ -10,13 +10,18 @@ Why a forward hook on the input-embedding table instead of `inputs_embeds`: tran
 `CLIPTextModel.forward` takes no `inputs_embeds` (it needs the ids to find the end token), while
 BERT does. Replacing the output of `get_input_embeddings()` at chosen positions works for both
 and leaves everything downstream (positions, masks, pooling) as the model does it.
+
+SDXL (`TextSide`): the U-Net reads both encoders' penultimate hidden states side by side, plus the
+second encoder's pooled projection (with the size/crop time ids). Both tokenizers share one
+vocabulary (they differ at most in the padding token), so one id sequence is searched and each
+encoder reads it with its own padding, exactly as `StableDiffusionXLPipeline.encode_prompt` does.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +34,24 @@ from erasurelab.models.conditioning import is_sdxl
 _RESERVED = re.compile(r"^\[unused\d+\]$|^<\|.*\|>$")
 
 
-def require_single_encoder(pipe: Any, attack: str) -> None:
-    """Attacks that touch the text encoder support SD1.x/2.x-style pipelines (one encoder) only.
+def require_text_encoders(pipe: Any, attack: str) -> None:
+    """One-line refusal of pipelines whose text side the token attacks cannot drive.
 
-    Why refuse SDXL: its U-Net reads two encoders plus pooled embeddings and time ids; a learned
-    token or an adversarial prefix would have to exist in both. One line, not a traceback.
+    Needed: a tokenizer and text encoder (SD1.x/2.x, builtin:shapes), or for SDXL both pairs with
+    one shared vocabulary and the same start/end framing (searched ids must mean the same tokens
+    to both encoders). An SDXL pipeline without its first encoder (the refiner) is refused.
     """
-    if is_sdxl(pipe) or getattr(pipe, "text_encoder_2", None) is not None:
-        raise ErasureLabError(f"attack {attack} supports single-text-encoder pipelines (SD1.x/2.x, builtin:shapes); "
-                              f"{type(pipe).__name__} has two encoders (SDXL is not supported yet)")
     if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
         raise ErasureLabError(f"attack {attack} needs a pipeline with a text encoder and a tokenizer")
+    if not is_sdxl(pipe):
+        return
+    tokenizer_2, encoder_2 = getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)
+    if tokenizer_2 is None or encoder_2 is None:
+        raise ErasureLabError(f"attack {attack} needs both SDXL text encoders and tokenizers")
+    one, two = frame(pipe.tokenizer), frame(tokenizer_2)
+    if (one.start, one.end, one.length) != (two.start, two.end, two.length) or \
+            pipe.tokenizer.get_vocab() != tokenizer_2.get_vocab():
+        raise ErasureLabError(f"attack {attack} needs SDXL's two tokenizers to share one vocabulary and framing")
 
 
 def special_ids(tokenizer: Any) -> set[int]:
@@ -57,9 +69,16 @@ def special_ids(tokenizer: Any) -> set[int]:
 
 
 def vocabulary_ids(tokenizer: Any, encoder: Any) -> torch.Tensor:
-    """Sorted ids an attack may choose: decodable by the tokenizer, a row of the encoder, not special."""
-    rows = int(encoder.get_input_embeddings().weight.shape[0])
-    banned = special_ids(tokenizer)
+    """Sorted ids an attack may choose: decodable by the tokenizer, a row of the encoder(s), not special.
+
+    encoder: one text encoder, or a `TextSide` (then a row of every encoder, special in no tokenizer).
+    """
+    if isinstance(encoder, TextSide):
+        rows = min(int(e.get_input_embeddings().weight.shape[0]) for e in encoder.encoders)
+        banned = set().union(*(special_ids(t) for t in encoder.tokenizers))
+    else:
+        rows = int(encoder.get_input_embeddings().weight.shape[0])
+        banned = special_ids(tokenizer)
     ids = [i for i in range(min(len(tokenizer), rows)) if i not in banned]
     if not ids:
         raise ErasureLabError("the tokenizer has no ordinary (non-special) tokens to search over")
@@ -74,8 +93,8 @@ def whole_word_ids(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
     tokenizes to different ids, so the prompt rendered is not the prompt found. Whole words keep
     the search's ids and the rendered text the same in the common case.
     """
-    texts = tokenizer.batch_decode([[int(i)] for i in ids], skip_special_tokens=True,
-                                   clean_up_tokenization_spaces=True)
+    texts = [_end_of_word(tokenizer, t) for t in tokenizer.batch_decode(
+        [[int(i)] for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=True)]
     encoded = tokenizer([t.strip() for t in texts], add_special_tokens=False).input_ids
     keep = [int(i) for i, back in zip(ids.tolist(), encoded, strict=True) if back == [int(i)]]
     if not keep:
@@ -170,9 +189,147 @@ def embedding_override(encoder: Any, replace: Callable[[torch.Tensor, torch.Tens
 
 def decode(tokenizer: Any, ids: Sequence[int]) -> str:
     """Human-readable text for searched ids (may not re-tokenize to the same ids; see round_trips)."""
-    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+    text = tokenizer.decode([int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return _end_of_word(tokenizer, text).strip()
+
+
+def _end_of_word(tokenizer: Any, text: str) -> str:
+    """`text` with CLIP's end-of-word mark ("</w>") turned into a space, as CLIPTokenizer.decode does.
+
+    Why here: transformers removes the mark through a wrapper on the backend tokenizer's `decode`,
+    and a deep copy of the tokenizer (a copied pipeline, textual inversion's tokenizer) loses that
+    wrapper, so a copy would decode "red</w>" and render a prompt nobody typed.
+    """
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    suffix = getattr(model, "end_of_word_suffix", None)
+    return text.replace(suffix, " ") if isinstance(suffix, str) and suffix else text
 
 
 def round_trips(tokenizer: Any, ids: Sequence[int]) -> bool:
     """True when decoding ids to text and tokenizing it again gives the same ids."""
     return prompt_tokens(tokenizer, decode(tokenizer, ids)) == [int(i) for i in ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline's whole text side (one encoder, or SDXL's two)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What the U-Net reads from a prompt: token states (n, L, d) and, for SDXL, the pooled embedding (n, p)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __add__(self, other: Encoded) -> Encoded:
+        return Encoded(self.embeds + other.embeds, _add(self.pooled, other.pooled))
+
+    def __sub__(self, other: Encoded) -> Encoded:
+        return Encoded(self.embeds - other.embeds, _add(self.pooled, None if other.pooled is None else -other.pooled))
+
+    def scaled(self, factor: float) -> Encoded:
+        return Encoded(self.embeds * factor, None if self.pooled is None else self.pooled * factor)
+
+    def mean(self) -> Encoded:
+        """The mean over the batch (dimension 0 kept out: (L, d) and (p,))."""
+        return Encoded(self.embeds.mean(dim=0), None if self.pooled is None else self.pooled.mean(dim=0))
+
+    def __getitem__(self, index: Any) -> Encoded:
+        return Encoded(self.embeds[index], None if self.pooled is None else self.pooled[index])
+
+    def float(self) -> Encoded:
+        return Encoded(self.embeds.float(), None if self.pooled is None else self.pooled.float())
+
+    def squared_distance(self, target: Encoded) -> torch.Tensor:
+        """Per row ‖embeds − target.embeds‖² (+ ‖pooled − target.pooled‖² for SDXL), in float32 on the CPU."""
+        out = ((self.embeds.float() - target.embeds.float()) ** 2).flatten(1).sum(dim=1)
+        if self.pooled is not None and target.pooled is not None:
+            out = out + ((self.pooled.float() - target.pooled.float()) ** 2).sum(dim=-1)
+        return out.cpu()
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None or b is None else a + b
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """The (tokenizer, encoder) pairs whose outputs the U-Net reads: one pair, or SDXL's two.
+
+    Ids are the first tokenizer's; on SDXL the second encoder reads the same ids with its own
+    padding token, its penultimate hidden states are concatenated to the first's, and its
+    projected pooled output is the pooled embedding (StableDiffusionXLPipeline.encode_prompt).
+    """
+
+    tokenizers: tuple[Any, ...]
+    encoders: tuple[Any, ...]
+    sdxl: bool = False
+
+    @classmethod
+    def of(cls, pipe: Any, tokenizers: Sequence[Any] | None = None, encoders: Sequence[Any] | None = None) -> TextSide:
+        """The pipeline's text side, or the given replacements for its tokenizers/encoders (same count)."""
+        sdxl = is_sdxl(pipe)
+        own_tok = (pipe.tokenizer, pipe.tokenizer_2) if sdxl else (pipe.tokenizer,)
+        own_enc = (pipe.text_encoder, pipe.text_encoder_2) if sdxl else (pipe.text_encoder,)
+        tokenizers = tuple(tokenizers) if tokenizers is not None else own_tok
+        encoders = tuple(encoders) if encoders is not None else own_enc
+        if len(tokenizers) != len(own_tok) or len(encoders) != len(own_enc):
+            raise ValueError(f"{type(pipe).__name__} reads {len(own_enc)} text encoder(s)")
+        return cls(tokenizers, encoders, sdxl)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer whose ids the attacks search and record (the first)."""
+        return self.tokenizers[0]
+
+    @property
+    def encoder(self) -> Any:
+        return self.encoders[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoders[0].device
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return tokenize(self.tokenizer, prompts)
+
+    def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> Encoded:
+        """What the U-Net reads for these ids (no torch.no_grad: attacks differentiate through it)."""
+        if not self.sdxl:
+            return Encoded(encode_ids(self.encoder, ids, lengths))
+        states, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            own = _repad(ids, lengths, int(tokenizer.pad_token_id))
+            out = encoder(own.to(encoder.device), output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:
+                pooled = out[0]
+            states.append(out.hidden_states[-2])
+        return Encoded(torch.cat(states, dim=-1), pooled)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+        return self.encode(*self.tokenize(prompts))
+
+    @contextmanager
+    def override(self, replaces: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+        """`embedding_override` on every encoder, replaces[i] on encoder i (each hook always removed)."""
+        if len(replaces) != len(self.encoders):
+            raise ValueError(f"one replacement per encoder: got {len(replaces)} for {len(self.encoders)}")
+        with ExitStack() as stack:
+            for encoder, replace in zip(self.encoders, replaces, strict=True):
+                stack.enter_context(embedding_override(encoder, replace))
+            yield
+
+    def tables(self, ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each encoder's input-embedding rows (detached, float32; only `ids` when given)."""
+        out = []
+        for encoder in self.encoders:
+            weight = encoder.get_input_embeddings().weight.detach()
+            out.append((weight if ids is None else weight[ids.to(weight.device)]).float())
+        return out
+
+
+def _repad(ids: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """ids with every position at or after its row's length set to `pad` (the second SDXL tokenizer's padding)."""
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    return torch.where(positions[None, :] < lengths.to(ids.device)[:, None], ids, torch.full_like(ids, pad))

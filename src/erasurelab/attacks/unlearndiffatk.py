@@ -24,7 +24,9 @@ the first scoring seed where M_0 does not render the concept for it: only the op
 produce a success. An instance whose start shows the concept on every seed tried is left out.
 
 Rendering uses the exact searched token ids (as the reference code does), not re-tokenized text:
-the decoded text is recorded too, with whether it round-trips to the same ids.
+the decoded text is recorded too, with whether it round-trips to the same ids. On SDXL a slot's
+one-hot picks the same token in both text encoders (they share one vocabulary), and the loss and
+the renders use the pooled embedding and time ids as the pipeline does.
 """
 
 from __future__ import annotations
@@ -55,12 +57,11 @@ from erasurelab.attacks.base import (
 from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.prompts import anchor_prompts, without_concept
 from erasurelab.attacks.tokens import (
+    TextSide,
     decode,
-    embedding_override,
-    encode_ids,
     frame,
     prompt_tokens,
-    require_single_encoder,
+    require_text_encoders,
     round_trips,
     tokenize,
     vocabulary_ids,
@@ -186,27 +187,27 @@ def attack_prompt(target: Any, tgt: Target, prompt: str, seed: int, ctx: AttackC
     """Optimise the k-token prefix before `prompt` towards tgt's image, judged at `seed`; returns the record."""
     index = tgt.index
     config: UnlearnDiffAtkConfig = ctx.config
-    encoder = target.text_encoder
+    text = TextSide.of(target)
     scheduler = noise_scheduler(target)
     n_train = int(scheduler.config.num_train_timesteps)
     if max(config.timesteps) >= n_train:
         raise ErasureLabError(f"timesteps must be below {n_train}, got {max(config.timesteps)}")
-    table = encoder.get_input_embeddings().weight.detach()[vocab.to(encoder.device)].float()
+    tables = text.tables(vocab)  # SDXL: the same token's row in each encoder
     ids, lengths = prefix_ids(target, prompt, config.k, int(vocab[0]))
     x0 = images_to_latents(target, tgt.image.unsqueeze(0))
-    u = torch.nn.Parameter(torch.full((config.k, len(vocab)), 1.0 / len(vocab), device=encoder.device))
+    u = torch.nn.Parameter(torch.full((config.k, len(vocab)), 1.0 / len(vocab), device=text.device))
     optimizer = torch.optim.Adam([u], lr=config.lr, weight_decay=config.weight_decay)
     record: dict[str, Any] = {"steps": 0, "renders": 0, "success": False, "stopped_at_t": None}
     best = ids[0, 1:1 + config.k].clone()
     image = None
     loss = None
-    with frozen(target.unet, encoder, target.vae):
+    with frozen(target.unet, *text.encoders, target.vae):
         for t in tqdm(config.timesteps, desc=f"UnlearnDiffAtk prompt {index}", disable=ctx.quiet):
             for it in range(config.iters):
                 g = seeded(ctx.seed, 2, index, t, it)
                 one_hot = sample_one_hot(u, g)
-                with embedding_override(encoder, slot_override(config.k, one_hot @ table)):
-                    context = encode_ids(encoder, ids, lengths)
+                with text.override([slot_override(config.k, one_hot @ table) for table in tables]):
+                    context = text.encode(ids, lengths)
                 noise = torch.randn(x0.shape, generator=g).to(x0.device)
                 loss = denoising_loss(target, scheduler, x0, noise, torch.tensor([t], device=x0.device), context)
                 optimizer.zero_grad(set_to_none=True)
@@ -221,7 +222,7 @@ def attack_prompt(target: Any, tgt: Target, prompt: str, seed: int, ctx: AttackC
             attacked = ids.clone()
             attacked[0, 1:1 + config.k] = best
             with torch.no_grad():
-                embeds = encode_ids(encoder, attacked, lengths)
+                embeds = text.encode(attacked, lengths)
             image = ctx.render_embeds(target, embeds, [seed], budget)
             record["renders"] += 1
             if bool(ctx.present(image)[0]):
@@ -244,7 +245,7 @@ class UnlearnDiffAtk:
     reference_differs = True  # on M_0 the attack starts from the prompt without the concept
 
     def check(self, pipe: Any) -> None:
-        require_single_encoder(pipe, "unlearndiffatk")
+        require_text_encoders(pipe, "unlearndiffatk")
 
     def prepare(self, ctx: AttackContext, budget: Budget) -> list[Target]:
         """Judge-positive target images of each prompt, rendered by the unedited model at selection seeds."""
@@ -276,7 +277,7 @@ class UnlearnDiffAtk:
         return None
 
     def attack(self, target: Any, prepared: list[Target], ctx: AttackContext, budget: Budget) -> AttackOutcome:
-        vocab = vocabulary_ids(target.tokenizer, target.text_encoder)
+        vocab = vocabulary_ids(target.tokenizer, TextSide.of(target))
         success, pre, prompts, images, records = [], [], [], [], []
         skipped = []
         scoring: list[int] = []

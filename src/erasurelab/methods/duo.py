@@ -252,15 +252,19 @@ def erase_one(pipe: Any, spec: ConceptSpec, config: DuoConfig, settings: dict[st
 
 @register_method("duo", DuoConfig, "DUO: Diffusion-DPO on SDEdit pairs, one LoRA per concept (Park et al., 2024)")
 def erase_duo(pipe: Any, specs: list[ConceptSpec], config: DuoConfig, quiet: bool = True) -> Edit:
-    """DUO; returns the summed per-concept LoRAs and leaves `pipe` unmodified."""
-    from erasurelab.judges import load_judge
+    """DUO; returns the summed per-concept LoRAs and leaves `pipe` unmodified.
+
+    The pair judge is resolved for the concepts, so a judge that takes its labels from concept
+    specs (`clip:FOLDER`) can see them.
+    """
+    from erasurelab.evaluation.judging import resolve_judge
 
     if not specs:
         raise ErasureLabError("nothing to erase: no concept given")
     settings = config.resolve(pipe)
     targets = attn1_targets(pipe.unet)
     check_rank(pipe.unet, targets, settings["rank"])
-    judge = load_judge(config.judge)
+    judge = resolve_judge(config.judge, specs)
     parts = [erase_one(pipe, spec, config, settings, judge, targets, quiet) for spec in specs]
     edit = sum(parts[1:], parts[0]) if len(parts) > 1 else parts[0]
     edit.meta = {"settings": {**config_dict(config), **settings}, "per_concept": [p.meta for p in parts],
