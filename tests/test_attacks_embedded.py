@@ -14,9 +14,9 @@ import torch
 from attack_stubs import private_cache  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
 from erasurelab.attacks.base import REFERENCE_MIN_ASR
-from erasurelab.attacks.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.tokens import encode_ids, tokenize, vocabulary_ids
 from erasurelab.models import generate
+from erasurelab.models.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
 
 from conftest import needs_assets
 

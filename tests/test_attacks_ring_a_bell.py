@@ -10,7 +10,6 @@ import torch
 from attack_stubs import ScriptedJudge, private_cache  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
 from erasurelab.attacks.base import SCORING_SEED_OFFSET
-from erasurelab.attacks.diffusion import seeded
 from erasurelab.attacks.prompts import paraphrase_prompts, template_pairs
 from erasurelab.attacks.ring_a_bell import clear_suite_cache, concept_vector, genetic_search
 from erasurelab.attacks.tokens import (
@@ -24,6 +23,7 @@ from erasurelab.attacks.tokens import (
     whole_word_ids,
 )
 from erasurelab.concepts import concept
+from erasurelab.models.diffusion import seeded
 from tiny_bert_pipeline import MAX_TOKENS, TEXT_WIDTH, tiny_bert_pipeline
 from tiny_pipelines import tiny_sd15_pipeline
 

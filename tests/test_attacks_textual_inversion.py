@@ -8,7 +8,6 @@ import torch
 from attack_stubs import ScriptedJudge, always, assert_unchanged, private_cache, snapshot  # noqa: F401  (autouse fixture)
 from erasurelab.attacks import run_attack
 from erasurelab.attacks.base import SCORING_SEED_OFFSET, Budget
-from erasurelab.attacks.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.textual_inversion import (
     OBJECT_EVAL_TEMPLATES,
     OBJECT_TEMPLATES,
@@ -23,6 +22,7 @@ from erasurelab.concepts import concept
 from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.errors import ErasureLabError
 from erasurelab.models import generate
+from erasurelab.models.diffusion import denoising_loss, images_to_latents, noise_scheduler, seeded
 from tiny_bert_pipeline import tiny_bert_pipeline
 from tiny_pipelines import tiny_sd15_pipeline
 

@@ -48,13 +48,11 @@ from erasurelab.configs import check_positive, config_dict, entry_for_config, lo
 from erasurelab.configs import check_probability as check_probability
 from erasurelab.configs import check_strings as check_strings
 from erasurelab.errors import ErasureLabError
-from erasurelab.evaluation import types as _types
-from erasurelab.evaluation.types import AttackResult, Rate
 from erasurelab.registry import Entry, Registry, option
+from erasurelab.results import REFERENCE_MIN_ASR as REFERENCE_MIN_ASR
+from erasurelab.results import AttackResult, Rate
 from erasurelab.runinfo import library_versions, peak_rss_mb, replace_folder, write_json_atomic
 
-#: Below this ASR on the unedited model the attack "does not work" and the report says so.
-REFERENCE_MIN_ASR: float = getattr(_types, "REFERENCE_MIN_ASR", 0.5)
 #: Scoring seeds are ctx.seed + SCORING_SEED_OFFSET + i: disjoint from every selection seed (which stay
 #: below it: retries are spaced by RETRY_SEED_STRIDE, reference images and pairs use offsets < 100 000).
 SCORING_SEED_OFFSET = 500_000
@@ -191,8 +189,8 @@ class AttackContext:
     hashes: dict[int, str] = field(default_factory=dict, repr=False)
 
     def model_hash(self, pipe: Any) -> str:
-        """`evaluation.rendering.model_hash` of a pipeline, computed once per run (weights do not change in a run)."""
-        from erasurelab.evaluation.rendering import model_hash
+        """`models.identity.model_hash` of a pipeline, computed once per run (weights do not change in a run)."""
+        from erasurelab.models.identity import model_hash
 
         if id(pipe) not in self.hashes:
             self.pinned[id(pipe)] = pipe

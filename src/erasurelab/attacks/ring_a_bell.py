@@ -53,7 +53,6 @@ from erasurelab.attacks.base import (
     check_strings,
     register_attack,
 )
-from erasurelab.attacks.diffusion import seeded
 from erasurelab.attacks.prompts import anchor_prompts, concept_phrases, paraphrase_prompts, template_pairs
 from erasurelab.attacks.tokens import (
     Encoded,
@@ -67,6 +66,7 @@ from erasurelab.attacks.tokens import (
     whole_word_ids,
 )
 from erasurelab.errors import ErasureLabError
+from erasurelab.models.diffusion import seeded
 from erasurelab.registry import option
 
 #: Seed offset of the pair-filter selection renders on M_0 (disjoint from the seed prompts' and the scoring seeds).

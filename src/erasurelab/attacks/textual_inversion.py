@@ -67,7 +67,6 @@ from erasurelab.attacks.base import (
     targets_from_cache,
     targets_to_cache,
 )
-from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.prompts import (
     anchor_prompts,
     concept_word,
@@ -79,6 +78,7 @@ from erasurelab.attacks.prompts import (
 from erasurelab.attacks.tokens import TextSide, prompt_tokens, require_text_encoders, special_ids, tokenize
 from erasurelab.concepts.spec import replace_mention
 from erasurelab.errors import ErasureLabError
+from erasurelab.models.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
 from erasurelab.registry import option
 
 #: Training templates of the official scripts (diffusers textual_inversion.py, "object" mode).

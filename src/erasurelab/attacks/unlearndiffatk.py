@@ -54,7 +54,6 @@ from erasurelab.attacks.base import (
     targets_from_cache,
     targets_to_cache,
 )
-from erasurelab.attacks.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
 from erasurelab.attacks.prompts import anchor_prompts, without_concept
 from erasurelab.attacks.tokens import (
     TextSide,
@@ -67,6 +66,7 @@ from erasurelab.attacks.tokens import (
     vocabulary_ids,
 )
 from erasurelab.errors import ErasureLabError
+from erasurelab.models.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
 from erasurelab.registry import option
 
 

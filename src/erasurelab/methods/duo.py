@@ -156,7 +156,7 @@ def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.
 
     One batched call of the adapted U-Net on [x_t⁻, x_t⁺, ε] and one of the reference (adapter off).
     """
-    from erasurelab.attacks.diffusion import prediction_target
+    from erasurelab.models.diffusion import prediction_target
 
     n = z_unsafe.shape[0]
     t_r = torch.full((n,), int(t_reg), dtype=t_unsafe.dtype)
@@ -230,7 +230,7 @@ class DuoTrainer:
 def erase_one(pipe: Any, spec: ConceptSpec, config: DuoConfig, settings: dict[str, Any], judge: Any,
               targets: list[str], quiet: bool) -> Edit:
     """Pairs, then one LoRA trained for one concept; the pipeline is left unchanged."""
-    from erasurelab.attacks.diffusion import images_to_latents
+    from erasurelab.models.diffusion import images_to_latents
 
     pairs = build_pairs(pipe, spec, judge, config.pair_settings(pipe), config.safe_prompt, config.prompts, quiet)
     z_unsafe, z_safe = images_to_latents(pipe, pairs.unsafe), images_to_latents(pipe, pairs.safe)

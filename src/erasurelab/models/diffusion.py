@@ -1,11 +1,11 @@
-"""The diffusion-loss pieces the optimisation attacks share (textual inversion, UnlearnDiffAtk).
+"""Diffusion-loss primitives shared by methods and attacks: noising, the ε / v prediction target, image → latent.
 
-Why one place: both attacks use the edited model as a denoiser, L = ‖target − ε_θ(x_t, t, c)‖², with
-x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε from the model's own training schedule and the target chosen by its
-prediction type (ε or v). Getting ᾱ from the *sampling* scheduler (DPM-Solver here) would be
-wrong for v-prediction models, so the noise schedule is rebuilt as a DDPM scheduler from the
-pipeline scheduler's config, which carries the β schedule and prediction type. SDXL's U-Net also
-reads the pooled text embedding and the size/crop time ids (`added_conditioning`).
+Why one place: textual inversion, UnlearnDiffAtk and DUO all use a model as a denoiser,
+L = ‖target − ε_θ(x_t, t, c)‖², with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε from the model's own training schedule
+and the target chosen by its prediction type (ε or v). Getting ᾱ from the *sampling* scheduler
+(DPM-Solver here) would be wrong for v-prediction models, so the noise schedule is rebuilt as a DDPM
+scheduler from the pipeline scheduler's config, which carries the β schedule and prediction type.
+SDXL's U-Net also reads the pooled text embedding and the size/crop time ids (`added_conditioning`).
 """
 
 from __future__ import annotations
