@@ -12,118 +12,54 @@ Compound concepts (the TRuST paper's combinations and conditionals) use the same
 - "conditional": one concept erased only in a context ("circle" on a white background); retain
   anchors hold the concept elsewhere, alone, and other concepts in the context.
 Compound anchors are built from *training* templates only; the evaluation uses the disjoint
-*evaluation* templates below, so no evaluation prompt is ever an anchor. Single concepts keep
-the defaults (kind "single", no parts, no context), which `to_dict` leaves out, so a
-single-concept spec's hash depends only on the fields a single concept has.
+*evaluation* templates (`erasurelab.concepts.templates`), so no evaluation prompt is ever an
+anchor. Single concepts keep the defaults (kind "single", no parts, no context), which `to_dict`
+leaves out, so a single-concept spec's hash depends only on the fields a single concept has.
+
+The templates and the mention test live in `concepts.templates` and `concepts.mentions`; their
+names are re-exported here, where callers have always imported them from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from erasurelab.concepts.mentions import mention_pattern, mentions, replace_mention
+from erasurelab.concepts.templates import (
+    ALONE_EVAL_TEMPLATES,
+    ALONE_TRAIN_TEMPLATES,
+    COMBINATION_EVAL_TEMPLATES,
+    COMBINATION_TRAIN_TEMPLATES,
+    CONDITIONAL_EVAL_TEMPLATES,
+    CONDITIONAL_TRAIN_TEMPLATES,
+    FORGET_TEMPLATES,
+    KINDS,
+    MAX_NEIGHBOURS,
+    PART_SLOTS,
+    STYLE_FORGET_TEMPLATES,
+    check_compound_templates,
+    default_templates,
+    expand,
+    fill,
+    part_slots,
+    template_slots,
+)
 from erasurelab.errors import ErasureLabError, did_you_mean
 
+__all__ = [
+    "ALONE_EVAL_TEMPLATES", "ALONE_TRAIN_TEMPLATES", "CATEGORIES", "COMBINATION_EVAL_TEMPLATES",
+    "COMBINATION_TRAIN_TEMPLATES", "CONDITIONAL_EVAL_TEMPLATES", "CONDITIONAL_TRAIN_TEMPLATES", "FORGET_TEMPLATES",
+    "KINDS", "MAX_NEIGHBOURS", "PART_SLOTS", "STYLE_FORGET_TEMPLATES", "ConceptSpec", "check_compound_templates",
+    "combination_spec", "combine", "conditional_spec", "default_templates", "expand", "fill", "mention_pattern",
+    "mentions", "part_slots", "replace_mention", "template_slots",
+]
+
 CATEGORIES: tuple[str, ...] = ("color", "object", "style", "background", "character", "custom")
-
-#: PURE's six forget templates (the PURE paper's). "{c}" is one training word of the concept.
-FORGET_TEMPLATES: tuple[str, ...] = (
-    "a photo of {c}", "a picture of {c}", "an image of {c}", "{c}", "a painting of {c}", "a drawing of {c}",
-)
-#: The "in the style of" forms PURE uses for style concepts.
-STYLE_FORGET_TEMPLATES: tuple[str, ...] = (
-    "{c}", "in the style of {c}", "a photo in the style of {c}", "a picture in the style of {c}",
-    "a painting in the style of {c}", "a drawing in the style of {c}",
-)
-#: Retain anchors use at most this many neighbours (6 templates x 9 = 54 anchors, where PURE's sweep levels off).
-MAX_NEIGHBOURS = 9
-
-#: What a spec describes: one concept, several parts harmful only together, or a concept in a context.
-KINDS: tuple[str, ...] = ("single", "combination", "conditional")
-#: Slot names of the parts of a combination in templates: {A} = parts[0], {B} = parts[1], ...
-PART_SLOTS = "ABCDEFGH"
-
-# Compound templates. Slots: {x} the whole combination phrase ("red circle"), {A}/{B}
-# its modifier/head (world) or parts (elsewhere), {bg} a world background ("a black background"),
-# {ctx} the condition phrase ("on a white background"). Train (anchor) and eval sets are disjoint.
-COMBINATION_TRAIN_TEMPLATES: tuple[str, ...] = (
-    "a {x}", "a photo of a {x}", "an image of a {x}", "a picture of a {x}", "a {x} on {bg}", "a drawing of a {x}",
-    "one {x}", "a {x}, centered",
-)
-COMBINATION_EVAL_TEMPLATES: tuple[str, ...] = (
-    "a {B} coloured {A}", "a {B} that is {A}", "there is a {x} here", "a small {x} on {bg}",
-    "a large {x} in the middle", "{x}", "a rendering of a {x}", "a close-up of a {x}",
-)
-CONDITIONAL_TRAIN_TEMPLATES: tuple[str, ...] = (
-    "a {A} {ctx}", "a photo of a {A} {ctx}", "an image of a {A} {ctx}", "a picture of a {A} {ctx}",
-    "a drawing of a {A} {ctx}", "one {A} {ctx}",
-)
-CONDITIONAL_EVAL_TEMPLATES: tuple[str, ...] = (
-    "there is a {A} {ctx}", "a small {A} {ctx}", "a large {A} {ctx}", "a rendering of a {A} {ctx}",
-    "a close-up of a {A} {ctx}", "{A} {ctx}",
-)
-#: The conditioned concept alone: retain anchors (train) and the R_A evaluation prompts (eval).
-ALONE_TRAIN_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {A}", "an image of a {A}", "a picture of a {A}", "a drawing of a {A}", "one {A}",
-)
-ALONE_EVAL_TEMPLATES: tuple[str, ...] = ("a {A}", "a small {A}", "a rendering of a {A}")
-
-
-def default_templates(category: str) -> tuple[str, ...]:
-    """The PURE anchor templates for a category (style concepts get the 'in the style of' forms)."""
-    return STYLE_FORGET_TEMPLATES if category == "style" else FORGET_TEMPLATES
-
-
-def expand(templates: Sequence[str], words: Iterable[str]) -> tuple[str, ...]:
-    """templates x words in word-major order, duplicates removed (order kept, so hashes are stable)."""
-    out: dict[str, None] = {}
-    for word in words:
-        for template in templates:
-            out[template.format(c=word).strip()] = None
-    return tuple(out)
-
-
-def mentions(prompt: str, phrase: str) -> bool:
-    """True when `phrase` occurs in `prompt` as whole words (case-insensitive).
-
-    Whole words, because "outlined" must not count as a mention of the paraphrase "lined".
-    """
-    phrase = phrase.strip()
-    return bool(phrase) and re.search(mention_pattern(phrase), prompt, flags=re.IGNORECASE) is not None
-
-
-def replace_mention(prompt: str, phrase: str, replacement: str) -> str | None:
-    """`prompt` with the first whole-word mention of `phrase` replaced (None when it has none)."""
-    if not mentions(prompt, phrase):
-        return None
-    return re.sub(mention_pattern(phrase.strip()), replacement, prompt, count=1, flags=re.IGNORECASE)
-
-
-def mention_pattern(phrase: str) -> str:
-    """The regex of a whole-word mention of `phrase` (a hyphen counts as part of a word)."""
-    return rf"(?<![\w-]){re.escape(phrase)}(?![\w-])"
-
-
-def template_slots(template: str) -> set[str]:
-    """The {slot} names a template uses."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-
-
-def fill(template: str, slots: Mapping[str, str]) -> str:
-    """A template with its slots filled, single-spaced, with "a" -> "an" before a vowel ("an orange circle")."""
-    text = re.sub(r"\s+", " ", template.format(**slots)).strip()
-    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
-
-
-def part_slots(parts: Sequence[str]) -> dict[str, str]:
-    """Generic slots of a combination: {A}, {B}, ... per part and {x} = the parts joined by spaces."""
-    return {**dict(zip(PART_SLOTS, parts, strict=False)), "x": " ".join(parts)}
 
 
 @dataclass(frozen=True)
@@ -302,32 +238,6 @@ class ConceptSpec:
 
 #: Fields that to_dict leaves out at these values (added after hashes of single concepts were in use).
 _COMPOUND_DEFAULTS: dict[str, Any] = {"kind": "single", "parts": (), "context": ""}
-
-
-def check_compound_templates(kind: str, templates: Sequence[str], n_parts: int, extra: Sequence[str] = ()) -> None:
-    """Every compound template must name the whole target, and only known slots.
-
-    A combination template names all parts ({x}, or every part slot); a conditional template names
-    the concept and the context ({A}, {ctx}). Otherwise an "anchor" of the target would not contain
-    the target, and the edit would erase a part or the concept everywhere. extra: more allowed slots.
-    """
-    if kind == "combination":
-        letters = set(PART_SLOTS[:n_parts])
-        allowed, needed = letters | {"x", *extra}, "{x} or " + "".join(f"{{{c}}}" for c in sorted(letters))
-    else:
-        allowed, needed = {"A", "ctx", *extra}, "{A} and {ctx}"
-    for template in templates:
-        try:
-            slots = template_slots(template)
-        except ValueError as exc:
-            raise ErasureLabError(f"bad {kind} template {template!r} ({exc})") from exc
-        unknown = sorted(slots - allowed)
-        if unknown:
-            raise ErasureLabError(f"{kind} template {template!r} has unknown slot {{{unknown[0]}}}; "
-                                  f"valid: {', '.join('{' + s + '}' for s in sorted(allowed))}")
-        complete = ("x" in slots or letters <= slots) if kind == "combination" else {"A", "ctx"} <= slots
-        if not complete:
-            raise ErasureLabError(f"{kind} template {template!r} must name the whole target: use {needed}")
 
 
 def combination_spec(parts: Sequence[str], name: str | None = None, templates: Sequence[str] | None = None,
