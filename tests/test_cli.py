@@ -124,3 +124,66 @@ def test_generate_prints_the_judges_verdict(tmp_path: Path, capsys) -> None:
     verdict_lines = [line for line in stdout.splitlines() if "seed" in line]
     assert len(verdict_lines) == 2
     assert all(("OK" in line) or ("MISS" in line) for line in verdict_lines)
+
+
+def test_attack_flags_parse_one_way() -> None:
+    """Repeated and comma-separated --attack values, 'default' and 'none' resolve to registered names."""
+    from erasurelab.cli_options import attack_names, one_attack
+    from erasurelab.demo import DEMO_ATTACKS
+    from erasurelab.errors import ErasureLabError
+
+    assert attack_names(["ring-a-bell,textual-inversion"]) == attack_names(["ring-a-bell", "textual-inversion"])
+    assert attack_names(["ring-a-bell,textual-inversion"]) == ("ring-a-bell", "textual-inversion")
+    assert attack_names(None, "default") == DEMO_ATTACKS
+    assert attack_names(None) == () and attack_names(["None"], "default") == ()
+    assert one_attack("Ring-A-Bell") == "ring-a-bell"
+    with pytest.raises(ErasureLabError):
+        attack_names(["none", "ring-a-bell"])
+    with pytest.raises(ErasureLabError):
+        one_attack("ring-a-bell,textual-inversion")
+
+
+def test_a_misspelled_attack_fails_before_any_model_loads(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["evaluate", "--model", "builtin:shapes", "--reference", "builtin:shapes", "--concept",
+                            "red", "--attack", "textual-inversion,unicorn", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "unicorn" in err and len(err.strip().splitlines()) == 1
+
+
+def test_shared_options_have_one_default_everywhere() -> None:
+    """--seed defaults to the same value and --concept/--attack are repeatable on every command that takes them."""
+    import click
+    import typer.main
+
+    from erasurelab.cli import app
+
+    command = typer.main.get_command(app)
+    seen: dict[str, set[object]] = {"seed": set()}
+    multiple: dict[str, set[bool]] = {"concept": set(), "attack": set()}
+
+    def walk(cmd: click.Command, path: str) -> None:
+        for sub_name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {sub_name}")
+        for param in cmd.params:
+            if param.name == "seed":
+                seen["seed"].add(param.default)
+            if param.name in multiple and path.split()[-1:] not in (["attack"], ["demo"], ["dataset"]):
+                multiple[param.name].add(param.multiple)
+
+    walk(command, "erasurelab")
+    assert seen["seed"] == {0}
+    assert multiple["concept"] == {True} and multiple["attack"] == {True}
+
+
+def test_verbose_turns_on_the_library_log(capsys) -> None:
+    import logging
+
+    logger = logging.getLogger("erasurelab")
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        code, _, _ = run_cli(["--verbose", "judges"], capsys)
+        assert code == 0 and logger.getEffectiveLevel() == logging.INFO
+        logging.getLogger("erasurelab.diskcache").info("probe line")
+        assert "probe line" in capsys.readouterr().err
+    finally:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers

@@ -62,11 +62,14 @@ def load_tensors(namespace: str, key: str) -> dict[str, torch.Tensor] | None:
     """The cached tensors under (namespace, key), or None on a miss (or a corrupt entry)."""
     path = _path(namespace, key, ".safetensors")
     if path is None or not path.exists():
+        logger.debug("cache miss %s/%s", namespace, key)
         return None
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        logger.info("cache hit %s", path)
+        return tensors
     except Exception as exc:  # a damaged entry is a miss; it is rewritten on the next save
         logger.warning("ignoring corrupt cache entry %s: %s", path, str(exc).splitlines()[0])
         return None
@@ -84,15 +87,20 @@ def save_tensors(namespace: str, key: str, tensors: dict[str, torch.Tensor]) -> 
         _atomic_write(path, lambda tmp: save_file(data, str(tmp)))
     except OSError as exc:  # a cache is an optimisation: never fail the run for it
         logger.warning("could not write cache entry %s: %s", path, exc)
+        return
+    logger.info("cached %s", path)
 
 
 def load_json(namespace: str, key: str) -> Any | None:
     """The cached JSON value under (namespace, key), or None on a miss (or a corrupt entry)."""
     path = _path(namespace, key, ".json")
     if path is None or not path.exists():
+        logger.debug("cache miss %s/%s", namespace, key)
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
+        logger.info("cache hit %s", path)
+        return value
     except (OSError, ValueError) as exc:
         logger.warning("ignoring corrupt cache entry %s: %s", path, exc)
         return None
@@ -108,3 +116,5 @@ def save_json(namespace: str, key: str, value: Any) -> None:
         _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as exc:
         logger.warning("could not write cache entry %s: %s", path, exc)
+        return
+    logger.info("cached %s", path)

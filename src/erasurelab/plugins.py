@@ -13,9 +13,12 @@ import) or a callable (called once with no arguments).
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from importlib import import_module
+
+logger = logging.getLogger(__name__)
 
 #: Built-in plugin modules, in load order (each registers itself on import).
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -47,6 +50,7 @@ def load_plugins() -> None:
                 if name not in _loaded:
                     import_module(name)
                     _loaded.append(name)
+                    logger.info("loaded built-in plugin %s", name)
         except BaseException:
             _state["started"] = False  # the next lookup retries (and raises again) instead of running half-loaded
             raise
@@ -67,6 +71,7 @@ def _load_entry_points() -> None:
             warnings.warn(f"could not load erasurelab plugin {ep.name!r} ({ep.value}): {exc}", stacklevel=3)
             continue
         _loaded.append(ep.value)
+        logger.info("loaded plugin %s (%s)", ep.name, ep.value)
 
 
 def loaded_plugins() -> list[str]:

@@ -21,6 +21,7 @@ process never touches it (WORLD_SIZE unset or 1). A multi-process launch keeps i
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,8 @@ from erasurelab.models.sampling import default_sampling, generate, sampler_info
 
 #: diskcache namespace of render entries (a subfolder per model hash prefix below it).
 RENDER_NAMESPACE = "renders"
+
+logger = logging.getLogger(__name__)
 
 def world_size() -> int:
     """Number of processes of an accelerate/torchrun launch (1 otherwise), without importing accelerate."""
@@ -163,6 +166,7 @@ class RenderCache:
             return None
         self.hits += len(requests)
         self.disk_hits += len(requests)
+        logger.info("%d renders of model %s read from the disk cache", len(requests), key[:12])
         return images
 
     def _generate(self, pipe: Any, sampler: dict[str, Any], requests: list[tuple[Any, ...]]) -> torch.Tensor:
@@ -171,6 +175,7 @@ class RenderCache:
         quantised = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         self.rendered += len(requests)
         key = requests[0][0]
+        logger.info("rendered %d images of model %s", len(requests), str(key)[:12])
         if self._persist(key):
             diskcache.save_tensors(self._namespace(key), self._disk_key(key, sampler, requests), {"images": quantised})
         return quantised
