@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from erasurelab.edits import fingerprint
 from erasurelab.errors import ErasureLabError
 from erasurelab.runinfo import write_json_atomic
+from erasurelab.unet_weights import fingerprint
 
 LATEST = "latest.json"
 
