@@ -42,9 +42,7 @@ with `pipe.load_textual_inversion(v, token=..., text_encoder=..., tokenizer=...)
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,67 +55,44 @@ from erasurelab.attacks.base import (
     AttackOutcome,
     Budget,
     RenderConfig,
-    Target,
     check_non_negative,
     check_positive,
     check_strings,
-    positive_renders,
     register_attack,
-    strip_budget_hooks,
     targets_from_cache,
     targets_to_cache,
 )
-from erasurelab.attacks.prompts import (
-    anchor_prompts,
-    concept_word,
-    described_prompts,
-    paraphrase_prompts,
-    round_robin,
-    scoring_templates,
+from erasurelab.attacks.inversion_data import (
+    OBJECT_EVAL_TEMPLATES,
+    OBJECT_TEMPLATES,
+    REFERENCE_SEED_OFFSET,
+    STYLE_EVAL_TEMPLATES,
+    STYLE_TEMPLATES,
+    Prepared,
+    Reference,
+    captions_for,
+    reference_images,
+    scoring_instances,
+    templates_for,
 )
-from erasurelab.attacks.tokens import TextSide, prompt_tokens, require_text_encoders, special_ids, tokenize
-from erasurelab.concepts.spec import replace_mention
+from erasurelab.attacks.inversion_token import (
+    CATEGORY_WORDS,
+    LearnedToken,
+    initial_vectors,
+    placeholder_copies,
+    with_text_components,
+)
+from erasurelab.attacks.tokens import TextSide, require_text_encoders, tokenize
 from erasurelab.errors import ErasureLabError
 from erasurelab.models.diffusion import denoising_loss, frozen, images_to_latents, noise_scheduler, seeded
 from erasurelab.registry import option
 
-#: Training templates of the official scripts (diffusers textual_inversion.py, "object" mode).
-OBJECT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
-    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
-    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
-    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
-    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
-)
-#: The official "style" mode templates.
-STYLE_TEMPLATES: tuple[str, ...] = (
-    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
-    "the painting in the style of {}", "a clean painting in the style of {}", "a dirty painting in the style of {}",
-    "a dark painting in the style of {}", "a picture in the style of {}", "a cool painting in the style of {}",
-    "a close-up painting in the style of {}", "a bright painting in the style of {}",
-    "a good painting in the style of {}", "a rendition in the style of {}", "a nice painting in the style of {}",
-    "a small painting in the style of {}", "a weird painting in the style of {}",
-    "a large painting in the style of {}",
-)
-#: Held-out templates for scoring: never used in training (10 × eval_seeds instances).
-OBJECT_EVAL_TEMPLATES: tuple[str, ...] = (
-    "a picture of a {}", "an image of a {}", "a drawing of a {}", "a close-up of a {}", "a photograph of a {}",
-    "there is a {} here", "look at this {}", "{}, digital art", "a {} in the center", "a simple {}",
-)
-STYLE_EVAL_TEMPLATES: tuple[str, ...] = (
-    "an image in the style of {}", "a drawing in the style of {}", "a sketch in the style of {}", "{}, artwork",
-    "a poster in the style of {}", "an illustration in the style of {}", "a photo in the style of {}",
-    "a work in the style of {}", "art in the style of {}", "a canvas in the style of {}",
-)
-#: Initializer words when the user gives none: the concept's coarse class, as the official scripts'
-#: --initializer_token ("painting", "cat"). Not the concept's guide: that is what erasure maps the
-#: concept *to* ("solid" for a world style), the opposite of where the attack should start.
-CATEGORY_WORDS = {"color": "color", "object": "shape", "style": "art", "background": "background",
-                  "character": "character", "custom": "object"}
-#: Seed offset of the reference (training) images: disjoint from the scoring seeds.
-REFERENCE_SEED_OFFSET = 10_000
+__all__ = [
+    "CATEGORY_WORDS", "OBJECT_EVAL_TEMPLATES", "OBJECT_TEMPLATES", "REFERENCE_SEED_OFFSET", "STYLE_EVAL_TEMPLATES",
+    "STYLE_TEMPLATES", "LearnedToken", "Prepared", "Reference", "TextualInversion", "TextualInversionConfig",
+    "captions_for", "initial_vectors", "learn_embedding", "learn_token", "placeholder_copies", "reference_images",
+    "scoring_instances", "templates_for", "with_text_components",
+]
 
 
 @dataclass(frozen=True)
@@ -165,176 +140,6 @@ class TextualInversionConfig(RenderConfig):
                 raise ErasureLabError(f"{name} need exactly one '{{}}' slot for the placeholder, got {bad[0]!r}")
         if not self.placeholder.strip() or " " in self.placeholder:
             raise ErasureLabError(f"placeholder must be one word without spaces, got {self.placeholder!r}")
-
-
-@dataclass
-class Reference:
-    """Judge-confirmed M_0 renders of the concept and the prompts/seeds that made them."""
-
-    images: torch.Tensor
-    prompts: list[str]
-    seeds: list[int]
-    tried: int
-
-
-@dataclass
-class Prepared:
-    """What both runs share: D_ref, the templates, and the scoring instances with their M_0-positive seeds."""
-
-    reference: Reference
-    train_templates: tuple[str, ...]
-    eval_templates: tuple[str, ...]
-    instances: list[Target]  # prompt: a held-out template with the plain word; image None: M_0 never rendered it
-
-
-def templates_for(spec: Any, config: TextualInversionConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(training, held-out scoring) templates: the config's, else by category (style vs object).
-
-    Concepts of a prompt grammar are scored in its held-out prompts (the world's `captions.slot_prompts`,
-    "a photograph of a {} red circle"): the world names a style only as an adjective of a shape,
-    and the generic style templates carry even the plain word for a style only part of the time,
-    so they could not tell a working token from a broken one.
-    """
-    style = spec.category == "style"
-    train = config.templates or (STYLE_TEMPLATES if style else OBJECT_TEMPLATES)
-    held_out = config.eval_templates or tuple(scoring_templates(spec))
-    held_out = held_out or (STYLE_EVAL_TEMPLATES if style else OBJECT_EVAL_TEMPLATES)
-    overlap = set(train) & set(held_out)
-    if overlap:
-        raise ErasureLabError(f"scoring template {sorted(overlap)[0]!r} is also a training template; keep them apart")
-    return tuple(train), tuple(held_out)
-
-
-def reference_images(ctx: AttackContext, budget: Budget) -> Reference:
-    """Render source prompts on M_0 and keep judge-positive images (D_ref).
-
-    Sources: `source_prompts`, else the world's fully described prompts, else the anchors and
-    paraphrase prompts interleaved.
-    """
-    config: TextualInversionConfig = ctx.config
-    sources = (list(config.source_prompts) or described_prompts(ctx.spec)
-               or round_robin([anchor_prompts(ctx.spec), paraphrase_prompts(ctx.spec)]))
-    kept: list[torch.Tensor] = []
-    prompts: list[str] = []
-    seeds: list[int] = []
-    tried = 0
-    while len(kept) < config.n_images and tried < config.max_reference_renders:
-        n = min(config.batch_size, config.max_reference_renders - tried, config.n_images - len(kept))
-        batch_prompts = [sources[(tried + i) % len(sources)] for i in range(n)]
-        batch_seeds = [ctx.seed + REFERENCE_SEED_OFFSET + tried + i for i in range(n)]
-        images = ctx.render(ctx.reference, batch_prompts, batch_seeds, budget)
-        for i in torch.nonzero(ctx.present(images)).flatten().tolist():
-            if len(kept) < config.n_images:
-                kept.append(images[i])
-                prompts.append(batch_prompts[i])
-                seeds.append(batch_seeds[i])
-        tried += n
-    if not kept:
-        raise ErasureLabError(f"the reference model rendered {ctx.spec.name!r} in none of {tried} images; "
-                              "textual inversion needs judge-confirmed images of the concept")
-    return Reference(torch.stack(kept), prompts, seeds, tried)
-
-
-def scoring_instances(ctx: AttackContext, eval_templates: tuple[str, ...], budget: Budget) -> list[Target]:
-    """eval_seeds instances per held-out template, kept when M_0 renders the plain-word prompt at a selection seed.
-
-    Selection seeds start at seed + i (instance i = eval_seeds·template + r) and are retried
-    (`positive_renders`, instance_tries); the token is scored at ctx.scoring_seed(i), never at
-    the selection seed that qualified the instance.
-    """
-    config: TextualInversionConfig = ctx.config
-    word = concept_word(ctx.spec)
-    plain = [t.format(word) for t in eval_templates for _ in range(config.eval_seeds)]
-    seeds = [ctx.seed + i for i in range(len(plain))]
-    return positive_renders(ctx, plain, seeds, config.instance_tries, budget)
-
-
-def captions_for(spec: Any, prompts: list[str], placeholder: str) -> list[str | None]:
-    """Each reference prompt with the concept's phrase replaced by the placeholder (None: no phrase in it).
-
-    "a banded red circle" → "a <c*> red circle": the caption says what else the image shows, so
-    the token only has to carry the concept. Longest phrases first ("candy-striped" before "striped").
-    """
-    phrases = sorted({p for p in (*spec.paraphrases, *spec.synonyms, spec.name) if p.strip()}, key=len, reverse=True)
-    return [next((c for c in (replace_mention(prompt, phrase, placeholder) for phrase in phrases) if c), None)
-            for prompt in prompts]
-
-
-def _placeholder_pair(tokenizer: Any, encoder: Any, placeholder: str) -> tuple[Any, Any, int]:
-    tokenizer = copy.deepcopy(tokenizer)
-    if placeholder in tokenizer.get_vocab():
-        raise ErasureLabError(f"placeholder {placeholder!r} is already a token of this tokenizer; choose another")
-    tokenizer.add_tokens([placeholder])
-    token_id = int(tokenizer.convert_tokens_to_ids(placeholder))
-    encoder = strip_budget_hooks(copy.deepcopy(encoder)).requires_grad_(False).eval()
-    if token_id >= encoder.get_input_embeddings().weight.shape[0]:
-        encoder.resize_token_embeddings(token_id + 1, mean_resizing=False)  # the row is set before use
-    if prompt_tokens(tokenizer, f"a {placeholder} b")[1:-1] != [token_id]:
-        raise ErasureLabError(f"placeholder {placeholder!r} does not tokenize to one token; choose another")
-    return tokenizer, encoder, token_id
-
-
-def placeholder_copies(pipe: Any, placeholder: str) -> tuple[TextSide, int]:
-    """Every tokenizer/encoder the U-Net reads, copied with the placeholder added (SDXL: both, one shared id)."""
-    text = TextSide.of(pipe)
-    pairs = [_placeholder_pair(t, e, placeholder) for t, e in zip(text.tokenizers, text.encoders, strict=True)]
-    if len({token_id for _, _, token_id in pairs}) != 1:
-        raise ErasureLabError(f"placeholder {placeholder!r} gets different ids in the pipeline's tokenizers")
-    return TextSide.of(pipe, [t for t, _, _ in pairs], [e for _, e, _ in pairs]), pairs[0][2]
-
-
-def initial_vectors(pipe: Any, spec: Any, config: TextualInversionConfig) -> tuple[list[torch.Tensor], str]:
-    """Per encoder the mean embedding of the initializer word's tokens (first candidate with ordinary tokens)."""
-    text = TextSide.of(pipe)
-    banned = special_ids(text.tokenizer)
-    candidates = [config.initializer] if config.initializer else [CATEGORY_WORDS[spec.category], "art"]
-    for word in candidates:
-        ids = [i for i in prompt_tokens(text.tokenizer, word) if i not in banned] if word.strip() else []
-        if ids:
-            return [table.mean(dim=0).clone() for table in text.tables(torch.tensor(ids))], word
-    raise ErasureLabError(f"initializer {candidates[0]!r} has no ordinary token in this tokenizer; "
-                          "pass initializer=<a word the tokenizer knows>")
-
-
-def with_text_components(pipe: Any, tokenizer: Any, encoder: Any) -> Any:
-    """A pipeline sharing every component of `pipe` except the tokenizer and text encoder.
-
-    tokenizer / encoder: one each, or one per encoder the U-Net reads (SDXL: two, as in `TextSide`).
-    It shares the U-Net, so it shares its provenance (source, applied edits) too.
-    """
-    tokenizers = list(tokenizer) if isinstance(tokenizer, list | tuple) else [tokenizer]
-    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
-    components = {**pipe.components, "tokenizer": tokenizers[0], "text_encoder": encoders[0]}
-    if len(tokenizers) > 1:
-        components.update(tokenizer_2=tokenizers[1], text_encoder_2=encoders[1])
-    if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
-        components["requires_safety_checker"] = False
-    clone = type(pipe)(**components)
-    clone.set_progress_bar_config(disable=True)
-    return clone
-
-
-@dataclass
-class LearnedToken:
-    """The learned placeholder: tokenizer/encoder copies carrying it (`text`), one vector per encoder, the losses."""
-
-    text: TextSide
-    vectors: list[torch.Tensor]
-    losses: list[float]
-    initializer: str
-
-    def set_rows(self, token_id: int) -> None:
-        """Write each vector into its encoder copy's placeholder row."""
-        with torch.no_grad():
-            for encoder, vector in zip(self.text.encoders, self.vectors, strict=True):
-                table = encoder.get_input_embeddings().weight
-                table[token_id] = vector.to(table.device, table.dtype)
-
-    def embeds(self, placeholder: str) -> dict[str, torch.Tensor]:
-        """The saved form: {placeholder: v} (diffusers' `load_textual_inversion`), or SDXL's {"clip_l", "clip_g"}."""
-        if len(self.vectors) == 1:
-            return {placeholder: self.vectors[0]}
-        return {"clip_l": self.vectors[0], "clip_g": self.vectors[1]}
 
 
 def learn_token(target: Any, latents: torch.Tensor, templates: tuple[str, ...], spec: Any,
