@@ -19,14 +19,16 @@ separators; names are case-insensitive:
   "circle on a white background").
 Any such pair of world labels is valid; `compound_catalog()` lists the shipped examples.
 
+Name parsing and label checks live in `world.compound_names`, template filling in
+`world.phrases`; their names are re-exported here for existing callers.
+
 The world registers `world_spec` as its concept provider (`erasurelab.world.plugin`), so
 `erasurelab.concept("red")` reaches it without importing the world.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from erasurelab.concepts.spec import (
     ALONE_TRAIN_TEMPLATES,
@@ -34,23 +36,40 @@ from erasurelab.concepts.spec import (
     CONDITIONAL_TRAIN_TEMPLATES,
     MAX_NEIGHBOURS,
     ConceptSpec,
-    fill,
-    template_slots,
 )
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.world import vocab
+from erasurelab.world.compound_names import (
+    COMBINABLE,
+    CONDITIONABLE,
+    combination_labels,
+    combination_name,
+    conditional_labels,
+    parse_compound,
+)
+from erasurelab.world.phrases import (
+    COLOR_ONLY_TEMPLATES,
+    alternatives,
+    background_phrase,
+    combination_items,
+    combination_slots,
+    conditional_items,
+    conditional_slots,
+    swapped_labels,
+    world_fill,
+)
 
-#: Attributes a combination may join, in noun-phrase order ("striped red circle").
-COMBINABLE: tuple[str, ...] = ("style", "color", "object")
-#: Attributes a conditional may erase (its context is always a background).
-CONDITIONABLE: tuple[str, ...] = ("object", "color", "style", "character")
+__all__ = [
+    "COLOR_ONLY_TEMPLATES", "COMBINABLE", "COMPOUND_EXAMPLES", "CONDITIONABLE", "DEV_CONCEPTS", "PLAIN_STYLE",
+    "TEST_CONCEPTS", "alternatives", "background_phrase", "catalog", "combination_items", "combination_labels",
+    "combination_name", "combination_slots", "compound_catalog", "concept_split", "conditional_items",
+    "conditional_labels", "conditional_slots", "parse_compound", "swapped_labels", "world_combination",
+    "world_concept", "world_fill", "world_guide", "world_spec", "world_split",
+]
+
 #: Shipped examples of compound concepts (any valid pair works; these are listed and tested).
 COMPOUND_EXAMPLES: tuple[str, ...] = ("red+circle", "blue+square", "dotted+heart",
                                       "circle|white", "star|black", "bobo|gray")
-#: Templates that read naturally only when the modifier {A} is a single color ("a circle coloured red").
-COLOR_ONLY_TEMPLATES: frozenset[str] = frozenset({"a {B} coloured {A}"})
-_GENERIC_OBJECT = "shape"
-
 #: Concepts only ever reported, never used to choose a default: two per category.
 TEST_CONCEPTS: tuple[str, ...] = ("green", "purple", "triangle", "diamond", "dotted", "outlined", "kiki", "zuzu")
 #: Every other world label; the four that defaults were chosen on come first.
@@ -161,183 +180,6 @@ def world_split(name: str) -> str | None:
     """"dev" or "test" for a world name, None for any other (the concept provider's split)."""
     split = concept_split(name)
     return None if split == "other" else split
-
-
-# ---------------------------------------------------------------------------------------------
-# Compound names
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_compound(text: str) -> tuple[str, tuple[str, ...], str] | None:
-    """(kind, parts, context) of a compound name, or None for a single concept name.
-
-    "A|B" and "A on [a] B[ background]" are conditionals; "A+B" and "A B" (space-separated labels)
-    are combinations. Only the syntax is read here; the labels are checked when the spec is built.
-    """
-    key = " ".join(text.strip().lower().split())
-    if "|" in key or " on " in f" {key} ":
-        concept_text, _, context = key.partition("|") if "|" in key else f" {key} ".partition(" on ")
-        return "conditional", (concept_text.strip(),), _context_label(context)
-    if "+" in key or " " in key:
-        return "combination", tuple(p.strip() for p in re.split(r"[+ ]+", key) if p.strip()) or ("",), ""
-    return None
-
-
-def _context_label(text: str) -> str:
-    """'on a white background', 'white-background', 'white' -> 'white'."""
-    text = re.sub(r"^(on\s+)?(an?\s+)?", "", text.strip())
-    return re.sub(r"[\s-]*(background|backdrop)$", "", text).strip()
-
-
-def _lookup_label(label: str, role: str, allowed: Sequence[str]) -> str:
-    """The attribute of a world label, checked against the attributes this role accepts; one-line errors."""
-    try:
-        attribute = vocab.lookup(label)[0]
-    except KeyError:
-        labels = [lab for a in allowed for lab in vocab.classes(a) if lab != vocab.NO_CHARACTER]  # type: ignore[arg-type]
-        raise ErasureLabError(f"unknown {role} {label!r}{did_you_mean(label, labels)}; "
-                              f"valid: {', '.join(labels)}") from None
-    if attribute not in allowed:
-        hint = {"background": " (a background is a condition: use the conditional syntax, e.g. circle|white)",
-                "character": " (a character is already a fixed design: use a conditional, e.g. bobo|white)"}
-        valid = ", ".join(vocab.classes(allowed[0])) if len(allowed) == 1 else " or ".join(allowed)  # type: ignore[arg-type]
-        raise ErasureLabError(f"{label!r} is a {attribute}, which cannot be a {role}{hint.get(attribute, '')}; "
-                              f"valid: {valid}")
-    return attribute
-
-
-def combination_labels(parts: Sequence[str]) -> dict[str, str]:
-    """attribute -> label of a world combination, in noun-phrase order; one-line errors on bad parts.
-
-    Why one part per attribute: the judge has one head per attribute, so an image cannot show
-    "red" and "blue" as one object's color; such a combination could never be detected.
-    """
-    parts = [p.strip().lower() for p in parts]
-    if len([p for p in parts if p]) < 2 or not all(parts):
-        raise ErasureLabError(f"a combination needs at least two non-empty parts, got {'+'.join(parts)!r} "
-                              "(e.g. red+circle)")
-    labels: dict[str, str] = {}
-    for part in parts:
-        attribute = _lookup_label(part, "combination part", COMBINABLE)
-        if labels.get(attribute) == part:
-            raise ErasureLabError(f"combination {'+'.join(parts)!r} repeats the part {part!r}; give each part once")
-        if attribute in labels:
-            raise ErasureLabError(f"combination parts {labels[attribute]!r} and {part!r} are both {attribute}s: "
-                                  f"one image shows one {attribute}, so combine different attributes "
-                                  f"({', '.join(COMBINABLE)})")
-        labels[attribute] = part
-    return {a: labels[a] for a in COMBINABLE if a in labels}
-
-
-def combination_name(labels: Mapping[str, str]) -> str:
-    """Canonical name: the parts in noun-phrase order joined by '+'."""
-    return "+".join(labels[a] for a in COMBINABLE if a in labels)
-
-
-def conditional_labels(part: str, context: str) -> tuple[str, str]:
-    """(attribute of the concept, background label) of a world conditional; one-line errors."""
-    part, context = part.strip().lower(), context.strip().lower()
-    if not part:
-        raise ErasureLabError(f"conditional {part}|{context} names no concept; write e.g. circle|white")
-    if not context:
-        raise ErasureLabError(f"conditional {part!r} has an empty context; give a background: "
-                              f"{', '.join(vocab.classes('background'))} (e.g. {part}|white)")
-    attribute = _lookup_label(part, "conditioned concept", CONDITIONABLE)
-    _lookup_label(context, "context (background)", ("background",))
-    return attribute, context
-
-
-# ---------------------------------------------------------------------------------------------
-# World phrases
-# ---------------------------------------------------------------------------------------------
-
-
-def world_fill(template: str, slots: Mapping[str, str]) -> str:
-    """fill() plus the world's names: characters take no article.
-
-    A leading "a Bobo" becomes "the character Bobo" (a training-caption form) and any other
-    "a Bobo" becomes "Bobo", so "a {A} ..." (train) and "{A} ..." (eval) stay different prompts.
-    """
-    text = re.sub(r"^[Aa]n? (?=[A-Z])", "the character ", fill(template, slots))
-    return re.sub(r"\b[Aa]n? (?=[A-Z])", "", text)
-
-
-def _display(attribute: str, label: str) -> str:
-    """The prompt word of a world label (its first training word: "Bobo" for bobo)."""
-    return vocab.lookup(label)[1].train_words[0] if attribute == "character" else label
-
-
-def background_phrase(background: str) -> str:
-    return f"a {background} background"
-
-
-def combination_slots(labels: Mapping[str, str], background: str | None = None) -> dict[str, str]:
-    """World slots of a combination: {A} modifiers, {B} object (or "shape"), {x} both, {bg}."""
-    modifiers = " ".join(labels[a] for a in ("style", "color") if a in labels)
-    head = labels.get("object", _GENERIC_OBJECT)
-    slots = {"A": modifiers, "B": head, "x": f"{modifiers} {head}".strip()}
-    if background is not None:
-        slots["bg"] = background_phrase(background)
-    return slots
-
-
-def combination_items(templates: Sequence[str], labels: Mapping[str, str],
-                      backgrounds: Sequence[str] | None = None) -> list[tuple[str, dict[str, str]]]:
-    """(prompt, judge labels) of a world combination in each template; {bg} templates once per background.
-
-    Templates in COLOR_ONLY_TEMPLATES are skipped unless the only modifier is a color.
-    """
-    backgrounds = vocab.classes("background") if backgrounds is None else tuple(backgrounds)
-    color_only = set(labels) - {"object"} == {"color"}
-    items = []
-    for template in templates:
-        if template in COLOR_ONLY_TEMPLATES and not color_only:
-            continue
-        for background in (backgrounds if "bg" in template_slots(template) else (None,)):
-            shown = {**labels, "background": background} if background else dict(labels)
-            items.append((world_fill(template, combination_slots(labels, background)), shown))
-    return items
-
-
-def conditional_slots(attribute: str, label: str, background: str | None = None) -> dict[str, str]:
-    """World slots of a conditional: {A} the concept phrase ("circle", "red shape", "Bobo"), {ctx}."""
-    phrase = _display(attribute, label)
-    if attribute in ("color", "style"):
-        phrase = f"{phrase} {_GENERIC_OBJECT}"
-    slots = {"A": phrase}
-    if background is not None:
-        slots["ctx"] = f"on {background_phrase(background)}"
-    return slots
-
-
-def conditional_items(templates: Sequence[str], attribute: str, label: str,
-                      background: str | None = None) -> list[tuple[str, dict[str, str]]]:
-    """(prompt, judge labels) of a world concept in each template, on `background` when the template has {ctx}."""
-    items = []
-    for template in templates:
-        bg = background if "ctx" in template_slots(template) else None
-        shown = {attribute: label, "background": bg} if bg else {attribute: label}
-        items.append((world_fill(template, conditional_slots(attribute, label, bg)), shown))
-    return items
-
-
-def alternatives(attribute: str, label: str) -> tuple[str, ...]:
-    """The other labels of an attribute, in vocabulary order (the character head's 'none' excluded)."""
-    return tuple(c for c in vocab.classes(attribute) if c not in (label, vocab.NO_CHARACTER))  # type: ignore[arg-type]
-
-
-def swapped_labels(labels: Mapping[str, str], keep: Sequence[str]) -> list[dict[str, str]]:
-    """Variants of a combination that keep the `keep` attributes and change every other one.
-
-    Variant j takes the j-th alternative of each changed attribute (cycling the shorter lists),
-    so every alternative of every changed attribute appears: "red circle" keeping color gives
-    red square, red triangle, ...
-    """
-    changed = [a for a in labels if a not in keep]
-    options = {a: alternatives(a, labels[a]) for a in changed}
-    n = max((len(v) for v in options.values()), default=0)
-    return [{a: (options[a][j % len(options[a])] if a in options else v) for a, v in labels.items()}
-            for j in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
