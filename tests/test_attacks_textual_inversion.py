@@ -157,6 +157,29 @@ def test_learned_token_loads_into_diffusers(tmp_path) -> None:
     assert torch.allclose(loaded, result.tensors["learned_embeds"]["<c*>"])
 
 
+def test_sdxl_tokens_are_learned_for_both_encoders_and_load_into_diffusers(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from erasurelab.attacks.textual_inversion import initial_vectors
+    from tiny_pipelines import at_sample_size, tiny_sdxl_pipeline
+
+    pipe = at_sample_size(tiny_sdxl_pipeline(0), 8)
+    config = dict(n_images=2, train_batch=2, train_steps=2, eval_templates=("a picture of a {}",), eval_seeds=1,
+                  initializer="red")
+    result = run_attack("textual-inversion", pipe, "red", pipe, always(True), steps=2, **config)
+    embeds = load_file(str(result.save(tmp_path / "run") / "learned_embeds.safetensors"))
+    assert set(embeds) == {"clip_l", "clip_g"}  # the form SDXL embeddings ship in
+    initial, _ = initial_vectors(pipe, concept("red"), TextualInversionConfig(**config))
+    fresh = tiny_sdxl_pipeline(0)
+    for key, start, encoder, tokenizer in zip(("clip_l", "clip_g"), initial, (fresh.text_encoder, fresh.text_encoder_2),
+                                              (fresh.tokenizer, fresh.tokenizer_2), strict=True):
+        vector = embeds[key]
+        assert not torch.equal(vector, start), key  # each encoder's vector was trained
+        fresh.load_textual_inversion(vector, token="<c*>", text_encoder=encoder, tokenizer=tokenizer)
+        row = encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("<c*>")]
+        assert torch.allclose(row, vector), key
+
+
 def test_reference_without_the_concept_is_a_one_line_error(world) -> None:
     m0, me, _ = world
     with pytest.raises(ErasureLabError, match="none of 4 images"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,7 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipes(request) -> dict[str, Any]:
+def pipes(request) -> Callable[[str], Any]:
     """family -> pipeline, built on first use (the embedded one is the session's shared pipeline)."""
     built: dict[str, Any] = {}
 
@@ -145,7 +146,7 @@ def pipes(request) -> dict[str, Any]:
                 built[family] = at_sample_size(BUILDERS[family](0), LATENT_SIZE)
         return built[family]
 
-    return get  # type: ignore[return-value]
+    return get
 
 
 def needs_assets_or_skip() -> None:
@@ -156,7 +157,7 @@ def needs_assets_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def concepts(folder) -> Any:
+def concepts(folder) -> Callable[[str], list[Any]]:
     """family -> the two concepts erased there: YAML specs on the tiny families, catalog names on the embedded one."""
     specs = [ConceptSpec.from_yaml(folder / f"{name}.yaml") for name in YAML_SPECS]
 
@@ -232,7 +233,7 @@ class MethodRun:
 
 
 @pytest.fixture(scope="module")
-def method_runs(pipes, concepts) -> Any:
+def method_runs(pipes, concepts) -> Callable[[str, dict[str, Any], str], MethodRun]:
     """(method, family) -> MethodRun, computed once for every test of the pair."""
     done: dict[tuple[str, str], MethodRun] = {}
 
@@ -322,7 +323,7 @@ def test_method_refuses_an_unknown_option(pipes, concepts, method, options, fami
 
 
 @pytest.fixture(scope="module")
-def edited_pipes(pipes, concepts) -> Any:
+def edited_pipes(pipes, concepts) -> Callable[[str], Any]:
     """family -> a copy of the family's pipeline with a UCE edit of the first concept applied (M_e)."""
     done: dict[str, Any] = {}
 
@@ -336,7 +337,7 @@ def edited_pipes(pipes, concepts) -> Any:
 
 
 @pytest.fixture(scope="module")
-def attack_judges(request) -> Any:
+def attack_judges(request) -> Callable[[str], Any]:
     """family -> the judge of the attack contract: the shapes CNN on the embedded model, the coin judge elsewhere."""
 
     def get(family: str) -> Any:
