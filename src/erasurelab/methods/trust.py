@@ -25,22 +25,21 @@ Loss: L_prev = ‖ε_θ(x_t, t, c_f) − sg[y]‖², y = ε_θ0(x_t, t, c_a) −
   CIP: after each step the proximal shrink θ_i ← sign(θ_i) max(|θ_i| − κ_W ĝ_i, 0) on M,
        ĝ = |g| / mean_M |g| per matrix, κ_W = κ·RMS(W_0).
 Updates are confined to M (gradient masked, entries outside restored after the Adam step).
+
+Layout: the pure math (masks, CSR, shrink) is in trust_masks.py, the stateful trainer in
+trust_trainer.py; this module holds the config, the registration and the driver, and re-exports both.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import torch
 
 from erasurelab.concepts.spec import ConceptSpec, combine
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.base import (
-    MethodWarning,
     as_number,
     check_count,
     check_fraction,
@@ -49,26 +48,21 @@ from erasurelab.methods.base import (
     resolve_defaults,
 )
 from erasurelab.methods.finetune import FineTuner, tuner_for
-from erasurelab.methods.training.diffusion import (
-    Cond,
-    ddim_scheduler,
-    denoise,
-    encode_empty,
-    encode_prompts,
-    start_noise,
-)
-from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_conditioning, retain_term
+from erasurelab.methods.training.diffusion import encode_empty, encode_prompts
+from erasurelab.methods.training.losses import retain_conditioning
 from erasurelab.methods.training.prompts import forget_pairs
-from erasurelab.methods.training.streams import (
-    STREAM_DATA,
-    STREAM_PROBE,
-    STREAM_SALIENCY,
-    STREAM_TRAIN,
-    sample_timesteps,
-    step_generator,
-)
 from erasurelab.methods.training.subsets import select_parameters
-from erasurelab.models.sampling import noise_scheduler
+from erasurelab.methods.trust_masks import (  # noqa: F401  (re-exported: the math is tested through this module)
+    DELTA_SCALE,
+    csr_estimate,
+    fraction_mask,
+    jaccard,
+    proximal_shrink,
+    rademacher,
+    saliency_index,
+    zscore_mask,
+)
+from erasurelab.methods.trust_trainer import BETA_RATIO, DATA_CHUNK, TrustTrainer  # noqa: F401  (re-exported)
 from erasurelab.registry import option
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
@@ -88,11 +82,6 @@ SAMPLE_STEPS = (25, 10)
 #: alone) is what keeps the parts.
 ETA = (2.0, 0.0)
 RETAIN_WEIGHT = (0.0, 5.0)
-#: β·R̂(θ0) = BETA_RATIO·L_prev(θ0): the CSR term starts at half the erase loss.
-BETA_RATIO = 0.5
-#: δ = DELTA_SCALE·RMS(θ_M) for the CSR finite difference.
-DELTA_SCALE = 1e-3
-DATA_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -175,247 +164,6 @@ class TrustConfig:
         k = int(bool(specs) and all(s.is_compound for s in specs))
         return {**settings, **{key: pair[k] for key, pair in (("eta", ETA), ("retain_weight", RETAIN_WEIGHT))
                                if settings[key] is None}}
-
-
-# ---------------------------------------------------------------------------------------------
-# The math (pure functions)
-# ---------------------------------------------------------------------------------------------
-
-
-def zscore_mask(grad: torch.Tensor, xi: float) -> torch.Tensor:
-    """M = 1[(|g| − mean) / std > ξ] over one matrix; all False (never NaN) when std is 0."""
-    s = grad.detach().abs().double()
-    std = s.std(unbiased=False)
-    if not std > 0:
-        return torch.zeros_like(s, dtype=torch.bool)
-    return (s - s.mean()) / std > xi
-
-
-def fraction_mask(grad: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The max(1, round(f·n)) entries of largest |g| (ties broken by position, deterministically)."""
-    s = grad.detach().abs().reshape(-1)
-    k = min(s.numel(), max(1, round(fraction * s.numel())))
-    mask = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-    mask[torch.topk(s, k, sorted=False).indices] = True
-    return mask.reshape(grad.shape)
-
-
-def saliency_index(n_steps: int, window: str, generator: torch.Generator) -> int:
-    """Sampler step at which saliency is scored, uniform within a third of the trajectory.
-
-    "late" (the plain reconstruction): the last third, little noise left. "early": the first third,
-    where the layout and the object are decided (the step index counts from pure noise).
-    """
-    third = max(1, math.ceil(n_steps / 3))
-    start = n_steps - third if window == "late" else 0
-    return start + int(torch.randint(0, third, (1,), generator=generator))
-
-
-def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    inter = sum(int((a[k] & b[k]).sum()) for k in a)
-    union = sum(int((a[k] | b[k]).sum()) for k in a)
-    return inter / union if union else 1.0
-
-
-def rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, tuple(shape), generator=generator).float() * 2 - 1
-
-
-def csr_estimate(fn: Any, params: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], base: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
-    """R̂ = mean (fn(θ + δ M⊙v) − fn(θ))² / δ² with v Rademacher and δ = 1e-3·RMS(θ_M); 0 for an empty mask.
-
-    fn(overrides) evaluates the model with `overrides` in place of the named tensors; `base` is fn(θ).
-    For a linear fn(θ) = Jθ, R̂·numel = ‖J (M⊙v)‖² exactly, for any δ.
-    """
-    masked = [params[n].detach()[masks[n]] for n in params if bool(masks[n].any())]
-    if not masked:
-        return base.new_zeros(())
-    rms = torch.cat(masked).double().pow(2).mean().sqrt().item()
-    delta = DELTA_SCALE * rms if rms > 0 else DELTA_SCALE
-    overrides = {}
-    for name, param in params.items():
-        v = rademacher(param.shape, generator).to(param.device, param.dtype)
-        overrides[name] = param + delta * (masks[name].to(param.dtype) * v)
-    return (fn(overrides).float() - base.float()).pow(2).mean() / (delta * delta)
-
-
-def proximal_shrink(param: torch.Tensor, mask: torch.Tensor, grad_abs: torch.Tensor, kappa_w: float) -> torch.Tensor:
-    """Soft-thresholding on M: θ_i ← sign(θ_i) max(|θ_i| − κ_W ĝ_i, 0), ĝ = |g| / mean_M |g|; outside M unchanged."""
-    if not bool(mask.any()):
-        return param.clone()
-    g_hat = grad_abs / grad_abs[mask].mean().clamp_min(torch.finfo(grad_abs.dtype).tiny)
-    shrunk = param.sign() * (param.abs() - kappa_w * g_hat).clamp_min(0)
-    return torch.where(mask, shrunk.to(param.dtype), param)
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainer
-# ---------------------------------------------------------------------------------------------
-
-
-class TrustTrainer:
-    """Saliency → mask → masked step (L_prev + CSR, or L_prev then CIP shrink)."""
-
-    def __init__(self, tuner: FineTuner, forget: Cond, anchors: Cond, empty: Cond, retain: Cond | None,
-                 settings: dict[str, Any]) -> None:
-        self.tuner, self.forget, self.anchors, self.empty, self.retain = tuner, forget, anchors, empty, retain
-        self.settings = settings
-        self.sampler = ddim_scheduler(tuner.pipe, settings["sample_steps"])
-        self.noise = noise_scheduler(tuner.pipe)
-        self.rms = {n: float(w.double().pow(2).mean().sqrt()) for n, w in tuner.originals.items()}
-        self.mask: dict[str, torch.Tensor] = {}
-        self.grad_abs: dict[str, torch.Tensor] = {}
-        self.union = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in tuner.params.items()}
-        self.sizes: list[int] = []
-        self.jaccards: list[float] = []
-        self.refresh_steps: list[int] = []
-        self.beta: float | None = settings["beta"]
-        self.warned = False
-        self.data, self.data_prompts = self.build_forget_set()
-
-    # -- D_f ------------------------------------------------------------------------------------
-    def build_forget_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """n_forget x_0 latents from the original model; item j uses forget anchor j mod n."""
-        s, unet = self.settings, self.tuner.unet
-        latents, prompts = [], []
-        for start in range(0, s["n_forget"], DATA_CHUNK):
-            idx = list(range(start, min(start + DATA_CHUNK, s["n_forget"])))
-            noise = torch.cat([start_noise(unet, self.sampler, step_generator(s["seed"], STREAM_DATA, j)) for j in idx])
-            which = [j % len(self.forget) for j in idx]
-            latents.append(denoise(self.tuner.frozen, self.sampler, noise, self.forget.take(which), self.empty,
-                                   s["guidance"], len(self.sampler.timesteps)))
-            prompts.extend(which)
-        return torch.cat(latents), torch.tensor(prompts, dtype=torch.long)
-
-    # -- saliency and mask ----------------------------------------------------------------------
-    def saliency(self, step: int) -> dict[str, torch.Tensor]:
-        """g = ∇_{Θ_A} S at a point of the current model's own trajectory for 1–4 forget prompts."""
-        s, tuner = self.settings, self.tuner
-        generator = step_generator(s["seed"], STREAM_SALIENCY, step)
-        k = min(s["saliency_prompts"], len(self.forget))
-        prompts = torch.randperm(len(self.forget), generator=generator)[:k]
-        i = saliency_index(len(self.sampler.timesteps), s["saliency_window"], generator)
-        cond = self.forget.take(prompts)
-        z = denoise(tuner.predict, self.sampler, start_noise(tuner.unet, self.sampler, generator, k), cond,
-                    self.empty, s["guidance"], i)
-        t = self.sampler.timesteps[i]
-        with torch.no_grad():
-            eps_empty = tuner.predict(z, t, self.empty.repeat(k))
-        score = noise_mse(tuner.predict(z, t, cond), eps_empty)
-        names = list(tuner.params)
-        grads = torch.autograd.grad(score, [tuner.params[n] for n in names], allow_unused=True)
-        return {n: (g if g is not None else torch.zeros_like(tuner.params[n])).detach() for n, g in zip(names, grads,
-                                                                                                       strict=True)}
-
-    def refresh(self, step: int) -> None:
-        grads = self.saliency(step)
-        fraction = self.settings["mask_fraction"]
-        mask = {n: fraction_mask(g, fraction) if fraction is not None else zscore_mask(g, self.settings["xi"])
-                for n, g in grads.items()}
-        size = sum(int(m.sum()) for m in mask.values())
-        if size == 0 and not self.warned:
-            warnings.warn(f"TRuST: the saliency mask is empty at step {step} (no entry has z-score > "
-                          f"{self.settings['xi']}); nothing is updated until it is refreshed", MethodWarning,
-                          stacklevel=2)
-            self.warned = True
-        if self.mask:
-            self.jaccards.append(jaccard(self.mask, mask))
-        self.mask, self.grad_abs = mask, {n: g.abs() for n, g in grads.items()}
-        for n, m in mask.items():
-            self.union[n] |= m
-        self.sizes.append(size)
-        self.refresh_steps.append(step)
-
-    # -- losses ---------------------------------------------------------------------------------
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, forget-prompt index) for this step: D_f items noised at t ~ U{0..T−1}."""
-        generator = step_generator(self.settings["seed"], STREAM_TRAIN, step)
-        n = self.settings["batch_size"]
-        items = torch.randint(0, self.data.shape[0], (n,), generator=generator)
-        t = sample_timesteps(generator, n, self.noise.config.num_train_timesteps)
-        eps = torch.randn(self.data[items].shape, generator=generator).to(self.data.device, self.data.dtype)
-        x_t = self.noise.add_noise(self.data[items], eps, t.to(self.data.device))
-        return x_t, t.to(self.data.device), self.data_prompts[items]
-
-    def l_prev(self, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_prev, ε_θ(x_t, t, c_f)): map the forget prompt to the anchor's frozen prediction.
-
-        With eta > 0 the target is pushed past the anchor, away from the concept:
-        y = ε_θ0(c_a) − η·(ε_θ0(c_f) − ε_θ0(c_a)) (ESD's negative guidance with the anchor as base).
-        """
-        forget = self.forget.take(prompts)
-        target = self.tuner.frozen(x_t, t, self.anchors.take(prompts))
-        if self.settings["eta"] > 0:  # η = 0 needs no ε_θ0(c_f): skip the extra U-Net call
-            target = negative_guidance(self.tuner.frozen(x_t, t, forget), target, self.settings["eta"])
-        pred = self.tuner.predict(x_t, t, forget)
-        return noise_mse(pred, target), pred
-
-    def csr(self, step: int, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor,
-            pred: torch.Tensor) -> torch.Tensor:
-        cond = self.forget.take(prompts)
-        generator = step_generator(self.settings["seed"], STREAM_PROBE, step)
-        return csr_estimate(lambda over: self.tuner.perturbed(over, x_t, t, cond), self.tuner.params, self.mask,
-                            pred, generator)
-
-    def train_step(self, step: int) -> dict[str, float]:
-        if step % self.settings["refresh"] == 0 or not self.mask:
-            self.refresh(step)
-        x_t, t, prompts = self.batch(step)
-        l_prev, pred = self.l_prev(x_t, t, prompts)
-        loss, logs = l_prev, {"l_prev": l_prev.item(), "mask": float(sum(int(m.sum()) for m in self.mask.values()))}
-        if self.settings["variant"] == "csr":
-            reg = self.csr(step, x_t, t, prompts, pred)
-            if self.beta is None:
-                self.beta = BETA_RATIO * l_prev.item() / reg.item() if reg.item() > 0 else 0.0
-            loss = loss + self.beta * reg
-            logs["csr"] = reg.item()
-        if self.settings["retain_weight"] > 0:
-            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.settings["seed"])
-            if keep is not None:
-                loss = loss + self.settings["retain_weight"] * keep
-                logs["retain"] = keep.item()
-        self.tuner.step(loss, self.mask)
-        if self.settings["variant"] == "cip":
-            self.shrink()
-        return {"loss": loss.item(), **logs}
-
-    @torch.no_grad()
-    def shrink(self) -> None:
-        for name, param in self.tuner.params.items():
-            kappa_w = self.settings["kappa"] * self.rms[name]
-            param.copy_(proximal_shrink(param.detach(), self.mask[name], self.grad_abs[name], kappa_w))
-
-    # -- checkpoint state -----------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        tensors = {}
-        for name in self.tuner.params:
-            tensors[f"union.{name}"] = self.union[name]
-            if self.mask:
-                tensors[f"mask.{name}"] = self.mask[name]
-                tensors[f"gabs.{name}"] = self.grad_abs[name]
-        return {"sizes": self.sizes, "jaccards": self.jaccards, "refresh_steps": self.refresh_steps,
-                "beta": self.beta, "warned": self.warned}, tensors
-
-    def load_state(self, state: Any, tensors: Any) -> None:
-        self.sizes, self.jaccards = list(state["sizes"]), list(state["jaccards"])
-        self.refresh_steps, self.beta, self.warned = list(state["refresh_steps"]), state["beta"], state["warned"]
-        device = next(iter(self.tuner.params.values())).device
-        for name in self.tuner.params:
-            self.union[name] = tensors[f"union.{name}"].to(device)
-            if f"mask.{name}" in tensors:
-                self.mask[name] = tensors[f"mask.{name}"].to(device)
-                self.grad_abs[name] = tensors[f"gabs.{name}"].to(device)
-
-    def summary(self) -> dict[str, Any]:
-        """What edit.meta records about the masks: union coverage and the history of mask sizes."""
-        total = sum(m.numel() for m in self.union.values())
-        touched = sum(int(m.sum()) for m in self.union.values())
-        return {"touched_fraction": touched / total if total else 0.0, "touched_entries": touched,
-                "trainable_entries": total, "mask_sizes": self.sizes,
-                "mask_fractions": [size / total for size in self.sizes], "mask_jaccard": self.jaccards,
-                "mask_refresh_steps": self.refresh_steps, "beta": self.beta,
-                "layers_touched_fraction": {n: float(m.float().mean()) for n, m in self.union.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
