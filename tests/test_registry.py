@@ -15,7 +15,6 @@ from erasurelab.api import erase, method_config
 from erasurelab.attacks import get_attack
 from erasurelab.attacks.base import ATTACKS, attack_config
 from erasurelab.attacks.ring_a_bell import RingABellConfig
-from erasurelab.cli import main
 from erasurelab.configs import config_dict, option_rows
 from erasurelab.errors import ErasureLabError
 from erasurelab.judges import available_judges, load_judge
@@ -27,6 +26,7 @@ from erasurelab.methods.esd import EsdConfig
 from erasurelab.methods.pure import PureConfig
 from erasurelab.methods.trust import TrustConfig
 from erasurelab.methods.uce import UceConfig, resolve_mode
+from test_cli import run_cli
 from tiny_bert_pipeline import tiny_bert_pipeline
 
 torch.set_num_threads(1)
@@ -34,19 +34,6 @@ torch.set_num_threads(1)
 METHOD_CONFIGS = {"pure": PureConfig, "uce": UceConfig, "esd": EsdConfig, "trust": TrustConfig, "duo": DuoConfig}
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """The console entry point in-process (ErasureLabError -> exit 2 happens in `main`)."""
-    old = sys.argv
-    sys.argv = ["erasurelab", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()

@@ -39,6 +39,7 @@ from erasurelab.edits import Dense, Edit, LowRank
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.finetuning.denoise import DenoisingObjective, DenoisingTrainer
 from erasurelab.methods.finetune import FineTuner
+from erasurelab.methods.lora_engine import clipped_step
 
 VARIANTS: tuple[str, ...] = ("control", "plain", "modular", "full")
 #: Variants trained through the safety edit (it is applied to the model during training).
@@ -159,17 +160,7 @@ class FullTuner(FineTuner):
         """Backward, clip the gradient norm, one AdamW step; returns the pre-clip norm."""
         if self.optimizer is None:
             raise RuntimeError("use FullTuner as a context manager")
-        if not torch.isfinite(loss):
-            raise ErasureLabError(f"the training loss became {float(loss)}; lower the learning rate")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = list(self.params.values())
-        if self.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip)))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-        self.optimizer.step()
-        return norm
+        return clipped_step(self.optimizer, list(self.params.values()), loss, self.grad_clip)
 
 
 def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = None,

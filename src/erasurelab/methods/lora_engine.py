@@ -58,6 +58,24 @@ def check_rank(unet: torch.nn.Module, targets: Sequence[str], rank: int) -> None
                                   f"use rank <= {width}")
 
 
+def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor,
+                 grad_clip: float | None) -> float:
+    """Backward, clip the gradient norm (when grad_clip is set), one optimizer step; returns the pre-clip norm.
+
+    A non-finite loss is a one-line error before any weight moves.
+    """
+    if not torch.isfinite(loss):
+        raise ErasureLabError(f"the training loss became {float(loss)}; lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, float(grad_clip)))
+    else:
+        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+    optimizer.step()
+    return norm
+
+
 class LoraTuner(CheckpointedLoop):
     """Trains a fresh LoRA adapter on `pipe.unet` with AdamW; use as a context manager.
 
@@ -151,17 +169,7 @@ class LoraTuner(CheckpointedLoop):
         """Backward, clip the adapter's gradient norm, one AdamW step; returns the pre-clip norm."""
         if self.optimizer is None:
             raise RuntimeError("use LoraTuner as a context manager")
-        if not torch.isfinite(loss):
-            raise ErasureLabError(f"the training loss became {float(loss)}; lower the learning rate")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = list(self.params.values())
-        if self.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip)))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-        self.optimizer.step()
-        return norm
+        return clipped_step(self.optimizer, list(self.params.values()), loss, self.grad_clip)
 
     # -- the result -------------------------------------------------------------------------------
     def edit(self, meta: Mapping[str, Any] | None = None) -> Edit:
