@@ -430,3 +430,36 @@ def test_attacks_encode_token_ids_as_the_pipeline_encodes_prompts(pipes, family)
     assert (mine.pooled is None) == (theirs.pooled is None)
     if theirs.pooled is not None:
         assert torch.equal(mine.pooled, theirs.pooled)
+
+
+#: The smallest evaluation that still builds and renders every generic suite.
+TINY_EVALUATION = {"steps": 2, "batch_size": 16, "anchor_seeds": 1, "paraphrase_max": 2, "neighbour_k": 1,
+                   "neighbour_templates": 1, "neighbour_seeds": 1, "unrelated_max": 4, "selective_max": 2,
+                   "judge_accuracy_n": 0, "examples": 1}
+
+
+@pytest.mark.parametrize("family", SD_FAMILIES)
+@pytest.mark.parametrize(("method", "options"), METHODS, ids=METHOD_IDS)
+def test_evaluate_after_apply_with_generic_suites_and_a_clip_judge(pipes, concepts, folder, method_runs, method,
+                                                                    options, family, tmp_path):
+    """`edit.apply(pipe)` then `evaluate(pipe, spec, judge="clip:DIR")`: the generic suites of the concept's
+    YAML, judged by CLIP, against the same pipeline with the edit reverted (found through the
+    applied-edit record, not an argument); writes a report and leaves the applied edit in place.
+    """
+    from erasurelab.evaluation import EvaluationSettings, evaluate
+    from erasurelab.models.provenance import applied_edits
+
+    pipe, spec = copy.deepcopy(pipes(family)), concepts(family)[0]
+    edit = method_runs(method, options, family).one
+    edit.apply(pipe)
+    edited = snapshot(pipe)
+    result = evaluate(pipe, spec, judge=f"clip:{folder / 'clip'}", out=tmp_path / "report", quiet=True,
+                      settings=EvaluationSettings(**TINY_EVALUATION))
+    assert_same(edited, snapshot(pipe))  # the reference pass reverted and re-applied the edit exactly
+    assert applied_edits(pipe) == [edit]
+    concept = result.concept(spec.name)
+    assert concept.target["anchor"]["reference"].denominator > 0
+    assert concept.target["anchor"]["edited"].denominator == concept.target["anchor"]["reference"].denominator
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["judge"]["id"].startswith("clip-v1-") and (tmp_path / "report" / "index.html").exists()
+    assert metrics["method"] == method
