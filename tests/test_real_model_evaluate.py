@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import test_contract  # noqa: F401  (registers the test-coin judge DUO filters its pairs with)
 from test_cli import run_cli
 from test_clip_judge import make_clip_folder
 from tiny_pipelines import tiny_sd15_pipeline, tiny_sdxl_pipeline
@@ -22,7 +23,11 @@ paraphrases: [a pot for brewing tea, a porcelain vessel with a spout for tea, th
 """
 METHODS = [("pure", "lora", []), ("uce", "lora", []),
            ("esd", "full", ["-o", "steps=2", "-o", "pool_size=2", "-o", "sample_steps=2"]),
-           ("trust", "full", ["-o", "steps=2", "-o", "n_forget=2", "-o", "sample_steps=2"])]
+           ("trust", "full", ["-o", "steps=2", "-o", "n_forget=2", "-o", "sample_steps=2"]),
+           # DUO builds its pairs with a judge that must see the concept in the tiny model's renders; a
+           # random CLIP model sees nothing, so its pairs are filtered by the contract suite's coin judge.
+           ("duo", "auto", ["-o", "steps=2", "-o", "batch_size=2", "-o", "n_pairs=2", "-o", "rank=2",
+                            "-o", "pair_steps=2", "-o", "judge=test-coin"])]
 
 
 @pytest.fixture(scope="module")
