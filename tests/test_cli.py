@@ -187,3 +187,17 @@ def test_verbose_turns_on_the_library_log(capsys) -> None:
     finally:
         logger.setLevel(level)
         logger.handlers[:] = handlers
+
+
+@needs_assets
+def test_bad_concept_yaml_and_judge_folder_are_one_line_errors_with_nothing_written(tmp_path, capsys) -> None:
+    bad = tmp_path / "teapot.yaml"
+    bad.write_text("name: teapot\ncategory: object\n", encoding="utf-8")  # no words, no anchors
+    code, _, err = run_cli(["erase", "--concept", str(bad), "--method", "uce", "--out", str(tmp_path / "run"), "-q"],
+                           capsys)
+    assert code == 2 and "`words`" in err and err.count("\n") == 1 and not (tmp_path / "run").exists()
+    for judge, needle in ((f"clip:{tmp_path / 'missing'}", "not found"), (f"clip:{tmp_path}", "CLIP")):
+        code, _, err = run_cli(["evaluate", "--model", "builtin:shapes", "--concept", "red", "--judge", judge,
+                                "--out", str(tmp_path / "report"), "-q"], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+        assert not (tmp_path / "report").exists()
