@@ -72,11 +72,6 @@ def merge_options(config: Any, options: Mapping[str, Any], owner: str) -> Any:
     return config
 
 
-def load_plugins(registry: Registry[Any]) -> None:
-    """Load the registry's third-party entry points now (listings show plugins, not only looked-up names)."""
-    registry._load_entry_points()
-
-
 def entry_for_config(registry: Registry[Any], config: Any) -> Entry[Any]:
     """The entry whose config class `config` is an instance of (its most specific one); one-line error otherwise.
 
@@ -89,7 +84,7 @@ def entry_for_config(registry: Registry[Any], config: Any) -> Entry[Any]:
         if matches:  # a subclass config belongs to the subclass's entry, not its base's
             return max(matches, key=lambda e: len(e.config_cls.__mro__))
         if attempt == 0:
-            load_plugins(registry)
+            registry.load_entry_points()
     raise ErasureLabError(f"{type(config).__name__} is not the config of any registered {registry.kind}; "
                           f"pass a {registry.kind} name ({', '.join(registry.names())}) or its config")
 

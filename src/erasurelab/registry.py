@@ -128,7 +128,8 @@ class Registry(Generic[F]):
         return decorate
 
     # -- lookup -----------------------------------------------------------------------------------
-    def _load_entry_points(self) -> None:
+    def load_entry_points(self) -> None:
+        """Import this registry's third-party entry points now, once (listings then show plugins too)."""
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
@@ -167,7 +168,7 @@ class Registry(Generic[F]):
         """(entry, argument) — argument is the text after `prefix:` for parametric entries, else None."""
         entry, argument = self._resolve(name)
         if entry is None:
-            self._load_entry_points()
+            self.load_entry_points()
             entry, argument = self._resolve(name)
         if entry is None:
             known = [*self._entries, *self._aliases]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from erasurelab.configs import entry_for_config, load_plugins, make_config, merge_options
+from erasurelab.configs import entry_for_config, make_config, merge_options
 from erasurelab.registry import Entry, Registry
 
 #: Every attack: name -> a class with `prepare` and `attack`, with its config class.
@@ -27,7 +27,7 @@ def register_attack(name: str, config: type, summary: str = "",
 
 def available_attacks() -> list[str]:
     """Registered attack names, third-party plugins included."""
-    load_plugins(ATTACKS)
+    ATTACKS.load_entry_points()
     return ATTACKS.names()
 
 

@@ -14,7 +14,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from erasurelab.configs import load_plugins
 from erasurelab.errors import ErasureLabError, did_you_mean
 from erasurelab.registry import Registry
 
@@ -127,7 +126,7 @@ def register_parametric_judge(name: str, summary: str = "") -> Callable[[Callabl
 
 def available_judges() -> list[str]:
     """Registered judge names, third-party plugins included; parametric ones are listed as "NAME:ARGUMENT"."""
-    load_plugins(JUDGES)
+    JUDGES.load_entry_points()
     return JUDGES.names()
 
 

@@ -19,7 +19,7 @@ from erasurelab.configs import as_number as as_number
 from erasurelab.configs import check_count as check_count
 from erasurelab.configs import check_fraction as check_fraction
 from erasurelab.configs import check_number as check_number
-from erasurelab.configs import config_dict, entry_for_config, load_plugins
+from erasurelab.configs import config_dict, entry_for_config
 from erasurelab.configs import make_config as _make_config
 from erasurelab.errors import ErasureLabError
 from erasurelab.registry import Entry, Registry
@@ -45,7 +45,7 @@ def register_method(name: str, config: type, summary: str = "",
 
 def available_methods() -> list[str]:
     """Registered method names, third-party plugins included."""
-    load_plugins(METHODS)
+    METHODS.load_entry_points()
     return METHODS.names()
 
 
