@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--variants", default="plain,modular", help="of plain, modular, full")
     parser.add_argument("--output", default="reemergence")
     args = parser.parse_args()
 
@@ -60,15 +61,15 @@ def main() -> None:
         data = load_caption_folder(folder, size=32)
         safeties = {m: el.erase(pipe, name, method=m) for m in args.methods.split(",") if m}
         start = time.perf_counter()
-        result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, task_probe(name))
+        result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, task_probe(name),
+                                variants=[v for v in args.variants.split(",") if v])
         result["wall_time_s"] = time.perf_counter() - start
         result["split"] = concept_split(name)
         plot_curves(result, RESULTS / f"{args.output}_{name}.png")
         results.append(result)
         control = result["control"]
         for method, entry in result["methods"].items():
-            for variant in ("plain", "modular"):
-                data_v = entry["variants"][variant]
+            for variant, data_v in entry["variants"].items():
                 final = data_v["curve"][-1]
                 rows.append({
                     "concept": name, "method": method, "variant": variant,

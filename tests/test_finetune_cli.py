@@ -58,12 +58,37 @@ def test_modular_run_loads_with_safety_and_fine_tuning(world, capsys):
     assert not torch.equal(dict(pipe.unet.named_parameters())[key], dict(base.unet.named_parameters())[key])
 
 
+def test_full_variant_trains_full_rank_through_the_safety_edit(world, capsys):
+    """--full is baseline (a): full-rank deltas on the attention projections, the safety edit kept in the run."""
+    from erasurelab.edits import Edit
+
+    out = world / "full"
+    code, stdout, err = run_cli(["finetune", "--model", str(world / "run"), "--data", str(world / "data"),
+                                 "--out", str(out), "--full", "--steps", "2", "--batch-size", "4",
+                                 "--checkpoint-every", "2", "-q"], capsys)
+    assert code == 0, err
+    assert "fine-tuning (full)" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variant"] == "full" and manifest["components"] == ["safety", "ft"]
+    merged, safety = Edit.load(out), Edit.load(world / "run")
+    assert set(safety.deltas) < set(merged.deltas)
+    from erasurelab.models import load_pipeline
+
+    key = next(k for k in merged.deltas if ".attn1.to_q." in k)  # no safety edit touches self-attention
+    tuned, base = load_pipeline(out), load_pipeline("builtin:shapes")
+    delta = dict(tuned.unet.named_parameters())[key] - dict(base.unet.named_parameters())[key]
+    assert type(merged.deltas[key]).__name__ != "LowRank" and torch.linalg.matrix_rank(delta.detach()) > 4
+
+
 def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, capsys):
     out = tmp_path / "out"
     cases = [
         ["finetune", "--model", str(world / "run"), "--data", str(world / "data"), "--out", str(out), "--steps", "0"],
         ["finetune", "--model", str(world / "run"), "--data", str(tmp_path / "nodata"), "--out", str(out)],
         ["finetune", "--model", "builtin:shapes", "--data", str(world / "data"), "--out", str(out), "--modular"],
+        ["finetune", "--model", "builtin:shapes", "--data", str(world / "data"), "--out", str(out), "--full"],
+        ["finetune", "--model", str(world / "run"), "--data", str(world / "data"), "--out", str(out), "--full",
+         "--modular"],
     ]
     for args in cases:
         code, _, err = run_cli(args, capsys)

@@ -61,11 +61,14 @@ def finetune(
     model: Annotated[str, typer.Option(help="A base model or an erasure run folder.")] = "builtin:shapes",
     modular: Annotated[bool, typer.Option(help="Modular LoRA: train on the base with the safety edit absent, "
                                                "then merge both.")] = False,
+    full: Annotated[bool, typer.Option(help="Full-rank fine-tuning of the erased model's attention "
+                                            "projections (the LoRA's targets, at --full-lr): baseline (a).")] = False,
     safety: Annotated[str | None, typer.Option(help="Erasure run whose edit is the safety module "
                                                     "(with --model BASE).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1000,
     rank: Annotated[int, typer.Option(help="LoRA rank of the fine-tuning adapter.")] = 4,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA.")] = 1e-4,
+    full_lr: Annotated[float, typer.Option(help="AdamW learning rate of --full fine-tuning.")] = 1e-5,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (resumable in OUT.ckpt).")] = 100,
     merge: Annotated[str, typer.Option(help="sum, or project (PURE-type projection edits).")] = "sum",
@@ -79,8 +82,9 @@ def finetune(
     from erasurelab.finetuning import FinetuneConfig
 
     config = FinetuneConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size, seed=seed,
-                            snapshot_every=checkpoint_every)
+                            snapshot_every=checkpoint_every, full_lr=full_lr)
     where, _ = placement(device, None)
-    saved = run_finetune(model, data, out, modular=modular, safety=safety, config=config, merge_mode=merge,
+    saved = run_finetune(model, data, out, modular=modular, full=full, safety=safety, config=config,
+                         merge_mode=merge,
                          overwrite=overwrite, quiet=quiet, device=where, echo=typer.echo)
     typer.echo(f"wrote {saved}; {peak(where)}")

@@ -3,6 +3,8 @@
 - `--model BASE`: fine-tune the base (the unerased control); OUT holds the fine-tuning LoRA.
 - `--model RUN`: fine-tune the erased model (RUN's base with its edit applied), as a user who
   downloads an erased model does; OUT holds safety + fine-tuning.
+- `--model RUN --full`: baseline (a), the erased model's attention projections fine-tuned at full
+  rank (no adapter); OUT holds safety + the dense fine-tuning deltas.
 - `--model RUN --modular` (or `--model BASE --safety RUN --modular`): train on RUN's base with the
   safety edit absent, then merge both; OUT holds safety + fine-tuning.
 OUT is a run folder (manifest.json + LoRA, or full deltas when the safety edit is dense), so
@@ -56,7 +58,8 @@ def check_base(safety: Any, pipe: Any, run: str | None) -> None:
                               "fine-tuned (fingerprint mismatch); fine-tune its own base")
 
 
-def run_finetune(model: str, data: Path, out: Path, modular: bool = False, safety: str | None = None,
+def run_finetune(model: str, data: Path, out: Path, modular: bool = False, full: bool = False,
+                 safety: str | None = None,
                  config: Any = None, merge_mode: str = "sum", overwrite: bool = False, quiet: bool = False,
                  device: str = "cpu", dtype: Any = None, echo: Any = print) -> Path:
     from erasurelab.api import base_description
@@ -69,15 +72,18 @@ def run_finetune(model: str, data: Path, out: Path, modular: bool = False, safet
     if out.exists() and not overwrite:
         raise ErasureLabError(f"output folder exists: {out} (choose another --out or pass --overwrite)")
     base_spec, safety_edit, safety_run = resolve_safety(model, safety)
-    if modular and safety_edit is None:
-        raise ErasureLabError("--modular needs a safety edit: --model RUN or --safety RUN")
+    if modular and full:
+        raise ErasureLabError("give --modular or --full, not both")
+    for flag, wanted in (("--modular", modular), ("--full", full)):
+        if wanted and safety_edit is None:
+            raise ErasureLabError(f"{flag} needs a safety edit: --model RUN or --safety RUN")
     pipe = load_pipeline(base_spec, dtype=dtype, device=device)
     if safety_edit is not None:
         check_base(safety_edit, pipe, safety_run)
         safety_edit = dense_deltas(safety_edit, pipe)
     size = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
     dataset = load_caption_folder(data, size=size)
-    variant = "modular" if modular else ("plain" if safety_edit is not None else "control")
+    variant = "modular" if modular else "full" if full else ("plain" if safety_edit is not None else "control")
     echo(f"fine-tuning ({variant}) on {len(dataset)} images from {data} for {config.steps} steps")
     result = finetune(pipe, dataset, variant, safety_edit, config, checkpoint_dir=out.with_name(out.name + ".ckpt"),
                       quiet=quiet, merge_mode=merge_mode)

@@ -54,7 +54,8 @@ class FinetuneAttackConfig(RenderConfig):
     lr: float = option(1e-4, help="AdamW learning rate of the fine-tuning")
     train_batch_size: int = option(16, help="images per fine-tuning step")
     n_images: int = option(128, help="images of the rendered benign dataset (embedded-world concepts, no data)")
-    n_prompts: int = option(8, help="concept anchor prompts scored at every snapshot")
+    n_prompts: int = option(8, help="anchor prompts, and as many held-out paraphrases, scored at "
+                                     "every snapshot")
     data: str | None = option(None, help="image-and-caption folder of benign data (None: the world's benign "
                                          "dataset for an embedded-world concept)")
 
