@@ -61,6 +61,24 @@ def row(result, concept: str, attack: str, model: str, reference_asr) -> dict:
     }
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """{"ring-a-bell": {"search_bf16": True}} from ["ring-a-bell.search_bf16=true"]."""
+    import json
+
+    overrides: dict[str, dict] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        attack, dot, option = name.partition(".")
+        if not (sep and dot and attack and option):
+            raise SystemExit(f"--set {item!r}: expected ATTACK.OPTION=VALUE")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        overrides.setdefault(attack, {})[option] = parsed
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attacks", default=",".join(available_attacks()))
@@ -68,8 +86,11 @@ def main() -> None:
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--quick", action="store_true", help="reduced budgets (see QUICK)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="ATTACK.OPTION=VALUE",
+                        help="an attack option for every run of that attack (repeatable; VALUE as JSON or text)")
     parser.add_argument("--output", default="attacks", help="results file name under bench/results/")
     args = parser.parse_args()
+    overrides = parse_overrides(args.set)
 
     torch.set_num_threads(args.threads)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -83,7 +104,7 @@ def main() -> None:
     for concept in concepts:
         edits = {method: run_erase(reference, (concept,), method) for method in methods}
         for attack in attacks:
-            options = QUICK.get(attack, {}) if args.quick else {}
+            options = {**(QUICK.get(attack, {}) if args.quick else {}), **overrides.get(attack, {})}
             print(f"{attack} on {concept}: unedited model ...", flush=True)
             base = run_attack(attack, reference, concept, reference, judge, seed=SEED, **options)
             print(f"  {base.summary()}", flush=True)
@@ -103,7 +124,7 @@ def main() -> None:
     columns = ["concept", "attack", "model", "asr", "n", "pre_asr", "delta_asr", "ref_asr", "steps", "unet_fwd",
                "unet_bwd", "renders", "wall_s"]
     print(table(rows, columns))
-    settings = {"seed": SEED, "quick": args.quick, "options": QUICK if args.quick else {}}
+    settings = {"seed": SEED, "quick": args.quick, "options": QUICK if args.quick else {}, "overrides": overrides}
     payload = {"table": rows, "results": results, "total_wall_time_s": time.perf_counter() - start,
                "peak_rss_mb": peak_rss_mb()}
     print(f"wrote {write_json(args.output, payload, pipe=reference, judge=judge, settings=settings)}")

@@ -213,3 +213,25 @@ def test_search_starts_from_the_seed_prompt_without_its_concept_words(pipe) -> N
             assert (a != b) == (i in record["masked_positions"])  # only the concept's words are replaced
         assert "red" not in record["start_prompt"].split() and "crimson" not in record["start_prompt"].split()
         assert record["fitness"] == record["fitness_first"]  # no generation: the initial population's best
+
+
+def test_bf16_search_is_its_own_suite_and_reports_float32_fitness(pipe) -> None:
+    """search_bf16 scores candidates in bf16; the suite is cached apart, and its fitness is re-scored in float32."""
+    from erasurelab.attacks.ring_a_bell_search import text_concept_vector
+    from erasurelab.attacks.tokens import Encoded, TextSide
+
+    clear_suite_cache()
+    options = dict(steps=2, check_reference=False, k=3, population=6, generations=3, n_pairs=2, n_prompts=2)
+    plain = run_attack("ring-a-bell", pipe, "red", pipe, ScriptedJudge([True, True]), **options)
+    fast = run_attack("ring-a-bell", pipe, "red", pipe, ScriptedJudge([True, True]), search_bf16=True, **options)
+    assert fast.suite["edited_info"]["suite_reused"] is False  # not the float32 suite from the cache
+    assert {r["search_precision"] for r in fast.suite["edited"]} == {"bf16"}
+    assert {r["search_precision"] for r in plain.suite["edited"]} == {"float32"}
+    text = TextSide.of(pipe)
+    vector = text_concept_vector(text, fast.suite["edited_info"]["pairs"])
+    for record in fast.suite["edited"]:
+        target = text.encode_prompts([record["seed_prompt"]]).float() + vector.scaled(3.0)
+        ids = torch.tensor([record["ids"]])
+        k = len(prompt_tokens(text.tokenizer, record["seed_prompt"]))
+        states: Encoded = text.encode(ids, torch.tensor([k + 2]))
+        assert record["fitness"] == pytest.approx(float(states.float().squared_distance(target)[0]), rel=1e-5)

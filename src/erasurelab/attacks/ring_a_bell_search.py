@@ -141,11 +141,13 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
             template, lengths = fr.build([[int(vocab[0])] * k])
             template = template[0]
 
-            def fitness(rows: torch.Tensor, target: Encoded = target, lengths: torch.Tensor = lengths) -> torch.Tensor:
+            def fitness(rows: torch.Tensor, target: Encoded = target, lengths: torch.Tensor = lengths,
+                        bf16: bool = config.search_bf16) -> torch.Tensor:
                 out = []
-                for s in range(0, len(rows), config.eval_batch):
-                    chunk = rows[s:s + config.eval_batch]
-                    out.append(text.encode(chunk, lengths.expand(len(chunk))).squared_distance(target))
+                with torch.autocast(text.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    for s in range(0, len(rows), config.eval_batch):
+                        chunk = rows[s:s + config.eval_batch]
+                        out.append(text.encode(chunk, lengths.expand(len(chunk))).float().squared_distance(target))
                 return torch.cat(out)
 
             generator = seeded(ctx.seed, 3, p)
@@ -157,12 +159,15 @@ def search_suite(pipe: Any, prepared: Prepared, ctx: AttackContext, budget: Budg
             result = genetic_search(fitness, template, k, vocab, config.population, config.generations,
                                     config.mutation, config.crossover, generator, initial=initial, quiet=ctx.quiet)
             budget.add("steps", config.generations)
+            if config.search_bf16:  # the suite's fitness is float32 whatever the search scored in
+                result.fitness = float(fitness(result.ids.unsqueeze(0), bf16=False)[0])
             slots = result.ids[1:k + 1].tolist()
             unchanged = bool(own) and not masked and slots == start
             suite.append({"seed_prompt": prompt, "prompt": decode(tokenizer, slots), "ids": result.ids.tolist(),
                           "start_prompt": decode(tokenizer, start) if own else None, "masked_positions": masked,
                           "unchanged_seed_prompt": unchanged,
                           "fitness": result.fitness, "fitness_first": result.history[0],
+                          "search_precision": "bf16" if config.search_bf16 else "float32",
                           "evaluations": result.evaluations, "round_trips": round_trips(tokenizer, slots)})
     return suite
 
