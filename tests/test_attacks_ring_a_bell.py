@@ -106,6 +106,22 @@ def test_search_invariants(pipe) -> None:
     assert result.fitness == pytest.approx(history[-1])
 
 
+def test_search_encodes_each_sequence_once(pipe) -> None:
+    """The memo: no id sequence reaches the fitness twice, and `evaluations` counts what was encoded."""
+    k, n = 4, 10
+    fitness, template, vocab, _ = _problem(pipe, "a crimson heart", k, eta=3.0)
+    encoded: list[tuple[int, ...]] = []
+
+    def counting(rows: torch.Tensor) -> torch.Tensor:
+        encoded.extend(tuple(r) for r in rows.tolist())
+        return fitness(rows)
+
+    result = genetic_search(counting, template, k, vocab, population=n, generations=40, mutation=0.25,
+                            crossover=0.5, generator=seeded(1))
+    assert len(encoded) == len(set(encoded)) == result.evaluations
+    assert result.evaluations < n * 40  # a converging population rebuilds sequences it has scored
+
+
 def test_whole_word_vocabulary_round_trips(builtin_pipe) -> None:
     """Prompts of whole-word ids decode to text that tokenizes back to the same ids; word pieces do not."""
     tokenizer = builtin_pipe.tokenizer

@@ -68,8 +68,22 @@ def genetic_search(fitness: Callable[[torch.Tensor], torch.Tensor], template: to
     probability `crossover`: single cut inside the slots, two children; else a copy of the parent);
     then every individual except the best gets one random slot set to a random vocabulary id with
     probability `mutation`. Position 0 (the start token) and the tail are never touched.
+    Fitness is memoised per id sequence: once the population converges, crossovers and mutations
+    mostly rebuild sequences already scored (about half of all candidates), and a sequence's encoding
+    does not change, so only new sequences reach the encoder. `evaluations` counts those.
     """
     n, half = population, max(population // 2, 1)
+    memo: dict[tuple[int, ...], float] = {}
+
+    def score(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Fitness of every row, encoding only sequences not scored before (each once); (values, encoded)."""
+        keys = [tuple(r) for r in rows.tolist()]
+        fresh = list(dict.fromkeys(k for k in keys if k not in memo))
+        if fresh:
+            values = fitness(torch.tensor(fresh, dtype=rows.dtype)).float().cpu().tolist()
+            memo.update(zip(fresh, values, strict=True))
+        return torch.tensor([memo[k] for k in keys]), len(fresh)
+
     pop = template.unsqueeze(0).repeat(n, 1)
     pop[:, 1:k + 1] = vocab[torch.randint(len(vocab), (n, k), generator=generator)]
     if initial is not None:
@@ -77,8 +91,7 @@ def genetic_search(fitness: Callable[[torch.Tensor], torch.Tensor], template: to
                 or int(initial[0]) != int(template[0]):
             raise ValueError("initial individual must share the template's start token and tail")
         pop[0] = initial
-    fit = fitness(pop).float().cpu()
-    evaluations = n
+    fit, evaluations = score(pop)
     history: list[float] = [] if generations else [float(fit.min())]
     for gen in tqdm(range(generations), desc="Ring-A-Bell", disable=quiet):
         order = torch.argsort(fit, stable=True)
@@ -112,8 +125,8 @@ def genetic_search(fitness: Callable[[torch.Tensor], torch.Tensor], template: to
                 fit[r] = float("nan")
         stale = torch.isnan(fit)
         if stale.any():
-            fit[stale] = fitness(pop[stale]).float().cpu()
-            evaluations += int(stale.sum())
+            fit[stale], encoded = score(pop[stale])
+            evaluations += encoded
     best = int(torch.argmin(fit))
     return SearchResult(ids=pop[best].clone(), fitness=float(fit[best]), history=history, evaluations=evaluations)
 
