@@ -37,18 +37,24 @@ def test_world_dataset_command(tmp_path, capsys):
                                       for r in rows)
 
 
+def _finetune_run(world, variant: str, capsys):
+    """`erasurelab finetune --model RUN --<variant>` for a few steps; the run folder, its manifest checked."""
+    out = world / variant
+    code, stdout, err = run_cli(["finetune", "--model", str(world / "run"), "--data", str(world / "data"),
+                                 "--out", str(out), f"--{variant}", "--steps", "2", "--batch-size", "4",
+                                 "--checkpoint-every", "2", "-q"], capsys)
+    assert code == 0, err
+    assert f"fine-tuning ({variant})" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variant"] == variant and manifest["components"] == ["safety", "ft"]
+    return out
+
+
 def test_modular_run_loads_with_safety_and_fine_tuning(world, capsys):
     from erasurelab.edits import Edit
     from erasurelab.models import load_pipeline
 
-    out = world / "modular"
-    code, stdout, err = run_cli(["finetune", "--model", str(world / "run"), "--data", str(world / "data"),
-                                 "--out", str(out), "--modular", "--steps", "3", "--batch-size", "8",
-                                 "--checkpoint-every", "3", "-q"], capsys)
-    assert code == 0, err
-    assert "fine-tuning (modular)" in stdout
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["variant"] == "modular" and manifest["components"] == ["safety", "ft"]
+    out = _finetune_run(world, "modular", capsys)
     merged, safety = Edit.load(out), Edit.load(world / "run")
     # The merged run holds the safety edit unchanged plus the adapter: its attn2 to_k/to_v deltas contain safety's.
     key = next(iter(safety.deltas))
@@ -62,14 +68,7 @@ def test_full_variant_trains_full_rank_through_the_safety_edit(world, capsys):
     """--full is baseline (a): full-rank deltas on the attention projections, the safety edit kept in the run."""
     from erasurelab.edits import Edit
 
-    out = world / "full"
-    code, stdout, err = run_cli(["finetune", "--model", str(world / "run"), "--data", str(world / "data"),
-                                 "--out", str(out), "--full", "--steps", "2", "--batch-size", "4",
-                                 "--checkpoint-every", "2", "-q"], capsys)
-    assert code == 0, err
-    assert "fine-tuning (full)" in stdout
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["variant"] == "full" and manifest["components"] == ["safety", "ft"]
+    out = _finetune_run(world, "full", capsys)
     merged, safety = Edit.load(out), Edit.load(world / "run")
     assert set(safety.deltas) < set(merged.deltas)
     from erasurelab.models import load_pipeline
