@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from erasurelab.errors import ErasureLabError, did_you_mean
+from erasurelab.evaluation.agreement import judge_agreement
 from erasurelab.evaluation.types import Rate
 from erasurelab.judges import Judge, available_judges, is_judge_name, load_judge
 
@@ -115,25 +116,6 @@ def accuracy_dict(accuracy: Mapping[str, Any] | None) -> dict[str, Any] | None:
 AGREEMENT_ATTRIBUTES: tuple[str, ...] = ("object", "color")
 
 
-def _local_agreement(judge_a: Judge, judge_b: Judge, images: torch.Tensor,
-                     attributes: Sequence[str] = AGREEMENT_ATTRIBUTES) -> dict[str, Rate]:
-    """Fraction of images on which both judges' predict() give the same label, per attribute."""
-    if len(images) == 0:
-        return {a: Rate(0, 0) for a in attributes}
-    first, second = judge_a.predict(images), judge_b.predict(images)
-    return {a: Rate(sum(x.get(a) == y.get(a) for x, y in zip(first, second, strict=True)), len(images))
-            for a in attributes}
-
-
-def _agreement_function() -> Any:
-    """evaluation.agreement.judge_agreement when that module exists, else the local equivalent."""
-    try:
-        from erasurelab.evaluation.agreement import judge_agreement  # type: ignore[import-not-found]
-    except ImportError:
-        return _local_agreement
-    return judge_agreement
-
-
 def _attributes(judge: Judge) -> set[str]:
     """The attributes a judge decides some concept of (`attribute_of` over its concepts)."""
     out = set()
@@ -168,14 +150,12 @@ def second_judge_agreement(judge: Judge, second: str | None, reference: Sequence
     attributes = _shared_attributes(judge, other)
     if not attributes:
         return None
-    agree = _agreement_function()
-
     def over(batches: Sequence[torch.Tensor]) -> dict[str, Rate]:
         batches = [b for b in batches if len(b) and b.shape[-1] > 1]
         images = torch.cat([b.float() for b in batches]) if batches else torch.empty(0, 3, 32, 32)
         if len(images) == 0:
             return {a: Rate(0, 0) for a in attributes}
-        return dict(agree(judge, other, images, attributes=attributes))
+        return dict(judge_agreement(judge, other, images, attributes=attributes))
 
     return {"second_judge": str(getattr(other, "id", second)), "attributes": list(attributes),
             "reference": over(reference), "edited": over(edited)}
