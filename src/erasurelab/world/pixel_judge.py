@@ -45,6 +45,7 @@ class PixelRules:
     grid: int = 16                     # side of the bounding-box-normalised silhouette
     aspect_weight: float = 0.5         # penalty per unit |log aspect ratio| difference from the template
     templates_per_object: int = 24     # renders averaged into one template
+    template_blur: float = 1.0         # Gaussian sigma (pixels) on template renders: generated images are soft
     template_seed: int = 7
     present_colour_share: float = 0.5  # present(): the colour's share of the chromatic vote, at least
     present_object_score: float = 0.6  # present(): the shape's template score, at least
@@ -123,8 +124,9 @@ def _normalised(filled: np.ndarray, grid: int) -> tuple[np.ndarray, float]:
 def _templates(rules: PixelRules) -> tuple[np.ndarray, np.ndarray]:
     """(objects, grid, grid) mean normalised silhouettes and (objects,) mean log aspect ratios.
 
-    Drawn with the world renderer (solid, varied colour, background, size and position) and read
-    through the same segmentation the judge uses, so the templates carry the same pixel effects.
+    Drawn with the world renderer (solid, varied colour, background, size and position), blurred by
+    `template_blur` (a diffusion model's 32x32 images have soft edges that crisp renders lack), and
+    read through the same segmentation the judge uses, so the templates carry the same pixel effects.
     """
     rng = np.random.default_rng(rules.template_seed)
     shapes, aspects = [], []
@@ -133,7 +135,10 @@ def _templates(rules: PixelRules) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(rules.templates_per_object):
             scene = render.Scene(obj, str(rng.choice(_COLOUR_NAMES)), "solid",
                                  str(rng.choice(vocab.classes("background"))))
-            _, _, filled = _segment(render.render(scene, rng).astype(np.float64), rules)
+            image = render.render(scene, rng).astype(np.float64)
+            if rules.template_blur > 0:
+                image = ndimage.gaussian_filter(image, sigma=(rules.template_blur, rules.template_blur, 0))
+            _, _, filled = _segment(image, rules)
             mask, aspect = _normalised(filled, rules.grid)
             masks.append(mask)
             logs.append(np.log(aspect))
