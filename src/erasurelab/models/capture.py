@@ -14,7 +14,6 @@ DDIM copy built from the pipeline's config, so collection never mutates the pipe
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from erasurelab.errors import ErasureLabError
 from erasurelab.models.conditioning import Conditioning, encode, encode_unconditional, is_sdxl, sdxl_time_ids
+from erasurelab.models.diffusion import ddim_scheduler
 from erasurelab.models.layers import CrossAttentionLayer, cross_attention_layers
 
 
@@ -99,15 +99,6 @@ def _latents(unet: Any, seeds: Sequence[int], size: int) -> torch.Tensor:
                       for s in seeds]).to(device=unet.device, dtype=unet.dtype)
 
 
-def _ddim(pipe: Any) -> Any:
-    """A DDIM copy of the pipeline's schedule (its own state: the pipeline's scheduler is untouched)."""
-    from diffusers import DDIMScheduler
-
-    with warnings.catch_warnings():  # e.g. SD's steps_offset=0 deprecation notice, once per batch
-        warnings.simplefilter("ignore", FutureWarning)
-        return DDIMScheduler.from_config(pipe.scheduler.config)
-
-
 def _latent_size(pipe: Any, config: CaptureConfig) -> int:
     if config.latent_size is not None:
         return int(config.latent_size)
@@ -155,8 +146,7 @@ def capture_activations(pipe: Any, prompts: Sequence[str], config: CaptureConfig
                 height = size * int(getattr(pipe, "vae_scale_factor", 8))
                 added = {"text_embeds": pooled,
                          "time_ids": sdxl_time_ids(pipe, height, height, 2 * n, unet.dtype, pooled.shape[-1])}
-            scheduler = _ddim(pipe)
-            scheduler.set_timesteps(n_t, device=unet.device)
+            scheduler = ddim_scheduler(pipe, n_t)
             latents = _latents(unet, [config.seeds[s] for _, s in batch], size) * scheduler.init_noise_sigma
             for t_index, t in enumerate(scheduler.timesteps):
                 model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)

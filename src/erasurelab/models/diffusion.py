@@ -10,6 +10,7 @@ SDXL's U-Net also reads the pooled text embedding and the size/crop time ids (`a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -97,3 +98,17 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def ddim_scheduler(pipe: Any, steps: int) -> Any:
+    """A DDIM copy of the pipeline's noise schedule with `steps` timesteps (the pipeline's own is untouched).
+
+    Why DDIM: deterministic and stateless between steps, so x_t depends only on its start noise.
+    """
+    from diffusers import DDIMScheduler
+
+    with warnings.catch_warnings():  # e.g. SD's steps_offset=0 deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(int(steps), device=pipe.unet.device)
+    return scheduler

@@ -11,7 +11,6 @@ Why `params` on `unet_output`: frozen (original-weight) predictions run the same
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from erasurelab.models.conditioning import encode, encode_unconditional, is_sdxl, sdxl_time_ids
+from erasurelab.models.diffusion import ddim_scheduler  # noqa: F401  (re-exported for the trainers)
 
 
 @dataclass(frozen=True)
@@ -91,20 +91,6 @@ def unet_output(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | int, c
 
 #: A prediction function (x, t, cond) -> model output, e.g. `FineTuner.frozen`.
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
-
-
-def ddim_scheduler(pipe: Any, steps: int) -> Any:
-    """A DDIM copy of the pipeline's noise schedule with `steps` timesteps (the pipeline's own is untouched).
-
-    Why DDIM: deterministic and stateless between steps, so x_t depends only on its start noise.
-    """
-    from diffusers import DDIMScheduler
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(int(steps), device=pipe.unet.device)
-    return scheduler
 
 
 @torch.no_grad()
