@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", type=int, default=1, help="cold runs, each with its own empty cache (median)")
     parser.add_argument("--warm", type=int, default=3, help="warm runs after the cold one (the median is reported)")
+    parser.add_argument("--output", default="demo", help="results file name under bench/results/")
     parser.add_argument("--keep-cache", type=Path, default=None, help="cache folder to use and keep (default: temp)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +75,7 @@ def main() -> None:
     warm_median = summary["warm_median_wall_s"] or float("nan")
     print(f"cold median of {len(cold)} {summary['cold_median_wall_s']:.0f} s; warm median {warm_median:.0f} s "
           f"(target < 360 s)")
-    path = write_json("demo", {"summary": summary, "runs": runs},
+    path = write_json(args.output, {"summary": summary, "runs": runs},
                       settings={"command": "python -m erasurelab demo --out DIR --quiet", "cold": args.cold,
                                 "warm": args.warm})
     print(f"wrote {path}")
