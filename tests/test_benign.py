@@ -45,3 +45,16 @@ def test_written_dataset_is_judge_checked_and_loadable(tmp_path, shapes_judge):
     assert summary["judge"] == shapes_judge.id and not (tmp_path / "benign-red.tmp").exists()
     with pytest.raises(ErasureLabError, match="exists"):
         write_benign_dataset("red", out, n=4, judge=shapes_judge)
+
+
+@pytest.mark.parametrize(("concept", "attributes"), [("green", ("color",)), ("triangle", ("object",)),
+                                                     ("dotted", ("style",)), ("kiki", ("object", "color")),
+                                                     ("red+circle", ("object", "color"))])
+def test_task_probe_scores_the_attributes_the_task_varies(concept, attributes):
+    """Task accuracy is the task's own attribute(s), not every label (the others are retention)."""
+    from erasurelab.world.benign import task_attributes, task_probe
+
+    assert task_attributes(concept) == attributes
+    probe = task_probe(concept, n=6)
+    assert all(set(labels) == set(attributes) for labels in probe.labels)
+    assert len(probe.prompts) == len(probe.seeds) == len(probe.labels) == 6

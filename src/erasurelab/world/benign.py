@@ -200,14 +200,29 @@ def _counts(scenes: Sequence[render.Scene]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def task_probe(concept: str, n: int = 32, seed: int = 1000) -> Any:
-    """Held-out prompts of the downstream task (new benign scenes) with their labels, at fixed seeds.
+def task_attributes(concept: str) -> tuple[str, ...]:
+    """The attributes the benign task for `concept` varies, i.e. what its dataset teaches.
 
-    Why: "the fine-tuning still learned its task" is measured as the judge reading every label of
-    these prompts' renders; the scenes come from a seed the dataset did not use.
+    A colour's dataset teaches its neighbour colours, an object's the next objects, a style's the other
+    patterns; a character's its plain body (object and colour); a combination each part's attribute.
+    """
+    pools = scene_pools(concept)
+    every = {a: len([c for c in vocab.classes(a) if c != vocab.NO_CHARACTER]) for a in pools[0]}
+    narrowed = {a for pool in pools for a, labels in pool.items() if len(labels) < every[a]}
+    return tuple(a for a in ("object", "color", "style", "background") if a in narrowed)
+
+
+def task_probe(concept: str, n: int = 32, seed: int = 1000) -> Any:
+    """Held-out prompts of the downstream task (new benign scenes) with their task labels, at fixed seeds.
+
+    Why: "the fine-tuning still learned its task" is the judge reading the task's own attributes
+    (`task_attributes`) on these prompts' renders, as the Modular LoRA protocol defines it; the other
+    labels are retention, which the evaluation measures separately. The scenes come from a seed the
+    dataset did not use.
     """
     from erasurelab.finetuning.reemergence import Probe
 
     scenes = benign_scenes(concept, n, seed)
+    attributes = task_attributes(concept)
     return Probe("task", tuple(scene_caption(s) for s in scenes), tuple(range(seed, seed + n)),
-                 tuple(s.labels() for s in scenes))
+                 tuple({a: s.labels()[a] for a in attributes} for s in scenes))
