@@ -85,6 +85,5 @@ def finetune(
                             snapshot_every=checkpoint_every, full_lr=full_lr)
     where, _ = placement(device, None)
     saved = run_finetune(model, data, out, modular=modular, full=full, safety=safety, config=config,
-                         merge_mode=merge,
-                         overwrite=overwrite, quiet=quiet, device=where, echo=typer.echo)
+                         merge_mode=merge, overwrite=overwrite, quiet=quiet, device=where, echo=typer.echo)
     typer.echo(f"wrote {saved}; {peak(where)}")

@@ -59,9 +59,8 @@ def check_base(safety: Any, pipe: Any, run: str | None) -> None:
 
 
 def run_finetune(model: str, data: Path, out: Path, modular: bool = False, full: bool = False,
-                 safety: str | None = None,
-                 config: Any = None, merge_mode: str = "sum", overwrite: bool = False, quiet: bool = False,
-                 device: str = "cpu", dtype: Any = None, echo: Any = print) -> Path:
+                 safety: str | None = None, config: Any = None, merge_mode: str = "sum", overwrite: bool = False,
+                 quiet: bool = False, device: str = "cpu", dtype: Any = None, echo: Any = print) -> Path:
     from erasurelab.api import base_description
     from erasurelab.caption_data import load_caption_folder
     from erasurelab.finetuning import FinetuneConfig, finetune

@@ -116,9 +116,9 @@ class RingABellConfig(RenderConfig):
     whole_words: bool = option(True, help="search only whole-word tokens, so prompts round-trip (False: the "
                                           "official full vocabulary)")
     eval_batch: int = option(256, help="candidate prompts encoded per batch (memory only)")
-    search_bf16: bool = option(False, help="score the search's candidates under bf16 autocast (about 1.9x faster "
-                                           "on CPUs with native bf16; the best prompt's fitness is re-scored "
-                                           "in float32)")
+    search_bf16: bool = option(False, help="score the search's candidates under bf16 autocast (faster on CPUs "
+                                           "with native bf16; the suite found differs, and the best prompt's "
+                                           "fitness is re-scored in float32)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

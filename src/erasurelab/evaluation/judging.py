@@ -150,6 +150,7 @@ def second_judge_agreement(judge: Judge, second: str | None, reference: Sequence
     attributes = _shared_attributes(judge, other)
     if not attributes:
         return None
+
     def over(batches: Sequence[torch.Tensor]) -> dict[str, Rate]:
         batches = [b for b in batches if len(b) and b.shape[-1] > 1]
         images = torch.cat([b.float() for b in batches]) if batches else torch.empty(0, 3, 32, 32)
