@@ -24,6 +24,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.methods.training.diffusion import Cond, encode_prompts
 from erasurelab.methods.training.losses import noise_mse
 from erasurelab.methods.training.streams import sample_timesteps, step_generator
+from erasurelab.models.diffusion import prediction_target
 from erasurelab.models.sampling import noise_scheduler
 
 #: Random streams of the trainer (see the module docstring).
@@ -81,8 +82,7 @@ class DenoisingObjective:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         t = t.to(x0.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        is_v = self.scheduler.config.prediction_type == "v_prediction"
-        target = self.scheduler.get_velocity(x0, noise, t) if is_v else noise
+        target = prediction_target(self.scheduler, x0, noise, t)
         return noise_mse(self.predict(x_t, t, self.cond.take(index)), target)
 
 
