@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--variants", default="plain,modular", help="of plain, modular, full")
+    parser.add_argument("--task-prompts", type=int, default=32,
+                        help="held-out task prompts (one seed each) scored for the task's own attribute")
     parser.add_argument("--output", default="reemergence")
     args = parser.parse_args()
 
@@ -61,7 +63,8 @@ def main() -> None:
         data = load_caption_folder(folder, size=32)
         safeties = {m: el.erase(pipe, name, method=m) for m in args.methods.split(",") if m}
         start = time.perf_counter()
-        result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, task_probe(name),
+        probe = task_probe(name, n=args.task_prompts)
+        result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, probe,
                                 variants=[v for v in args.variants.split(",") if v])
         result["wall_time_s"] = time.perf_counter() - start
         result["split"] = concept_split(name)

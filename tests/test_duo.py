@@ -4,6 +4,7 @@ the β coupling, the sign test, bad input, and a small end-to-end run on the emb
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -37,7 +38,8 @@ def test_coupling_values():
 
 
 @pytest.mark.parametrize("options,match", [({"beta": 0}, "beta"), ({"beta": -1}, "beta"), ({"rank": 0}, "rank"),
-                                           ({"conditioning": "text"}, "conditioning"), ({"t_max": 2}, "t_max")])
+                                           ({"conditioning": "text"}, "conditioning"), ({"t_max": 2}, "t_max"),
+                                           ({"layers": "mlp"}, "layers")])
 def test_bad_config_is_one_line_error(options, match):
     with pytest.raises(ErasureLabError, match=match) as info:
         DuoConfig(**options)
@@ -50,6 +52,27 @@ def test_rank_larger_than_layer_errors_before_any_work(pipe, tmp_path):
     with pytest.raises(ErasureLabError, match="larger than layer"):
         erase(pipe, "red", "duo", rank=10_000, checkpoint_dir=str(tmp_path / "ck"))
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("layers,blocks", [("self", {"attn1"}), ("cross", {"attn2"}),
+                                           ("attention", {"attn1", "attn2"})])
+def test_layers_option_chooses_the_trained_attention_blocks(pipe, layers, blocks, monkeypatch):
+    """The LoRA's factors sit exactly on the chosen blocks' q/k/v/out projections (pairs stubbed: no rendering)."""
+    from erasurelab import erase
+    from erasurelab.methods import duo
+    from erasurelab.methods.pairs import Pairs
+
+    def fake_pairs(pipe, spec, judge, settings, safe_prompt, prompts, quiet=True):
+        g = torch.Generator().manual_seed(0)
+        images = torch.rand(4, 3, 32, 32, generator=g)
+        return Pairs(images, images.flip(-1), ["a red circle"] * 4, ["a circle"] * 4, {"cache_key": "stub"})
+
+    monkeypatch.setattr(duo, "build_pairs", fake_pairs)
+    edit = erase(pipe, "red", "duo", layers=layers, steps=1, rank=2, judge="shapes")
+    trained = {re.search(r"\.(attn\d)\.", name).group(1) for name in edit.meta["lora_targets"]}
+    assert trained == blocks
+    assert {re.sub(r".*\.attn\d\.", "", name) for name in edit.meta["lora_targets"]} == \
+        {"to_q", "to_k", "to_v", "to_out.0"}
 
 
 def test_step_zero_log2_and_zero_regulariser_and_only_b_gradients(pipe):

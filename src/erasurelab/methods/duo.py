@@ -4,12 +4,12 @@ In short: for pairs (x⁻ shows the concept, x⁺ its SDEdit without it; `method
 noise ε per pair and independent t⁺, t⁻ ∈ [0, 0.75·T),
     Δ^± = e(θ; x₀^±, t^±, ε) − e(ref; x₀^±, t^±, ε),  e = mean over (C, H, W) of the squared error,
     L = mean softplus(β (Δ⁺ − Δ⁻)) + λ · mean (ε_θ(ε, T−1, c_∅) − ε_ref(ε, T−1, c_∅))²,
-with ε_θ the U-Net plus a LoRA on the self-attention projections (`attn1` q/k/v/out) and ε_ref the
-same network with the adapter off. lr = lr_base·100/β and λ = λ_base·β/100 (the official coupling)
-unless given. Conditioning is the real embedding of "" by default (the model forgets the visual
-feature whatever the text); `conditioning="prompt"` conditions both pair members on the unsafe
-prompt (the spec's ablation). Several concepts: one LoRA per concept, trained separately from the
-base model and summed (Edit `+`), each with weight 1.
+with ε_θ the U-Net plus a LoRA on the self-attention projections (`attn1` q/k/v/out; `layers` can
+add or choose cross-attention) and ε_ref the same network with the adapter off. lr = lr_base·100/β and
+λ = λ_base·β/100 (the official coupling) unless given. Conditioning is the real embedding of "" by
+default (the model forgets the visual feature whatever the text); `conditioning="prompt"` conditions
+both pair members on the unsafe prompt (the spec's ablation). Several concepts: one LoRA per concept,
+trained separately from the base model and summed (Edit `+`), each with weight 1.
 
 Embedded defaults differ from SD's where the tiny U-Net needs it (see DEFAULTS and bench/results/duo*.md).
 """
@@ -27,7 +27,7 @@ from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.base import check_count, check_number, config_dict, register_method, resolve_defaults
-from erasurelab.methods.lora_engine import LoraTuner, attn1_targets, check_rank
+from erasurelab.methods.lora_engine import ATTENTION_BLOCKS, LoraTuner, attention_targets, check_rank
 from erasurelab.methods.pairs import PairSettings, build_pairs
 from erasurelab.methods.training.diffusion import Cond, encode_prompts
 from erasurelab.models.sampling import noise_scheduler, seeded
@@ -63,8 +63,9 @@ class DuoConfig:
 
     beta: DPO temperature β (> 0). lr_base, lam_base: bases of the coupling. steps, batch_size (pairs per
     step), n_pairs, rank / alpha (LoRA; alpha None = rank, scale 1), t_max (DPO timesteps below t_max·T),
-    conditioning: empty | prompt. weight_decay, grad_clip: AdamW and norm clipping. judge: filters the
-    pairs. safe_prompt / prompts: override the pair prompts. pair_*: SDEdit settings (methods.pairs).
+    conditioning: empty | prompt. layers: self | cross | attention (the LoRA's blocks). weight_decay, grad_clip:
+    AdamW and norm clipping. judge: filters the pairs. safe_prompt / prompts: override the pair prompts.
+    pair_*: SDEdit settings (methods.pairs).
     """
 
     #: (SD-family, embedded) values of the None defaults (`resolve`).
@@ -81,6 +82,8 @@ class DuoConfig:
     n_pairs: int = option(64, help="SDEdit pairs built per concept")
     rank: int | None = option(None, help="LoRA rank on the self-attention projections (None: the model's default)")
     alpha: float | None = option(None, help="LoRA alpha (None: the rank, so the scale is 1)")
+    layers: str = option("self", help="attention blocks the LoRA trains: self (attn1, the official choice), cross "
+                                      "(attn2) or attention (both)")
     t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
     conditioning: str = option("empty", help="text both pair members are conditioned on: empty (\"\") or prompt "
                                              "(the unsafe prompt)")
@@ -111,6 +114,8 @@ class DuoConfig:
         check_number(self, "t_max")
         if self.t_max > 1:
             raise ErasureLabError(f"t_max must be in (0, 1], got {self.t_max!r}")
+        if self.layers not in ATTENTION_BLOCKS:
+            raise ErasureLabError(f"unknown LoRA layers {self.layers!r}; valid: {', '.join(ATTENTION_BLOCKS)}")
         if self.conditioning not in CONDITIONINGS:
             raise ErasureLabError(f"unknown conditioning {self.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
         if isinstance(self.prompts, str):
@@ -262,7 +267,7 @@ def erase_duo(pipe: Any, specs: list[ConceptSpec], config: DuoConfig, quiet: boo
     if not specs:
         raise ErasureLabError("nothing to erase: no concept given")
     settings = config.resolve(pipe)
-    targets = attn1_targets(pipe.unet)
+    targets = attention_targets(pipe.unet, ATTENTION_BLOCKS[config.layers])
     check_rank(pipe.unet, targets, settings["rank"])
     judge = resolve_judge(config.judge, specs)
     parts = [erase_one(pipe, spec, config, settings, judge, targets, quiet) for spec in specs]

@@ -1,0 +1,73 @@
+"""DUO settings on dev concepts through the evaluation protocol, without attacks (issue 18: tuning on dev only).
+
+Each setting (a label and DUO options) is one resumable comparison (`demo.compare`) in
+bench/results/duo_dev/<label>/ (rows/*/row.json; reports and runs stay out of git). The table per
+(setting, concept): anchor / paraphrase / selective TP (reference → edited), f, worst-attribute
+retention (ratio to the unedited model, every attribute the judge reads), pairs kept of requested,
+and the erase wall time (pairs + training; pairs are cached on disk after their first build, so only
+the first setting with given pair options pays for them). Writes bench/results/<output>.json.
+
+    OMP_NUM_THREADS=2 python bench/bench_duo_sweep.py --concepts red,circle \\
+        --grid '{"default": {}, "prompt": {"conditioning": "prompt"}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, table, write_json
+
+DEV_CONCEPTS = ("red", "circle", "striped", "bobo")
+
+
+def _pairs_report(out: Path, concept: str) -> dict:
+    """Pairs kept / requested and the DPO accuracy at the end, from the run's manifest (None when absent)."""
+    manifest = out / "runs" / f"duo-{concept}" / "manifest.json"
+    meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    per = (meta.get("per_concept") or meta.get("meta", {}).get("per_concept") or [{}])[0]
+    report = per.get("pairs", {})
+    return {"pairs_kept": report.get("kept"), "pairs_requested": report.get("requested"),
+            "final_accuracy": per.get("final", {}).get("accuracy")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concepts", default="red,circle")
+    parser.add_argument("--grid", required=True, help='JSON object {label: {DUO option: value}}')
+    parser.add_argument("--protocol", choices=("demo", "full"), default="demo",
+                        help="evaluation sizes: the demo's (~400 images per model) or the bench's")
+    parser.add_argument("--output", default="duo_dev_sweep")
+    args = parser.parse_args()
+    grid = json.loads(args.grid)
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    if not_dev := [c for c in concepts if c not in DEV_CONCEPTS]:
+        parser.error(f"tuning runs on dev concepts only; not dev: {', '.join(not_dev)}")
+
+    from erasurelab.demo import compare, demo_settings
+    from erasurelab.evaluation import EvaluationSettings
+
+    settings = demo_settings() if args.protocol == "demo" else EvaluationSettings(batch_size=64)
+    rows = []
+    for label, options in grid.items():
+        out = RESULTS / "duo_dev" / label
+        _, records = compare(out, concepts, ["duo"], None, settings, {"duo": options}, resume=True, quiet=True)
+        for record in records:
+            retention = record.get("retention") or {}
+            worst = min(retention.items(), key=lambda kv: kv[1]) if retention else (None, None)
+            rows.append({"setting": label, "options": options, **_pairs_report(out, record["concept"]),
+                         "worst_attribute": worst[0], "worst_retention": worst[1], **record})
+        print(table([r for r in rows if r["setting"] == label],
+                    ["setting", "concept", "tp_anchor_ref", "tp_anchor", "tp_para_ref", "tp_para", "tp_sel", "f",
+                     "worst_attribute", "worst_retention", "pairs_kept", "edit_s"]), flush=True)
+    write_json(args.output, {"rows": rows}, judge="shapes",
+               settings={"concepts": concepts, "grid": grid, "protocol": args.protocol,
+                         "evaluation": settings.to_dict()},
+               command=" ".join(["python", "bench/bench_duo_sweep.py", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()
