@@ -76,6 +76,18 @@ def test_demo_and_bench_run_both_attacks_by_default() -> None:
     assert not hasattr(demo, "DEMO_METHOD_OPTIONS")
 
 
+@pytest.mark.parametrize("capable", [True, False])
+def test_demo_scores_ring_a_bell_search_in_bf16_only_on_bf16_cpus(monkeypatch, capable: bool) -> None:
+    import erasurelab.models.sampling as sampling
+
+    monkeypatch.setattr(sampling, "cpu_bf16_capable", lambda: capable)
+    options = demo.demo_attack_options(demo.DEMO_ATTACKS)
+    assert options["ring-a-bell"].get("search_bf16", False) is capable
+    assert options["textual-inversion"] == demo.DEMO_ATTACK_OPTIONS["textual-inversion"]
+    assert "search_bf16" not in demo.DEMO_ATTACK_OPTIONS["ring-a-bell"]  # the module's table is not mutated
+    assert demo.demo_attack_options(("textual-inversion",)).keys() == {"textual-inversion"}
+
+
 def test_bench_defaults_to_the_test_concepts_and_names_the_set() -> None:
     assert demo.BENCH_CONCEPTS == ("green", "purple", "triangle", "diamond", "dotted", "outlined", "kiki", "zuzu")
     assert demo.concept_set(demo.BENCH_CONCEPTS) == "test"
