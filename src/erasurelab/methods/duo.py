@@ -6,10 +6,12 @@ noise ε per pair and independent t⁺, t⁻ ∈ [0, 0.75·T),
     L = mean softplus(β (Δ⁺ − Δ⁻)) + λ · mean (ε_θ(ε, T−1, c_∅) − ε_ref(ε, T−1, c_∅))²,
 with ε_θ the U-Net plus a LoRA on the self-attention projections (`attn1` q/k/v/out; `layers` can
 add or choose cross-attention) and ε_ref the same network with the adapter off. lr = lr_base·100/β and
-λ = λ_base·β/100 (the official coupling) unless given. Conditioning is the real embedding of "" by
-default (the model forgets the visual feature whatever the text); `conditioning="prompt"` conditions
-both pair members on the unsafe prompt (the spec's ablation). Several concepts: one LoRA per concept,
-trained separately from the base model and summed (Edit `+`), each with weight 1.
+λ = λ_base·β/100 (the official coupling) unless given. Conditioning on SD-family models is the real
+embedding of "" (the model forgets the visual feature whatever the text); `conditioning="prompt"`
+conditions both pair members on the unsafe prompt (the spec's ablation), the embedded default: on the
+tiny U-Net no β trained on "" erased without breaking other attributes (bench/results/duo_notes.md).
+Several concepts: one LoRA per concept, trained separately from the base model and summed (Edit `+`),
+each with weight 1.
 
 Embedded defaults differ from SD's where the tiny U-Net needs it (see DEFAULTS and bench/results/duo*.md).
 """
@@ -38,12 +40,13 @@ CONDITIONINGS: tuple[str, ...] = ("empty", "prompt")
 STREAM_DUO = 11
 #: (SD-family, embedded) defaults; None in the config means "take these".
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "beta": (500.0, 5.0),
+    "beta": (500.0, 10.0),
     "steps": (1000, 300),
     "batch_size": (4, 8),
     "rank": (32, 8),
     "pair_strength": (0.75, 0.5),
     "pair_negative": ("unsafe", "concept"),
+    "conditioning": ("empty", "prompt"),
 }
 
 
@@ -85,8 +88,8 @@ class DuoConfig:
     layers: str = option("self", help="attention blocks the LoRA trains: self (attn1, the official choice), cross "
                                       "(attn2) or attention (both)")
     t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
-    conditioning: str = option("empty", help="text both pair members are conditioned on: empty (\"\") or prompt "
-                                             "(the unsafe prompt)")
+    conditioning: str | None = option(None, help="text both pair members are conditioned on: empty (\"\") or "
+                                                 "prompt (the unsafe prompt) (None: the model's default)")
     weight_decay: float = option(1e-2, help="AdamW weight decay")
     grad_clip: float = option(1.0, help="gradient norm clipping")
     seed: int = option(42, help="seed of every random draw")
@@ -116,7 +119,7 @@ class DuoConfig:
             raise ErasureLabError(f"t_max must be in (0, 1], got {self.t_max!r}")
         if self.layers not in ATTENTION_BLOCKS:
             raise ErasureLabError(f"unknown LoRA layers {self.layers!r}; valid: {', '.join(ATTENTION_BLOCKS)}")
-        if self.conditioning not in CONDITIONINGS:
+        if self.conditioning is not None and self.conditioning not in CONDITIONINGS:
             raise ErasureLabError(f"unknown conditioning {self.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
         if isinstance(self.prompts, str):
             object.__setattr__(self, "prompts", (self.prompts,))
