@@ -37,8 +37,7 @@ DEMO_ATTACKS: tuple[str, ...] = ("textual-inversion", "ring-a-bell")
 #: Each attack's budget in the demo (the attacks' own defaults are for `erasurelab attack` and the bench).
 DEMO_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     # The attack's defaults: its search runs once (the text encoder is unchanged by the edits); run_demo adds
-    # search_bf16 on CPUs with native bf16 (attacks_rab_{fp32,bf16}_dev.json: 1.65x faster search, ASR within
-    # one instance of ten on dev concepts).
+    # search_bf16 on CPUs with native bf16 (demo_attack_options; measurements in bench/results/demo.md).
     "ring-a-bell": {},
     "unlearndiffatk": {"n_prompts": 4, "iters": 10},
     "textual-inversion": {"train_steps": 150, "n_images": 16},
