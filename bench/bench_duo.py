@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_worker, table, write_json
+from erasurelab.demo import DEV_CONCEPTS
 
-DEV_CONCEPTS = ("red", "circle", "striped", "bobo")
+from _common import run_worker, table, write_json
 
 
 def worker(label: str, options: dict, seeds: int) -> dict:

@@ -21,14 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, table, write_json
 
-DEV_CONCEPTS = ("red", "circle", "striped", "bobo")
-
 
 def _pairs_report(out: Path, concept: str) -> dict:
     """Pairs kept / requested and the DPO accuracy at the end, from the run's manifest (None when absent)."""
     manifest = out / "runs" / f"duo-{concept}" / "manifest.json"
     meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
-    per = (meta.get("per_concept") or meta.get("meta", {}).get("per_concept") or [{}])[0]
+    per = (meta.get("per_concept") or [{}])[0]
     report = per.get("pairs", {})
     return {"pairs_kept": report.get("kept"), "pairs_requested": report.get("requested"),
             "final_accuracy": per.get("final", {}).get("accuracy")}
@@ -44,10 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     grid = json.loads(args.grid)
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    from erasurelab.demo import DEV_CONCEPTS, compare, demo_settings
+
     if not_dev := [c for c in concepts if c not in DEV_CONCEPTS]:
         parser.error(f"tuning runs on dev concepts only; not dev: {', '.join(not_dev)}")
-
-    from erasurelab.demo import compare, demo_settings
     from erasurelab.evaluation import EvaluationSettings
 
     settings = demo_settings() if args.protocol == "demo" else EvaluationSettings(batch_size=64)

@@ -12,7 +12,7 @@ import torch
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.duo import DuoConfig, DuoTrainer, coupled_lambda, coupled_lr, duo_terms, timestep_bounds
 from erasurelab.methods.finetune import encode_prompts
-from erasurelab.methods.lora_engine import LoraTuner, attn1_targets
+from erasurelab.methods.lora_engine import LoraTuner, attention_targets
 from erasurelab.models.sampling import noise_scheduler
 from tiny_bert_pipeline import tiny_bert_pipeline
 
@@ -78,7 +78,7 @@ def test_layers_option_chooses_the_trained_attention_blocks(pipe, layers, blocks
 def test_step_zero_log2_and_zero_regulariser_and_only_b_gradients(pipe):
     z_u, z_s = _latents()
     empty = encode_prompts(pipe, [""])
-    with LoraTuner(pipe, attn1_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
         trainer = DuoTrainer(tuner, z_u, z_s, None, empty, SETTINGS)
         terms = trainer.terms(0)
         assert abs(terms["dpo"].item() - math.log(2)) < 1e-6
@@ -93,7 +93,7 @@ def test_step_zero_log2_and_zero_regulariser_and_only_b_gradients(pipe):
 
 def test_batch_shares_eps_and_draws_independent_timesteps_below_t_max(pipe):
     z_u, z_s = _latents()
-    with LoraTuner(pipe, attn1_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
         trainer = DuoTrainer(tuner, z_u, z_s, None, encode_prompts(pipe, [""]), {**SETTINGS, "batch_size": 64})
         index, eps, t_u, t_s = trainer.batch(0)
         again = trainer.batch(0)
@@ -112,7 +112,7 @@ def test_sign_one_sgd_step_lowers_safe_minus_unsafe(pipe):
     g = torch.Generator().manual_seed(5)
     eps = torch.randn(4, 4, 8, 8, generator=g)
     t_u, t_s = torch.tensor([100, 300, 500, 700]), torch.tensor([200, 400, 600, 50])
-    with LoraTuner(pipe, attn1_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
         with torch.no_grad():  # move off B = 0 so Δ is not identically zero
             for n, p in tuner.params.items():
                 if ".lora_B." in n:

@@ -9,7 +9,7 @@ import torch
 from erasurelab.edits import Edit, LowRank
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.finetune import encode_prompts
-from erasurelab.methods.lora_engine import LoraTuner, attn1_targets, check_rank
+from erasurelab.methods.lora_engine import LoraTuner, attention_targets, check_rank
 from tiny_bert_pipeline import noise_prediction, same_state, tiny_bert_pipeline, unet_state
 
 
@@ -53,13 +53,13 @@ class SquareTrainer:
 
 
 def test_targets_are_attn1_projections(pipe):
-    targets = attn1_targets(pipe.unet)
+    targets = attention_targets(pipe.unet)
     assert targets and all(".attn1." in t for t in targets)
     assert {t.rsplit("attn1.", 1)[1] for t in targets} == {"to_q", "to_k", "to_v", "to_out.0"}
 
 
 def test_rank_larger_than_layer_is_one_line_error(pipe):
-    targets = attn1_targets(pipe.unet)
+    targets = attention_targets(pipe.unet)
     width = min(pipe.unet.get_submodule(targets[0]).in_features, pipe.unet.get_submodule(targets[0]).out_features)
     check_rank(pipe.unet, targets, width)
     with pytest.raises(ErasureLabError, match="larger than layer") as info:
@@ -71,7 +71,7 @@ def test_reference_is_base_unet_bit_for_bit_and_gradients_reach_only_lora(pipe):
     x, t, cond = _inputs(pipe)
     with torch.no_grad():
         base = pipe.unet(x, t, encoder_hidden_states=cond.embeds).sample
-    with LoraTuner(pipe, attn1_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
         _randomise_b(tuner)
         assert torch.equal(tuner.reference(x, t, cond), base)
         adapted = tuner.predict(x, t, cond)
@@ -85,7 +85,7 @@ def test_reference_is_base_unet_bit_for_bit_and_gradients_reach_only_lora(pipe):
 def test_pipeline_restored_on_exit_and_on_error(pipe):
     before = unet_state(pipe)
     names = [n for n, _ in pipe.unet.named_parameters()]
-    with pytest.raises(RuntimeError, match="boom"), LoraTuner(pipe, attn1_targets(pipe.unet), 4, 1e-3) as tuner:
+    with pytest.raises(RuntimeError, match="boom"), LoraTuner(pipe, attention_targets(pipe.unet), 4, 1e-3) as tuner:
         _randomise_b(tuner)
         raise RuntimeError("boom")
     assert same_state(before, unet_state(pipe))
@@ -94,7 +94,7 @@ def test_pipeline_restored_on_exit_and_on_error(pipe):
 
 
 def test_from_peft_is_exact_and_saved_lora_loads_in_diffusers(pipe, tmp_path):
-    with LoraTuner(pipe, attn1_targets(pipe.unet), rank=4, lr=1e-3, alpha=8) as tuner:
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3, alpha=8) as tuner:
         _randomise_b(tuner)
         with torch.no_grad():
             adapted = noise_prediction(pipe)
@@ -116,7 +116,7 @@ def test_from_peft_is_exact_and_saved_lora_loads_in_diffusers(pipe, tmp_path):
 def test_two_summed_loras_equal_both_adapters_active(pipe):
     from peft import LoraConfig
 
-    targets = attn1_targets(pipe.unet)
+    targets = attention_targets(pipe.unet)
     edits = []
     for k in range(2):
         with LoraTuner(pipe, targets, rank=4, lr=1e-3, seed=k) as tuner:
@@ -142,7 +142,7 @@ def test_two_summed_loras_equal_both_adapters_active(pipe):
 
 
 def test_resume_equals_uninterrupted_run(pipe, tmp_path):
-    targets = attn1_targets(pipe.unet)
+    targets = attention_targets(pipe.unet)
 
     def train(steps, folder):
         with LoraTuner(pipe, targets, rank=4, lr=1e-2, seed=3, checkpoint_dir=folder, checkpoint_every=2,
@@ -164,4 +164,4 @@ def test_existing_adapter_is_refused(pipe):
 
     pipe.unet.add_adapter(LoraConfig(r=2, target_modules=["to_q"]), adapter_name="user")
     with pytest.raises(ErasureLabError, match="already carries a LoRA"):
-        LoraTuner(pipe, attn1_targets(pipe.unet), rank=2, lr=1e-3)
+        LoraTuner(pipe, attention_targets(pipe.unet), rank=2, lr=1e-3)

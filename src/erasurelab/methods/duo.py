@@ -83,7 +83,7 @@ class DuoConfig:
     steps: int | None = option(None, help="optimisation steps (None: the model's default)")
     batch_size: int | None = option(None, help="pairs per step (None: the model's default)")
     n_pairs: int = option(64, help="SDEdit pairs built per concept")
-    rank: int | None = option(None, help="LoRA rank on the self-attention projections (None: the model's default)")
+    rank: int | None = option(None, help="LoRA rank on the trained projections (None: the model's default)")
     alpha: float | None = option(None, help="LoRA alpha (None: the rank, so the scale is 1)")
     layers: str = option("self", help="attention blocks the LoRA trains: self (attn1, the official choice), cross "
                                       "(attn2) or attention (both)")

@@ -33,8 +33,8 @@ from erasurelab.methods.training.diffusion import Cond, unet_output
 from erasurelab.methods.training.loop import CheckpointedLoop
 
 ADAPTER = "erasurelab"
-#: Self-attention projections DUO trains (`attn1.{to_q,to_k,to_v,to_out.0}`).
-ATTN1_PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+#: The projections of an attention block a LoRA trains (`{to_q,to_k,to_v,to_out.0}`).
+ATTENTION_PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 #: Attention blocks a LoRA can train, by name: self-attention (DUO's official choice), cross-attention, both.
@@ -43,18 +43,13 @@ ATTENTION_BLOCKS: dict[str, tuple[str, ...]] = {"self": ("attn1",), "cross": ("a
 
 
 def attention_targets(unet: torch.nn.Module, blocks: Sequence[str] = ("attn1",),
-                      projections: Sequence[str] = ATTN1_PROJECTIONS) -> list[str]:
+                      projections: Sequence[str] = ATTENTION_PROJECTIONS) -> list[str]:
     """Full module names of every q/k/v/out projection Linear of the given attention blocks, in module order."""
     suffixes = tuple(f"{b}.{p}" for b in blocks for p in projections)
     names = [n for n, m in unet.named_modules() if n.endswith(suffixes) and isinstance(m, torch.nn.Linear)]
     if not names:
         raise ErasureLabError(f"the U-Net has no {'/'.join(blocks)} projections to train a LoRA on")
     return names
-
-
-def attn1_targets(unet: torch.nn.Module, projections: Sequence[str] = ATTN1_PROJECTIONS) -> list[str]:
-    """Full module names of every self-attention (`attn1`) projection Linear, in module order."""
-    return attention_targets(unet, ("attn1",), projections)
 
 
 def check_rank(unet: torch.nn.Module, targets: Sequence[str], rank: int) -> None:

@@ -224,5 +224,6 @@ def task_probe(concept: str, n: int = 32, seed: int = 1000) -> Any:
 
     scenes = benign_scenes(concept, n, seed)
     attributes = task_attributes(concept)
+    labels = [s.labels() for s in scenes]
     return Probe("task", tuple(scene_caption(s) for s in scenes), tuple(range(seed, seed + n)),
-                 tuple({a: s.labels()[a] for a in attributes} for s in scenes))
+                 tuple({a: scene[a] for a in attributes} for scene in labels))
