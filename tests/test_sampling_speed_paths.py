@@ -48,3 +48,27 @@ def test_autocast_deterministic_and_close_to_fp32(builtin_pipe):
     assert bf16_a.dtype == torch.float32 and bf16_a.shape == fp32.shape
     assert not torch.equal(bf16_a, fp32), "autocast=True had no effect"
     assert (bf16_a - fp32).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("build", ["sd15", "sdxl"])
+@pytest.mark.parametrize("negative", [None, "a blue star"])
+def test_each_distinct_prompt_encoded_once_same_images(build, negative):
+    """generate() encodes repeated prompts once (plus one negative) and renders exactly what the pipeline
+    renders from the raw prompts: the embeddings come from the pipeline's own encode_prompt."""
+    from tiny_pipelines import tiny_sdxl_pipeline
+
+    pipe = tiny_sd15_pipeline() if build == "sd15" else tiny_sdxl_pipeline()
+    prompts, seeds = ["a red circle", "a blue square", "a red circle", "a red circle"], [1, 2, 3, 4]
+    encoded = []
+    handle = pipe.text_encoder.register_forward_pre_hook(lambda _m, args: encoded.append(int(args[0].shape[0])))
+    try:
+        images = generate(pipe, prompts, seeds, steps=2, guidance=5.0, batch_size=4, negative_prompt=negative)
+    finally:
+        handle.remove()
+    assert sum(encoded) == 2 + 1, f"expected 2 distinct prompts and 1 negative encoded, got batches {encoded}"
+    with torch.no_grad():
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        direct = pipe(prompt=prompts, negative_prompt=[negative] * 4 if negative else None, generator=generators,
+                      num_inference_steps=2, guidance_scale=5.0, output_type="pt").images
+    # Equal up to float rounding: the encoder sees batches of 2 and 1 instead of 4 (SDXL differs by ~1e-6).
+    torch.testing.assert_close(images, direct.float(), atol=1e-5, rtol=0)

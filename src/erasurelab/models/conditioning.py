@@ -72,8 +72,9 @@ def encode_unconditional(pipe: Any) -> Conditioning:
         out = pipe.encode_prompt(prompt=[""], device=_device(pipe), num_images_per_prompt=1,
                                  do_classifier_free_guidance=True)
         return Conditioning(out[1], out[3])
-    out = pipe.encode_prompt([""], _device(pipe), 1, True)
-    return Conditioning(out[1])
+    # SD's negative branch tokenizes "" with the positive branch's padding and reads the same encoder
+    # output, so encoding "" as a prompt gives its tensors with one text-encoder pass instead of two.
+    return encode(pipe, [""])
 
 
 def sdxl_time_ids(pipe: Any, height: int, width: int, n: int, dtype: torch.dtype, pooled_dim: int) -> torch.Tensor:
