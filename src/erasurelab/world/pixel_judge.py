@@ -43,7 +43,8 @@ class PixelRules:
     hue_scale: float = 30.0            # degrees of hue that cost as much as ...
     saturation_scale: float = 0.25     # ... this much saturation (max - min) / max; separates pink from red
     grid: int = 16                     # side of the bounding-box-normalised silhouette
-    aspect_weight: float = 0.5         # penalty per unit |log aspect ratio| difference from the template
+    aspect_weight: float = 0.1         # penalty per unit |log aspect ratio| difference from the template (weak:
+                                       # generated shapes drift from the world's aspect ratios, e.g. squat diamonds)
     templates_per_object: int = 24     # renders averaged into one template
     template_blur: float = 1.0         # Gaussian sigma (pixels) on template renders: generated images are soft
     template_seed: int = 7
