@@ -49,13 +49,20 @@ def render_groups(pipe, spec: list[dict], seeds: int, batch: int):
     return generate(pipe, prompts, [9000 + k for _ in spec for k in range(seeds)], batch_size=batch)
 
 
-def kept_rates(judges: dict, images, spec: list[dict], seeds: int) -> dict[str, list[float]]:
-    """Per judge, per group: the fraction of its images read as the group's colour and object."""
+def _rate(labels: list[dict[str, str]], i: int, group: dict, attributes: tuple[str, ...], seeds: int) -> float:
+    """Fraction of group i's images whose labels equal the group's on every attribute given."""
+    return sum(all(labels[i * seeds + k][a] == group[a] for a in attributes) for k in range(seeds)) / seeds
+
+
+def kept_rates(judges: dict, images, spec: list[dict], seeds: int) -> dict[str, dict[str, list[float]]]:
+    """Per judge, per group: the fraction of its images read as the group's colour and object ("both"), and as
+    each alone (so a lost part shows which attribute went)."""
     out = {}
     for name, judge in judges.items():
         labels = judge.predict(images)
-        out[name] = [sum(labels[i * seeds + k]["color"] == g["color"] and labels[i * seeds + k]["object"] == g["object"]
-                         for k in range(seeds)) / seeds for i, g in enumerate(spec)]
+        out[name] = {key: [_rate(labels, i, g, attributes, seeds) for i, g in enumerate(spec)]
+                     for key, attributes in (("both", ("color", "object")), ("color", ("color",)),
+                                             ("object", ("object",)))}
     return out
 
 
@@ -92,18 +99,21 @@ def main() -> None:
         edited = kept_rates(judges, render_groups(pipe, spec, args.seeds, args.batch_size), spec, args.seeds)
     finally:
         edit.revert(pipe)
-    combination = {name: {"base": base[name][-1], "edited": edited[name][-1]} for name in judges}
+    combination = {name: {"base": base[name]["both"][-1], "edited": edited[name]["both"][-1]} for name in judges}
     spec = spec[:-1]
     rows = []
     for i, g in enumerate(spec):
         row = {**g}
         for name in judges:
-            row[f"{name}_base"], row[f"{name}_edited"] = base[name][i], edited[name][i]
-            row[f"{name}_ratio"] = min(1.0, edited[name][i] / base[name][i]) if base[name][i] else float("nan")
+            b, e = base[name]["both"][i], edited[name]["both"][i]
+            row[f"{name}_base"], row[f"{name}_edited"] = b, e
+            row[f"{name}_ratio"] = min(1.0, e / b) if b else float("nan")
+            row[f"{name}_edited_color_only"] = edited[name]["color"][i]
+            row[f"{name}_edited_object_only"] = edited[name]["object"][i]
         rows.append(row)
     worst = {name: min(r[f"{name}_ratio"] for r in rows) for name in judges}
     print(table(rows, ["part", "color", "object", "style", "cnn_base", "cnn_edited", "cnn_ratio", "pixels_base",
-                       "pixels_edited", "pixels_ratio"]))
+                       "pixels_edited", "pixels_ratio", "pixels_edited_color_only", "pixels_edited_object_only"]))
     print(f"the combination itself (solid, both parts read), base -> edited: {combination}; worst part ratio {worst}; "
           f"erase {erase_s:.1f} s")
     name = args.output or f"compound_parts_{args.method}"
