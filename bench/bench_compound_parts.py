@@ -2,8 +2,8 @@
 
 Erases a combination (default red+circle, a dev concept) with one method at its defaults (or --options),
 then renders each part with the other part swapped out ("a solid red square", "a striped blue circle", ...:
-the first part on the other objects, the second on the other colours given by --swap), in the solid, striped
-and outlined styles, on every background, at --seeds seeds, on the unedited and the edited model. A part is
+the colour on --swap-object, the object in --swap-color), plus the combination itself, in the solid, striped
+and outlined styles, backgrounds cycled per seed, at --seeds seeds, on the unedited and the edited model. A part is
 kept in an image when the judge reads both its colour and its object; each judge (the CNN and the pixel rules)
 gives a rate per group, and the ratio edited / unedited is the part's retention. The target: every ratio
 ≥ .8 with both judges.
