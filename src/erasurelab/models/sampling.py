@@ -161,8 +161,27 @@ def default_sampling(pipe: Any) -> tuple[int, float]:
     return sampling_defaults(base_source_of(pipe))
 
 
-def _text_inputs(pipe: Any, chunk: list[str], negative_prompt: str | None, guidance: float) -> dict[str, Any]:
-    """The pipeline's text inputs for one batch, each distinct prompt encoded once.
+def _negative_conditioning(pipe: Any, negative_prompt: str | None, guidance: float) -> Any:
+    """The negative branch, encoded once per `generate` call; None without classifier-free guidance (the
+    pipeline's own condition, guidance > 1) or for pipelines without `encode_prompt`."""
+    if guidance <= 1 or not callable(getattr(pipe, "encode_prompt", None)):
+        return None
+    from erasurelab.models.conditioning import encode, encode_unconditional
+
+    return encode(pipe, [negative_prompt]) if negative_prompt is not None else encode_unconditional(pipe)
+
+
+def _embedding_inputs(conditioning: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """A Conditioning as the pipeline's keyword arguments (`prompt_embeds`, and SDXL's pooled embeddings)."""
+    inputs = {f"{prefix}prompt_embeds": conditioning.embeds}
+    if conditioning.pooled is not None:
+        inputs[f"{prefix}pooled_prompt_embeds"] = conditioning.pooled
+    return inputs
+
+
+def _text_inputs(pipe: Any, chunk: list[str], negative_prompt: str | None, negative: Any) -> dict[str, Any]:
+    """The pipeline's text inputs for one batch, each distinct prompt encoded once; `negative` is the
+    call's `_negative_conditioning`.
 
     Why: evaluation suites render each prompt at several seeds, and the pipeline would encode every
     copy, plus one empty negative prompt per image; the text encoder was ~10% of a batch's time on
@@ -170,21 +189,14 @@ def _text_inputs(pipe: Any, chunk: list[str], negative_prompt: str | None, guida
     are the tensors the pipeline would build itself. Pipelines without `encode_prompt` get the prompts.
     """
     if not callable(getattr(pipe, "encode_prompt", None)):
-        negative = [negative_prompt] * len(chunk) if negative_prompt is not None else None
-        return {"prompt": chunk, "negative_prompt": negative}
-    from erasurelab.models.conditioning import encode, encode_unconditional, is_sdxl
+        negatives = [negative_prompt] * len(chunk) if negative_prompt is not None else None
+        return {"prompt": chunk, "negative_prompt": negatives}
+    from erasurelab.models.conditioning import encode
 
     position = {prompt: k for k, prompt in enumerate(dict.fromkeys(chunk))}
-    positive = encode(pipe, list(position)).take([position[p] for p in chunk])
-    inputs: dict[str, Any] = {"prompt_embeds": positive.embeds}
-    if is_sdxl(pipe):
-        inputs["pooled_prompt_embeds"] = positive.pooled
-    if guidance > 1:  # the pipeline's classifier-free-guidance condition
-        negative = encode(pipe, [negative_prompt]) if negative_prompt is not None else encode_unconditional(pipe)
-        negative = negative.take([0] * len(chunk))
-        inputs["negative_prompt_embeds"] = negative.embeds
-        if is_sdxl(pipe):
-            inputs["negative_pooled_prompt_embeds"] = negative.pooled
+    inputs = _embedding_inputs(encode(pipe, list(position)).take([position[p] for p in chunk]), "")
+    if negative is not None:
+        inputs.update(_embedding_inputs(negative.take([0] * len(chunk)), "negative_"))
     return inputs
 
 
@@ -208,6 +220,8 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
     if batch_size <= 0:
         raise ErasureLabError(f"batch size must be positive, got {batch_size}")
     use_autocast = resolve_autocast(pipe, autocast)
+    with torch.no_grad(), _precision(pipe, use_autocast):
+        negative = _negative_conditioning(pipe, negative_prompt, guidance)
     images = []
     starts = range(0, len(prompts), batch_size)
     # Quiet, or several batches under the bar below: the pipeline's per-step bar is off for these calls only.
@@ -215,7 +229,7 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
         chunk = list(prompts[start:start + batch_size])
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         with torch.no_grad(), _precision(pipe, use_autocast), progress_bar_disabled(pipe, quiet or len(starts) > 1):
-            out = pipe(**_text_inputs(pipe, chunk, negative_prompt, guidance), generator=generators,
+            out = pipe(**_text_inputs(pipe, chunk, negative_prompt, negative), generator=generators,
                        num_inference_steps=steps, guidance_scale=guidance, output_type="pt")
         batch = out.images if isinstance(out.images, torch.Tensor) else torch.as_tensor(out.images)
         if not torch.isfinite(batch).all():
