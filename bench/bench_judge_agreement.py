@@ -16,7 +16,6 @@ for the eye.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -44,16 +43,16 @@ def concept_images(name: str, pipe, judge, cache, settings):
 
 
 def prompt_label(prompt: str, attribute: str) -> str | None:
-    """The one class of `attribute` the prompt names word for word (None if it names none or several).
+    """The one class of `attribute` the prompt names as whole words (None if it names none or several).
 
     Why: the prompt is what the model was asked to draw; where the judges disagree, the judge that
     names the prompt's class more often is the likelier one to be right (a weak truth: the model can
     draw something else, and paraphrases that use synonyms name no class).
     """
+    from erasurelab.concepts.mentions import mentions
     from erasurelab.world import vocab
 
-    words = set(re.findall(r"[a-z]+", prompt.lower()))
-    named = [c for c in vocab.classes(attribute) if c in words]
+    named = [c for c in vocab.classes(attribute) if mentions(prompt, c)]
     return named[0] if len(named) == 1 else None
 
 
