@@ -1,14 +1,16 @@
-"""Fine-tuning speed to a forget level (issue 5): ESD vs TRuST on one concept, on the embedded model.
+"""Fine-tuning speed to a forget level (issues 5, 18): ESD vs TRuST per concept, on the embedded model.
 
 Why step sweeps: every draw of both trainers is a function of (seed, step) and the learning rate
 is constant, so a run with `steps=N` is exactly the first N steps of a longer run and its wall time
 is the time to reach step N. For each method and step count it erases the concept in a fresh
 process (so peak memory is the run's own), then measures the target rate on the anchor prompts
 (5 seeds) and retention (1 seed). The table names, per method, the first step count whose anchor
-rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's.
-Prints a table and writes bench/results/finetune_speed.json.
+rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's, per concept.
+The default concepts are test concepts, one per kind (colour, object, style, character): defaults
+are chosen on dev concepts and reported here. Prints a table and writes bench/results/finetune_speed.json.
 
-    python bench/bench_finetune_speed.py --concept circle --esd-steps 100,200,300,600 --trust-steps 25,50,100
+    python bench/bench_finetune_speed.py --concepts green,triangle,dotted,kiki --esd-steps 50,100,200,300 \
+        --trust-steps 10,20,40
     python bench/bench_finetune_speed.py --esd-steps 50,75,100,150 --trust-steps 10,20,40 --output finetune_speed_fast \
         --trust-options '{"variant": "cip", "batch_size": 2, "lr": 1.5e-2, "refresh": 10, "saliency_prompts": 1,
                           "n_forget": 8, "sample_steps": 6}'
@@ -59,9 +61,9 @@ def first_at_level(rows: list[dict], level: float) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concept", default="circle")
-    parser.add_argument("--esd-steps", default="100,200,300,600")
-    parser.add_argument("--trust-steps", default="25,50,100")
+    parser.add_argument("--concepts", default="green,triangle,dotted,kiki", help="comma-separated concepts")
+    parser.add_argument("--esd-steps", default="50,100,200,300")
+    parser.add_argument("--trust-steps", default="10,20,40")
     parser.add_argument("--level", type=float, default=0.10, help="forget level: anchor target rate at most this")
     parser.add_argument("--esd-options", default="{}", help="ESD options as JSON, e.g. '{\"lr\": 2e-3}'")
     parser.add_argument("--trust-options", default="{}", help="TRuST options as JSON, e.g. '{\"refresh\": 10}'")
@@ -77,24 +79,32 @@ def main() -> None:
     sweeps = {"esd": [int(s) for s in args.esd_steps.split(",")],
               "trust": [int(s) for s in args.trust_steps.split(",")]}
     options = {"esd": json.loads(args.esd_options), "trust": json.loads(args.trust_options)}
-    rows = []
-    for method, steps_list in sweeps.items():
-        for steps in steps_list:
-            row = run_worker(__file__, "--worker", method, args.concept, str(steps), json.dumps(options[method]))
-            print(f"{method} {steps} steps: anchor {row['anchor']:.3f}, retention {row['retention']:.3f}, "
-                  f"{row['wall_s']:.1f} s", flush=True)
-            rows.append(row)
-    reached = {m: first_at_level([r for r in rows if r["method"] == m], args.level) for m in sweeps}
-    speedup = (reached["esd"]["wall_s"] / reached["trust"]["wall_s"]
-               if reached["esd"] and reached["trust"] else None)
+    concepts = args.concepts.split(",")
+    rows, per_concept = [], {}
+    for label in concepts:
+        for method, steps_list in sweeps.items():
+            for steps in steps_list:
+                row = run_worker(__file__, "--worker", method, label, str(steps), json.dumps(options[method]))
+                print(f"{label} {method} {steps} steps: anchor {row['anchor']:.3f}, retention {row['retention']:.3f}, "
+                      f"{row['wall_s']:.1f} s", flush=True)
+                rows.append(row)
+        mine = [r for r in rows if r["concept"] == label]
+        reached = {m: first_at_level([r for r in mine if r["method"] == m], args.level) for m in sweeps}
+        speedup = (reached["esd"]["wall_s"] / reached["trust"]["wall_s"]
+                   if reached["esd"] and reached["trust"] else None)
+        per_concept[label] = {"reached": reached, "speedup": speedup}
     print(table(rows, ["method", "concept", "steps", "wall_s", "peak_rss_mb", "anchor", "retention",
                        "touched_fraction"]))
-    for method, row in reached.items():
-        print(f"{method}: " + (f"{row['steps']} steps, {row['wall_s']:.1f} s to anchor <= {args.level}"
-                               if row else f"never reached anchor <= {args.level}"))
-    print(f"speed-up (ESD time / TRuST time to the level): {speedup if speedup is None else round(speedup, 2)}")
-    settings = {"concept": args.concept, "level": args.level, "options": options, "sweeps": sweeps}
-    payload = {"rows": rows, "reached": reached, "speedup": speedup}
+    for label, result in per_concept.items():
+        for method, row in result["reached"].items():
+            print(f"{label} {method}: " + (f"{row['steps']} steps, {row['wall_s']:.1f} s to anchor <= {args.level}, "
+                                           f"retention {row['retention']:.3f}" if row
+                                           else f"never reached anchor <= {args.level}"))
+        speedup = result["speedup"]
+        print(f"{label} speed-up (ESD time / TRuST time to the level): "
+              f"{speedup if speedup is None else round(speedup, 2)}")
+    settings = {"concepts": concepts, "level": args.level, "options": options, "sweeps": sweeps}
+    payload = {"rows": rows, "per_concept": per_concept}
     print(f"wrote {write_json(args.output, payload, judge='shapes', settings=settings)}")
 
 

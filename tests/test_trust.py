@@ -230,8 +230,12 @@ def test_defaults_follow_the_spec(pipe):
     assert config.saliency_window == "early"  # a measured departure (docstring)
     sd = config.resolve(pipe, [SPEC])
     assert (sd["eta"], sd["retain_weight"]) == (2.0, 0.0)  # η: a measured departure; no retain term (spec α)
-    compound = config.resolve(pipe, [concept("red+circle"), concept("circle|white")])
-    assert (compound["eta"], compound["retain_weight"]) == (0.0, 5.0)  # the sibling anchor and R_A/R_B suffice
+    # The sibling anchor and R_A/R_B suffice (η 0); combinations keep their parts with a stronger retain term.
+    combination = config.resolve(pipe, [concept("red+circle")])
+    assert (combination["eta"], combination["retain_weight"]) == (0.0, 7.0)
+    mixed = config.resolve(pipe, [concept("red+circle"), concept("circle|white")])
+    assert (mixed["eta"], mixed["retain_weight"]) == (0.0, 5.0)  # any conditional: the conditional's weight
+    assert config.resolve(pipe, [SPEC, concept("red+circle")])["retain_weight"] == 0.0  # not all compound: single
     assert TrustConfig(eta=1.0, retain_weight=0.0).resolve(pipe, [concept("red+circle")])["eta"] == 1.0
     assert (sd["lr"], sd["refresh"], sd["batch_size"], sd["steps"], sd["kappa"], sd["n_forget"],
             sd["sample_steps"]) == (1e-5, 1, 2, 300, 1e-3, 800, 25)

@@ -76,12 +76,22 @@ STEPS = {"csr": (300, 100), "cip": (1000, 300)}
 KAPPA = (1e-3, 3e-3)
 N_FORGET = (800, 64)
 SAMPLE_STEPS = (25, 10)
-#: (single, compound) defaults of η and the retain weight. A compound's anchor is a real sibling
-#: ("a red square" for red+circle), so the plain target (η 0) already points away from the
-#: concept, while η > 0 would also push the shared part ("red") away; its retain set (the parts
-#: alone) is what keeps the parts.
-ETA = (2.0, 0.0)
-RETAIN_WEIGHT = (0.0, 5.0)
+#: Defaults of η and the retain weight by concept kind (`concept_kind`). A compound's anchor is a
+#: real sibling ("a red square" for red+circle), so the plain target (η 0) already points away
+#: from the concept, while η > 0 would also push the shared part ("red") away; its retain set (the
+#: parts alone) is what keeps the parts. Combinations take a stronger retain term than
+#: conditionals: at 5 red+circle lost blue circles' shape (pixel judge), at 7 it keeps both parts
+#: and still erases the pair, while conditionals already erase weakly at 5
+#: (bench/results/compound_parts.md).
+ETA = {"single": 2.0, "combination": 0.0, "conditional": 0.0}
+RETAIN_WEIGHT = {"single": 0.0, "combination": 7.0, "conditional": 5.0}
+
+
+def concept_kind(specs: list[ConceptSpec]) -> str:
+    """"single" unless every concept is a compound; then "combination" if all are, else "conditional"."""
+    if not specs or not all(s.is_compound for s in specs):
+        return "single"
+    return "combination" if all(s.kind == "combination" for s in specs) else "conditional"
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,7 @@ class TrustConfig:
     sample_steps (DDIM steps of saliency and D_f) 25/10, guidance 7.5. beta: CSR weight (None: auto).
     saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
     override (None: each concept's). retain_weight: preservation term on the concepts' retain
-    prompts (None: 0 for single concepts; 5 for combinations and conditionals, see ETA).
+    prompts (None: 0 for single concepts, 7 for combinations, 5 for conditionals; see ETA).
     eta (None: 2.0 for single concepts, 0 for compounds): negative guidance past the anchor in
     L_prev's target; eta=0 is the plain reconstruction, which only imitates the anchor.
     saliency_window ("early"): score saliency in the first third of the sampler's trajectory, where
@@ -128,10 +138,12 @@ class TrustConfig:
     saliency_prompts: int = option(4, help="forget prompts averaged per saliency estimate")
     guide: str | None = option(None, help="anchor guide prompt (None: each concept's own guide)")
     retain_weight: float | None = option(None, help="preservation term on the retain prompts (None: "
-                                                    f"{RETAIN_WEIGHT[0]:g} for single concepts, {RETAIN_WEIGHT[1]:g} "
-                                                    "for combinations and conditionals)")
+                                                    f"{RETAIN_WEIGHT['single']:g} for single concepts, "
+                                                    f"{RETAIN_WEIGHT['combination']:g} for combinations, "
+                                                    f"{RETAIN_WEIGHT['conditional']:g} for conditionals)")
     eta: float | None = option(None, help="negative guidance past the anchor in the target (None: "
-                                          f"{ETA[0]:g} for single concepts, {ETA[1]:g} for compounds)")
+                                          f"{ETA['single']:g} for single concepts, {ETA['combination']:g} for "
+                                          "compounds)")
     saliency_window: str = option("early", help="where saliency is scored: early (first third of the trajectory, "
                                                 "layout) or late (last third, details)")
     seed: int = option(0, help="seed of every random draw")
@@ -161,8 +173,8 @@ class TrustConfig:
         settings = resolve_defaults(self, pipe, {"lr": LR, "refresh": REFRESH, "batch_size": BATCH,
                                                  "steps": STEPS[self.variant], "kappa": KAPPA,
                                                  "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
-        k = int(bool(specs) and all(s.is_compound for s in specs))
-        return {**settings, **{key: pair[k] for key, pair in (("eta", ETA), ("retain_weight", RETAIN_WEIGHT))
+        kind = concept_kind(list(specs))
+        return {**settings, **{key: by_kind[kind] for key, by_kind in (("eta", ETA), ("retain_weight", RETAIN_WEIGHT))
                                if settings[key] is None}}
 
 
