@@ -3,7 +3,8 @@
 Used to choose TRuST's embedded defaults on dev concepts only (the rule of the evaluation issue);
 the chosen defaults are then timed against ESD on test concepts by bench_finetune_speed.py, in a
 fresh process per run. Here every run shares one process and one loaded pipeline, so the wall
-times are comparable with each other but not with bench_finetune_speed.py's.
+times are comparable with each other (a setting may name "method": "esd" to put ESD on the same
+clock) but not with bench_finetune_speed.py's.
 
 Measurement as in bench_finetune_speed.py: the anchor target rate (5 seeds per anchor) and
 object+colour retention on the canonical prompts that do not name the concept (1 seed).
@@ -28,7 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concepts", default="red,circle,striped,bobo")
     parser.add_argument("--steps", default="10,20,40", help="step counts run for every setting")
-    parser.add_argument("--settings", required=True, help="JSON {name: TRuST options}")
+    parser.add_argument("--settings", required=True,
+                        help='JSON {name: options}; TRuST unless the options name another "method" (e.g. esd)')
     parser.add_argument("--allow-test", action="store_true", help="allow test concepts (reporting, not tuning)")
     parser.add_argument("--output", default="trust_sweep_dev")
     args = parser.parse_args()
@@ -56,11 +58,12 @@ def main() -> None:
         for label in concepts:
             for steps in steps_list:
                 start = time.perf_counter()
-                edit = erase(pipe, [label], "trust", steps=steps, **options)
+                method = options.get("method", "trust")
+                edit = erase(pipe, [label], method, steps=steps, **{k: v for k, v in options.items() if k != "method"})
                 wall = time.perf_counter() - start
                 edit.apply(pipe)
                 try:
-                    row = {"setting": name, "concept": label, "steps": steps, "wall_s": wall,
+                    row = {"setting": name, "method": method, "concept": label, "steps": steps, "wall_s": wall,
                            "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
                            "retention": retention(pipe, judge, retain_items((label,)), 1),
                            "touched_fraction": edit.meta.get("touched_fraction")}

@@ -107,9 +107,11 @@ def test_l_prev_is_zero_at_initialisation_when_the_anchor_is_the_forget_prompt(p
     with tuner:
         trainer = trust.make_trainer(tuner, settings, pairs, retain)
         x_t, t, prompts = trainer.batch(0)
-        assert trainer.l_prev(x_t, t, prompts)[0].item() > 0   # anchor "a photo of" differs from "a photo of red"
+        first = trainer.predictions(0, x_t, t, prompts)[0].item()
+        assert first > 0   # anchor "a photo of" differs from "a photo of red"
         trainer.anchors = trainer.forget
-        assert trainer.l_prev(x_t, t, prompts)[0].item() == 0.0
+        # Zero up to float rounding: the frozen and trained predictions run as differently sized batches.
+        assert trainer.predictions(0, x_t, t, prompts)[0].item() < 1e-9 * first
 
 
 def test_negative_guidance_scales_the_initial_l_prev_by_one_plus_eta_squared(pipe):
@@ -119,9 +121,30 @@ def test_negative_guidance_scales_the_initial_l_prev_by_one_plus_eta_squared(pip
         tuner, settings, pairs, retain = trust.setup(pipe, [SPEC], TrustConfig(eta=eta, **FAST))
         with tuner:
             trainer = trust.make_trainer(tuner, settings, pairs, retain)
-            losses[eta] = trainer.l_prev(*trainer.batch(0))[0].item()
+            losses[eta] = trainer.predictions(0, *trainer.batch(0))[0].item()
     assert losses[0.0] > 0
     assert losses[2.0] == pytest.approx(9.0 * losses[0.0], rel=1e-4)
+
+
+def test_batched_predictions_equal_the_separate_loss_terms(pipe):
+    """One frozen call and one trained call per step give the same L_prev and retain term as separate calls."""
+    tuner, settings, pairs, retain = trust.setup(pipe, [SPEC], TrustConfig(retain_weight=1.0, **FAST))
+    with tuner:
+        trainer = trust.make_trainer(tuner, settings, pairs, retain)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # move off θ0, so the retain term is not zero on both sides
+            for param in tuner.params.values():
+                param.add_(0.05 * param.abs().mean() * torch.randn(param.shape, generator=generator))
+        x_t, t, prompts = trainer.batch(1)
+        l_prev, pred, keep = trainer.predictions(1, x_t, t, prompts)
+        forget, anchors = trainer.forget.take(prompts), trainer.anchors.take(prompts)
+        target = ft.negative_guidance(tuner.frozen(x_t, t, forget), tuner.frozen(x_t, t, anchors), settings["eta"])
+        alone = tuner.predict(x_t, t, forget)
+        assert torch.allclose(pred, alone, atol=1e-5)
+        assert l_prev.item() == pytest.approx(ft.noise_mse(alone, target).item(), rel=1e-4)
+        separate = ft.retain_term(tuner, x_t, t, trainer.retain, 1, settings["seed"])
+        assert keep is not None and separate.item() > 0
+        assert keep.item() == pytest.approx(separate.item(), rel=1e-4)
 
 
 @pytest.mark.parametrize(("window", "low", "high"), [("late", 20, 30), ("early", 0, 10)])

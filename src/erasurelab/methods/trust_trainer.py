@@ -15,7 +15,7 @@ import torch
 from erasurelab.methods.base import MethodWarning
 from erasurelab.methods.finetune import FineTuner
 from erasurelab.methods.training.diffusion import Cond, ddim_scheduler, denoise, start_noise
-from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_term
+from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_draw
 from erasurelab.methods.training.streams import (
     STREAM_DATA,
     STREAM_PROBE,
@@ -38,6 +38,13 @@ from erasurelab.models.sampling import noise_scheduler
 BETA_RATIO = 0.5
 #: D_f latents generated per batch.
 DATA_CHUNK = 32
+
+
+def _batched(model: Any, x_t: torch.Tensor, t: torch.Tensor, conds: list[Cond]) -> tuple[torch.Tensor, ...]:
+    """model at (x_t, t) under each of `conds` (same length as x_t), in one call; one output per cond."""
+    k = len(conds)
+    out = model(torch.cat([x_t] * k), torch.cat([t] * k), Cond.cat(conds) if k > 1 else conds[0])
+    return out.chunk(k)
 
 
 class TrustTrainer:
@@ -124,18 +131,26 @@ class TrustTrainer:
         x_t = self.noise.add_noise(self.data[items], eps, t.to(self.data.device))
         return x_t, t.to(self.data.device), self.data_prompts[items]
 
-    def l_prev(self, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_prev, ε_θ(x_t, t, c_f)): map the forget prompt to the anchor's frozen prediction.
+    def predictions(self, step: int, x_t: torch.Tensor, t: torch.Tensor,
+                    prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(L_prev, ε_θ(x_t, t, c_f), retain term or None).
 
-        With eta > 0 the target is pushed past the anchor, away from the concept:
-        y = ε_θ0(c_a) − η·(ε_θ0(c_f) − ε_θ0(c_a)) (ESD's negative guidance with the anchor as base).
+        L_prev maps the forget prompt to the anchor's frozen prediction; with eta > 0 the target is
+        pushed past the anchor, away from the concept: y = ε_θ0(c_a) − η·(ε_θ0(c_f) − ε_θ0(c_a))
+        (ESD's negative guidance with the anchor as base). The retain term keeps ε_θ = ε_θ0 on the
+        step's retain prompts at the same x_t. Why two batched calls (every frozen prediction in one,
+        every trained one in another): at TRuST's small batches a U-Net call costs about as much per
+        call as per sample, so one call per kind is what makes the retain term and η cheap.
         """
-        forget = self.forget.take(prompts)
-        target = self.tuner.frozen(x_t, t, self.anchors.take(prompts))
-        if self.settings["eta"] > 0:  # η = 0 needs no ε_θ0(c_f): skip the extra U-Net call
-            target = negative_guidance(self.tuner.frozen(x_t, t, forget), target, self.settings["eta"])
-        pred = self.tuner.predict(x_t, t, forget)
-        return noise_mse(pred, target), pred
+        s = self.settings
+        forget, anchors = self.forget.take(prompts), self.anchors.take(prompts)
+        retain = retain_draw(self.retain, x_t.shape[0], step, s["seed"]) if s["retain_weight"] > 0 else None
+        frozen = [anchors] + ([forget] if s["eta"] > 0 else []) + ([retain] if retain is not None else [])
+        targets = _batched(self.tuner.frozen, x_t, t, frozen)
+        target = negative_guidance(targets[1], targets[0], s["eta"]) if s["eta"] > 0 else targets[0]
+        trained = _batched(self.tuner.predict, x_t, t, [forget] + ([retain] if retain is not None else []))
+        keep = noise_mse(trained[1], targets[-1]) if retain is not None else None
+        return noise_mse(trained[0], target), trained[0], keep
 
     def csr(self, step: int, x_t: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor,
             pred: torch.Tensor) -> torch.Tensor:
@@ -148,7 +163,7 @@ class TrustTrainer:
         if step % self.settings["refresh"] == 0 or not self.mask:
             self.refresh(step)
         x_t, t, prompts = self.batch(step)
-        l_prev, pred = self.l_prev(x_t, t, prompts)
+        l_prev, pred, keep = self.predictions(step, x_t, t, prompts)
         loss, logs = l_prev, {"l_prev": l_prev.item(), "mask": float(sum(int(m.sum()) for m in self.mask.values()))}
         if self.settings["variant"] == "csr":
             reg = self.csr(step, x_t, t, prompts, pred)
@@ -156,11 +171,9 @@ class TrustTrainer:
                 self.beta = BETA_RATIO * l_prev.item() / reg.item() if reg.item() > 0 else 0.0
             loss = loss + self.beta * reg
             logs["csr"] = reg.item()
-        if self.settings["retain_weight"] > 0:
-            keep = retain_term(self.tuner, x_t, t, self.retain, step, self.settings["seed"])
-            if keep is not None:
-                loss = loss + self.settings["retain_weight"] * keep
-                logs["retain"] = keep.item()
+        if keep is not None:
+            loss = loss + self.settings["retain_weight"] * keep
+            logs["retain"] = keep.item()
         self.tuner.step(loss, self.mask)
         if self.settings["variant"] == "cip":
             self.shrink()

@@ -42,9 +42,15 @@ def retain_term(tuner: FineTuner, x_t: torch.Tensor, t: torch.Tensor, retain: Co
 
     Retain prompts are drawn per sample from the (seed, step) retain stream.
     """
+    cond = retain_draw(retain, x_t.shape[0], step, seed)
+    if cond is None:
+        return None
+    return noise_mse(tuner.predict(x_t, t, cond), tuner.frozen(x_t, t, cond))
+
+
+def retain_draw(retain: Cond | None, n: int, step: int, seed: int) -> Cond | None:
+    """The retain prompts of this step's n samples, drawn from the (seed, step) retain stream; None if none."""
     if retain is None or len(retain) == 0:
         return None
     generator = step_generator(seed, STREAM_RETAIN, step)
-    index = torch.randint(0, len(retain), (x_t.shape[0],), generator=generator)
-    cond = retain.take(index)
-    return noise_mse(tuner.predict(x_t, t, cond), tuner.frozen(x_t, t, cond))
+    return retain.take(torch.randint(0, len(retain), (n,), generator=generator))
