@@ -10,7 +10,7 @@ The default concepts are test concepts, one per kind (colour, object, style, cha
 are chosen on dev concepts and reported here. Prints a table and writes bench/results/finetune_speed.json.
 
     python bench/bench_finetune_speed.py --concepts green,triangle,dotted,kiki --esd-steps 50,100,200,300 \
-        --trust-steps 10,20,40
+        --trust-steps 25,50,100
     python bench/bench_finetune_speed.py --esd-steps 50,75,100,150 --trust-steps 10,20,40 --output finetune_speed_fast \
         --trust-options '{"variant": "cip", "batch_size": 2, "lr": 1.5e-2, "refresh": 10, "saliency_prompts": 1,
                           "n_forget": 8, "sample_steps": 6}'
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_worker, table, write_json
+from _common import RESULTS, run_worker, table, write_json
 
 
 def worker(method: str, label: str, steps: int, options: dict) -> dict:
@@ -62,11 +62,13 @@ def first_at_level(rows: list[dict], level: float) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concepts", default="green,triangle,dotted,kiki", help="comma-separated concepts")
-    parser.add_argument("--esd-steps", default="50,100,200,300")
-    parser.add_argument("--trust-steps", default="10,20,40")
+    parser.add_argument("--esd-steps", default="50,100,200,300", help='step counts ("" runs no ESD)')
+    parser.add_argument("--trust-steps", default="25,50,100", help='step counts ("" runs no TRuST)')
     parser.add_argument("--level", type=float, default=0.10, help="forget level: anchor target rate at most this")
     parser.add_argument("--esd-options", default="{}", help="ESD options as JSON, e.g. '{\"lr\": 2e-3}'")
     parser.add_argument("--trust-options", default="{}", help="TRuST options as JSON, e.g. '{\"refresh\": 10}'")
+    parser.add_argument("--reuse", default=None,
+                        help="bench/results/NAME.json whose rows stand in for a method not run here (its steps \"\")")
     parser.add_argument("--output", default="finetune_speed")
     parser.add_argument("--worker", nargs=4, metavar=("METHOD", "CONCEPT", "STEPS", "OPTIONS"),
                         help=argparse.SUPPRESS)
@@ -76,11 +78,14 @@ def main() -> None:
         print(json.dumps(worker(method, label, int(steps), json.loads(options))))
         return
 
-    sweeps = {"esd": [int(s) for s in args.esd_steps.split(",")],
-              "trust": [int(s) for s in args.trust_steps.split(",")]}
+    sweeps = {"esd": [int(s) for s in args.esd_steps.split(",") if s],
+              "trust": [int(s) for s in args.trust_steps.split(",") if s]}
     options = {"esd": json.loads(args.esd_options), "trust": json.loads(args.trust_options)}
     concepts = args.concepts.split(",")
     rows, per_concept = [], {}
+    if args.reuse:  # rows measured earlier (fresh processes, same bench) for the methods not swept now
+        earlier = json.loads((RESULTS / f"{args.reuse}.json").read_text())["rows"]
+        rows = [r for r in earlier if not sweeps[r["method"]] and r["concept"] in concepts]
     for label in concepts:
         for method, steps_list in sweeps.items():
             for steps in steps_list:
@@ -103,7 +108,7 @@ def main() -> None:
         speedup = result["speedup"]
         print(f"{label} speed-up (ESD time / TRuST time to the level): "
               f"{speedup if speedup is None else round(speedup, 2)}")
-    settings = {"concepts": concepts, "level": args.level, "options": options, "sweeps": sweeps}
+    settings = {"concepts": concepts, "level": args.level, "options": options, "sweeps": sweeps, "reuse": args.reuse}
     payload = {"rows": rows, "per_concept": per_concept}
     print(f"wrote {write_json(args.output, payload, judge='shapes', settings=settings)}")
 

@@ -249,10 +249,9 @@ def test_bad_options_are_one_line_errors(pipe, options, message):
 
 def test_defaults_follow_the_spec(pipe):
     config = TrustConfig()
-    assert (config.xi, config.guidance, config.mask_fraction) == (2.0, 7.5, None)
+    assert (config.variant, config.xi, config.guidance, config.mask_fraction) == ("csr", 2.0, 7.5, None)
     assert config.saliency_window == "early"  # a measured departure (docstring)
     sd = config.resolve(pipe, [SPEC])
-    assert (sd["variant"], sd["saliency_prompts"]) == ("csr", 4)
     assert (sd["eta"], sd["retain_weight"]) == (2.0, 0.0)  # η: a measured departure; no retain term (spec α)
     # The sibling anchor and R_A/R_B suffice (η 0); combinations keep their parts with a stronger retain term.
     combination = config.resolve(pipe, [concept("red+circle")])
@@ -264,18 +263,6 @@ def test_defaults_follow_the_spec(pipe):
     assert (sd["lr"], sd["refresh"], sd["batch_size"], sd["steps"], sd["kappa"], sd["n_forget"],
             sd["sample_steps"]) == (1e-5, 1, 2, 300, 1e-3, 800, 25)
     assert TrustConfig(variant="cip").resolve(pipe)["steps"] == 1000
-
-
-def test_embedded_single_concepts_take_the_fast_profile_unless_a_variant_is_chosen(builtin_pipe):
-    single = TrustConfig().resolve(builtin_pipe, [concept("red")])
-    assert {k: single[k] for k in trust.EMBEDDED_SINGLE} == trust.EMBEDDED_SINGLE
-    assert single["eta"] == 2.0
-    assert TrustConfig(steps=30, lr=1e-3).resolve(builtin_pipe, [concept("red")])[  # an option still wins
-        "steps"] == 30
-    chosen = TrustConfig(variant="csr").resolve(builtin_pipe, [concept("red")])
-    assert (chosen["variant"], chosen["steps"], chosen["batch_size"], chosen["retain_weight"]) == ("csr", 100, 8, 0.0)
-    compound = TrustConfig().resolve(builtin_pipe, [concept("red+circle")])
-    assert (compound["variant"], compound["steps"], compound["retain_weight"]) == ("csr", 100, 7.0)
 
 
 # --- runs ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ trust_trainer.py; this module holds the config, the registration and the driver,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from erasurelab.concepts.spec import ConceptSpec, combine
@@ -63,7 +63,6 @@ from erasurelab.methods.trust_masks import (  # noqa: F401  (re-exported: the ma
     zscore_mask,
 )
 from erasurelab.methods.trust_trainer import BETA_RATIO, DATA_CHUNK, TrustTrainer  # noqa: F401  (re-exported)
-from erasurelab.models.sampling import is_embedded
 from erasurelab.registry import option
 
 VARIANTS: tuple[str, ...] = ("csr", "cip")
@@ -88,17 +87,6 @@ ETA = {"single": 2.0, "combination": 0.0, "conditional": 0.0}
 RETAIN_WEIGHT = {"single": 0.0, "combination": 7.0, "conditional": 5.0}
 
 
-#: The embedded model's defaults for single concepts when no variant is chosen: a short CIP run
-#: with a light retain term, chosen on dev concepts (red, circle, striped, bobo) as the setting
-#: that reaches anchor rate <= .10 at retention >= .85 on all four in the fewest seconds
-#: (bench/results/methods_notes.md, trust_sweep_dev*.json). Compounds keep the CSR defaults
-#: their retain weights were chosen with.
-EMBEDDED_SINGLE: dict[str, Any] = {"variant": "cip", "steps": 15, "lr": 7e-3, "batch_size": 4, "refresh": 10,
-                                   "saliency_prompts": 2, "n_forget": 16, "sample_steps": 6, "retain_weight": 1.0}
-VARIANT = "csr"
-SALIENCY_PROMPTS = 4
-
-
 def concept_kind(specs: list[ConceptSpec]) -> str:
     """"single" unless every concept is a compound; then "combination" if all are, else "conditional"."""
     if not specs or not all(s.is_compound for s in specs):
@@ -110,13 +98,12 @@ def concept_kind(specs: list[ConceptSpec]) -> str:
 class TrustConfig:
     """TRuST's settings; None means "this model's default" (SD or the embedded one).
 
-    variant: csr (soft: curvature penalty) | cip (hard: proximal shrink); None: csr, except single
-    concepts on the embedded model, which take the EMBEDDED_SINGLE profile. xi: per-matrix z-score
+    variant: csr (soft: curvature penalty) | cip (hard: proximal shrink). xi: per-matrix z-score
     threshold (2.0). mask_fraction: instead of xi, keep this fraction of each matrix (0 < f <= 1).
     refresh: re-estimate the mask every this many steps (1/5). lr 1e-5/2e-3, batch_size 2/8,
     steps csr 300/100 and cip 1000/300, kappa 1e-3/3e-3, n_forget (size of D_f) 800/64,
     sample_steps (DDIM steps of saliency and D_f) 25/10, guidance 7.5. beta: CSR weight (None: auto).
-    saliency_prompts: forget prompts averaged per saliency estimate (None: 4). guide: anchor guide
+    saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
     override (None: each concept's). retain_weight: preservation term on the concepts' retain
     prompts (None: 0 for single concepts, 7 for combinations, 5 for conditionals; see ETA).
     eta (None: 2.0 for single concepts, 0 for compounds): negative guidance past the anchor in
@@ -133,9 +120,7 @@ class TrustConfig:
         "refresh": REFRESH, "lr": LR, "batch_size": BATCH, "steps": STEPS["csr"], "kappa": KAPPA,
         "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS}
 
-    variant: str | None = option(None, help="csr (soft: curvature penalty) or cip (hard: proximal shrink) (None: "
-                                            "csr; on the embedded model, single concepts take the EMBEDDED_SINGLE "
-                                            "profile, a short cip run)")
+    variant: str = option("csr", help="csr (soft: curvature penalty) or cip (hard: proximal shrink)")
     xi: float = option(2.0, help="per-matrix z-score threshold of the saliency mask")
     mask_fraction: float | None = option(None, help="instead of xi, keep this fraction of each matrix, in (0, 1]")
     refresh: int | None = option(None, help="re-estimate the mask every this many steps (None: the model's default)")
@@ -150,8 +135,7 @@ class TrustConfig:
     sample_steps: int | None = option(None, help="DDIM steps of the saliency estimate and D_f (None: the model's "
                                                  "default)")
     guidance: float = option(7.5, help="classifier-free guidance of D_f and the saliency trajectories")
-    saliency_prompts: int | None = option(None, help=f"forget prompts averaged per saliency estimate (None: "
-                                                     f"{SALIENCY_PROMPTS})")
+    saliency_prompts: int = option(4, help="forget prompts averaged per saliency estimate")
     guide: str | None = option(None, help="anchor guide prompt (None: each concept's own guide)")
     retain_weight: float | None = option(None, help="preservation term on the retain prompts (None: "
                                                     f"{RETAIN_WEIGHT['single']:g} for single concepts, "
@@ -167,7 +151,7 @@ class TrustConfig:
     checkpoint_every: int = option(50, help="steps between checkpoints")
 
     def __post_init__(self) -> None:
-        if self.variant is not None and self.variant not in VARIANTS:
+        if self.variant not in VARIANTS:
             raise ErasureLabError(f"unknown TRuST variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
         if self.saliency_window not in SALIENCY_WINDOWS:
             raise ErasureLabError(f"saliency_window must be one of {', '.join(SALIENCY_WINDOWS)}, "
@@ -184,18 +168,12 @@ class TrustConfig:
             check_count(self, name)
 
     def resolve(self, pipe: Any, specs: list[ConceptSpec] = ()) -> dict[str, Any]:
-        """Concrete settings: on the embedded model with no variant chosen, single concepts take
-        EMBEDDED_SINGLE; then the model defaults (SD or embedded), then η and the retain weight by
-        concept kind (`concept_kind`)."""
+        """Concrete settings: model defaults (SD or embedded), then η and the retain weight by concept
+        kind (compound when every concept is a combination or conditional)."""
+        settings = resolve_defaults(self, pipe, {"lr": LR, "refresh": REFRESH, "batch_size": BATCH,
+                                                 "steps": STEPS[self.variant], "kappa": KAPPA,
+                                                 "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
         kind = concept_kind(list(specs))
-        config = self
-        if self.variant is None and kind == "single" and is_embedded(pipe):
-            config = replace(self, **{k: v for k, v in EMBEDDED_SINGLE.items() if getattr(self, k) is None})
-        variant = config.variant or VARIANT
-        settings = resolve_defaults(config, pipe, {"lr": LR, "refresh": REFRESH, "batch_size": BATCH,
-                                                   "steps": STEPS[variant], "kappa": KAPPA,
-                                                   "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
-        settings.update(variant=variant, saliency_prompts=settings["saliency_prompts"] or SALIENCY_PROMPTS)
         return {**settings, **{key: by_kind[kind] for key, by_kind in (("eta", ETA), ("retain_weight", RETAIN_WEIGHT))
                                if settings[key] is None}}
 
