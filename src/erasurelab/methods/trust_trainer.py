@@ -139,8 +139,8 @@ class TrustTrainer:
         pushed past the anchor, away from the concept: y = ε_θ0(c_a) − η·(ε_θ0(c_f) − ε_θ0(c_a))
         (ESD's negative guidance with the anchor as base). The retain term keeps ε_θ = ε_θ0 on the
         step's retain prompts at the same x_t. Why two batched calls (every frozen prediction in one,
-        every trained one in another): at TRuST's small batches a U-Net call costs about as much per
-        call as per sample, so one call per kind is what makes the retain term and η cheap.
+        every trained one in another): at TRuST's small batches most of a U-Net call's cost is fixed,
+        so stacking the predictions of one kind makes the retain term and η much cheaper.
         """
         s = self.settings
         forget, anchors = self.forget.take(prompts), self.anchors.take(prompts)
