@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import RESULTS, table, write_json
 
 
 def run_folder(method: str, concept: str, bench: Path, duo_bench: Path) -> Path:
@@ -54,8 +53,6 @@ def main() -> None:
     parser.add_argument("--collect-only", action="store_true", help="Tabulate the results already in --work.")
     parser.add_argument("--output", default=None, help="bench/results/NAME.json (default attack_runs_<attack>).")
     args = parser.parse_args()
-
-    from _common import table, write_json
 
     rows = []
     for concept in args.concepts.split(","):

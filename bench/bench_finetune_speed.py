@@ -27,31 +27,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, run_worker, table, write_json
 
 
-def worker(method: str, label: str, steps: int, options: dict) -> dict:
-    """One erase (method options as given) + measurement in this process; returns the row."""
-    import time
+def erase_and_measure(pipe, judge, method: str, label: str, steps: int, options: dict) -> dict:
+    """Erase `label` with `method` (options as given), time it, then measure the edited model and revert it.
 
-    import torch
+    The one measurement of this bench and of bench_trust_sweep.py: anchor target rate (5 seeds) and
+    object+colour retention (1 seed); peak memory is read right after the erase, before any render.
+    """
+    import time
 
     from bench_closed_form import anchor_items, retain_items, retention, target_rate
     from erasurelab.api import erase
-    from erasurelab.judges import load_judge
-    from erasurelab.models import load_pipeline
     from erasurelab.runinfo import peak_rss_mb
 
-    torch.set_num_threads(2)
-    pipe = load_pipeline("builtin:shapes")
-    judge = load_judge("shapes")
     start = time.perf_counter()
     edit = erase(pipe, [label], method, steps=steps, **options)
     wall = time.perf_counter() - start
     peak = peak_rss_mb()
     edit.apply(pipe)
-    return {"method": method, "options": options, "concept": label, "steps": steps, "wall_s": wall,
-            "peak_rss_mb": peak,
-            "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
-            "retention": retention(pipe, judge, retain_items((label,)), 1),
-            "touched_fraction": edit.meta.get("touched_fraction", 1.0)}
+    try:
+        return {"method": method, "options": options, "concept": label, "steps": steps, "wall_s": wall,
+                "peak_rss_mb": peak,
+                "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
+                "retention": retention(pipe, judge, retain_items((label,)), 1),
+                "touched_fraction": edit.meta.get("touched_fraction", 1.0)}
+    finally:
+        edit.revert(pipe)
+
+
+def worker(method: str, label: str, steps: int, options: dict) -> dict:
+    """One erase + measurement in this process (so peak memory is the run's own); returns the row."""
+    import torch
+
+    from erasurelab.judges import load_judge
+    from erasurelab.models import load_pipeline
+
+    torch.set_num_threads(2)
+    return erase_and_measure(load_pipeline("builtin:shapes"), load_judge("shapes"), method, label, steps, options)
 
 
 def first_at_level(rows: list[dict], level: float) -> dict | None:

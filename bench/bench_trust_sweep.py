@@ -6,8 +6,8 @@ fresh process per run. Here every run shares one process and one loaded pipeline
 times are comparable with each other (a setting may name "method": "esd" to put ESD on the same
 clock) but not with bench_finetune_speed.py's.
 
-Measurement as in bench_finetune_speed.py: the anchor target rate (5 seeds per anchor) and
-object+colour retention on the canonical prompts that do not name the concept (1 seed).
+Measurement: bench_finetune_speed.erase_and_measure (anchor target rate, 5 seeds per anchor;
+object+colour retention on the canonical prompts that do not name the concept, 1 seed).
 
     python bench/bench_trust_sweep.py --concepts red,circle,striped,bobo --steps 10,20 \
         --settings '{"cip-fast": {"variant": "cip", "batch_size": 2, "lr": 1.5e-2}}' --output trust_sweep_dev
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,8 +36,7 @@ def main() -> None:
 
     import torch
 
-    from bench_closed_form import anchor_items, retain_items, retention, target_rate
-    from erasurelab.api import erase
+    from bench_finetune_speed import erase_and_measure
     from erasurelab.judges import load_judge
     from erasurelab.models import load_pipeline
     from erasurelab.world.catalog import DEV_CONCEPTS
@@ -57,18 +55,9 @@ def main() -> None:
     for name, options in settings.items():
         for label in concepts:
             for steps in steps_list:
-                start = time.perf_counter()
                 method = options.get("method", "trust")
-                edit = erase(pipe, [label], method, steps=steps, **{k: v for k, v in options.items() if k != "method"})
-                wall = time.perf_counter() - start
-                edit.apply(pipe)
-                try:
-                    row = {"setting": name, "method": method, "concept": label, "steps": steps, "wall_s": wall,
-                           "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
-                           "retention": retention(pipe, judge, retain_items((label,)), 1),
-                           "touched_fraction": edit.meta.get("touched_fraction")}
-                finally:
-                    edit.revert(pipe)
+                chosen = {k: v for k, v in options.items() if k != "method"}
+                row = {"setting": name, **erase_and_measure(pipe, judge, method, label, steps, chosen)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(table(rows, ["setting", "concept", "steps", "wall_s", "anchor", "retention", "touched_fraction"]))
