@@ -80,9 +80,9 @@ SAMPLE_STEPS = (25, 10)
 #: real sibling ("a red square" for red+circle), so the plain target (η 0) already points away
 #: from the concept, while η > 0 would also push the shared part ("red") away; its retain set (the
 #: parts alone) is what keeps the parts. Combinations take a stronger retain term than
-#: conditionals: at 5 red+circle lost blue circles' shape (pixel judge), at 7 it keeps both parts
-#: and still erases the pair, while conditionals already erase weakly at 5
-#: (bench/results/compound_parts.md).
+#: conditionals: a combination's parts alone must survive, while a conditional's retain term
+#: pulls against erasing the object in its own context. Values chosen on dev concepts:
+#: bench/results/compound_parts.md.
 ETA = {"single": 2.0, "combination": 0.0, "conditional": 0.0}
 RETAIN_WEIGHT = {"single": 0.0, "combination": 7.0, "conditional": 5.0}
 
