@@ -184,8 +184,8 @@ def _text_inputs(pipe: Any, chunk: list[str], negative_prompt: str | None, negat
     call's `_negative_conditioning`.
 
     Why: evaluation suites render each prompt at several seeds, and the pipeline would encode every
-    copy, plus one empty negative prompt per image; the text encoder was ~10% of a batch's time on
-    the embedded model. The embeddings come from `pipe.encode_prompt` (models.conditioning), so they
+    copy, plus one empty negative prompt per image (the measured cost: bench/results/evaluate.md). The
+    embeddings come from `pipe.encode_prompt` (models.conditioning), so they
     are the tensors the pipeline would build itself. Pipelines without `encode_prompt` get the prompts.
     """
     if not callable(getattr(pipe, "encode_prompt", None)):
