@@ -29,6 +29,7 @@ def _pairs_report(out: Path, concept: str) -> dict:
     per = (meta.get("per_concept") or [{}])[0]
     report = per.get("pairs", {})
     return {"pairs_kept": report.get("kept"), "pairs_requested": report.get("requested"),
+            "pair_attribute_keep_rate": report.get("attribute_keep_rate"),
             "final_accuracy": per.get("final", {}).get("accuracy")}
 
 

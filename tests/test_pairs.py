@@ -93,3 +93,30 @@ def test_bad_pair_settings_are_one_line_errors():
         PairSettings(strength=0)
     with pytest.raises(ErasureLabError, match="negative"):
         PairSettings(negative="bogus")
+
+
+def test_judge_caption_names_what_the_judge_read_without_the_target():
+    from erasurelab.world.grammar import caption_without
+
+    labels = {"object": "circle", "color": "red", "style": "striped", "background": "black", "character": "none"}
+    assert caption_without(labels, "color") == "a striped circle on a black background"
+    assert caption_without(labels, "object") == "a striped red shape on a black background"
+    assert caption_without({**labels, "character": "bobo"}, "color") == "Bobo on a black background"
+    assert caption_without({"object": "circle", "background": "black"}, "object") is None  # nothing left to draw
+
+
+def test_judge_captions_fall_back_to_the_prompt_when_unphrasable(pipe):
+    """ChannelJudge's labels ("background=any") are not world labels, so every safe side stays the prompt's."""
+    settings = PairSettings(n_pairs=4, steps=4, max_attempts=6, batch_size=8, safe_caption="judge")
+    pairs = build_pairs(pipe, concept("red"), ChannelJudge(), settings)
+    report = pairs.report
+    assert report["judge_captions"] == 0 and len(pairs.safe_prompts) == len(pairs)
+    assert set(pairs.safe_prompts) <= {s for _, s in prompt_pairs(concept("red"))}
+    assert report["edit_attempts"] >= report["kept"] and report["render_attempts"] >= report["edit_attempts"]
+    assert 0.0 <= report["attribute_keep_rate"] <= 1.0
+    assert report["edit_success_rate"] == pytest.approx(report["kept"] / report["edit_attempts"])
+
+
+def test_unknown_safe_caption_is_one_line_error():
+    with pytest.raises(ErasureLabError, match="safe caption"):
+        PairSettings(safe_caption="bogus")

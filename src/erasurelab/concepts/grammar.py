@@ -52,6 +52,9 @@ class PromptGrammar(Protocol):
     def describe(self, predicted: Mapping[str, str]) -> str:
         """One short caption of a judge's predicted labels for an image."""
 
+    def caption_without(self, predicted: Mapping[str, str], attribute: str) -> str | None:
+        """A prompt for an image showing the judge's labels except `attribute` (DUO's safe SDEdit prompt), or None."""
+
     def owns_model(self, source: str) -> bool:
         """True when the model spec `source` (e.g. "builtin:shapes") was trained on this grammar."""
 

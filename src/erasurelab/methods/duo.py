@@ -44,8 +44,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "steps": (1000, 300),
     "batch_size": (4, 8),
     "rank": (32, 8),
-    "pair_strength": (0.75, 0.5),
+    "pair_strength": (0.75, 0.3),
     "pair_negative": ("unsafe", "concept"),
+    "pair_safe_caption": ("prompt", "judge"),
     "conditioning": ("empty", "prompt"),
 }
 
@@ -104,6 +105,10 @@ class DuoConfig:
     pair_attempts: int = option(20, help="render attempts per pair before giving up on it")
     pair_negative: str | None = option(None, help="SDEdit negative prompt: unsafe (the whole prompt), concept "
                                                   "(the concept word) or none (None: the model's default)")
+    pair_safe_caption: str | None = option(None, help="SDEdit prompt of the safe members: prompt (the unsafe "
+                                                      "prompt with the concept replaced) or judge (what the judge "
+                                                      "reads in the unsafe image, minus the concept) (None: the "
+                                                      "model's default)")
     checkpoint_dir: str | None = option(None, help="folder for resumable checkpoints (None: no checkpoints)")
     checkpoint_every: int = option(50, help="steps between checkpoints")
 
@@ -124,7 +129,7 @@ class DuoConfig:
         if isinstance(self.prompts, str):
             object.__setattr__(self, "prompts", (self.prompts,))
         PairSettings(n_pairs=self.n_pairs, strength=self.pair_strength if self.pair_strength is not None else 0.75,
-                     negative=self.pair_negative or "unsafe",
+                     negative=self.pair_negative or "unsafe", safe_caption=self.pair_safe_caption or "prompt",
                      max_attempts=self.pair_attempts)  # validates the pair options before any work
 
     def resolve(self, pipe: Any) -> dict[str, Any]:
@@ -138,12 +143,13 @@ class DuoConfig:
 
     def pair_settings(self, pipe: Any = None) -> PairSettings:
         """The SDEdit pair settings, with the model's defaults (strength, negative) filled in for `pipe`."""
-        resolved = resolve_defaults(self, pipe, {k: DEFAULTS[k] for k in ("pair_strength", "pair_negative")}) \
-            if pipe is not None else {"pair_strength": self.pair_strength or 0.75,
-                                      "pair_negative": self.pair_negative or "unsafe"}
+        names = ("pair_strength", "pair_negative", "pair_safe_caption")
+        resolved = resolve_defaults(self, pipe, {k: DEFAULTS[k] for k in names}) if pipe is not None else \
+            {k: getattr(self, k) if getattr(self, k) is not None else DEFAULTS[k][0] for k in names}
         return PairSettings(n_pairs=self.n_pairs, guidance=self.pair_guidance, strength=resolved["pair_strength"],
                             steps=self.pair_steps, max_attempts=self.pair_attempts,
-                            negative=resolved["pair_negative"], seed=self.seed)
+                            negative=resolved["pair_negative"], safe_caption=resolved["pair_safe_caption"],
+                            seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,18 @@ shows the concept; its SDEdit (safe prompt, the unsafe prompt as negative, CFG 7
 is kept only if the judge no longer shows it and, with `keep_attributes`, still reads the same
 other attributes (for the shapes world: object, colour, style, background besides the target's),
 so the pair differs in the concept and not in everything else. Each slot gets at most
-`max_attempts` renders and as many edits; slots that never succeed are the reported shortfall.
+`max_attempts` tries of (render, judge, edit, judge): a failed edit is retried on a fresh unsafe
+render, since an image whose other attributes are ambiguous to the judge tends to fail every edit.
+Slots that never succeed are the reported shortfall; the report also gives the rate at which edits
+that removed the concept kept the other attributes (`attribute_keep_rate`, the SDEdit's own quality
+before the filter).
 
 Prompts: world concepts use `attacks.prompts.template_pairs` (canonical world captions with and
 without the concept: "a red circle" / "a circle"); other specs their templates × words with the
-concept phrase replaced by the guide. A user-given safe prompt replaces every safe side.
+concept phrase replaced by the guide. A user-given safe prompt replaces every safe side. With
+`safe_caption="judge"` each safe side is instead a caption of what the judge read in that unsafe
+image minus the target attribute (the grammar's `caption_without`), so SDEdit is asked to keep the
+style and background the image actually has.
 
 Pairs are cached on disk (`diskcache`, namespace "duo_pairs") by (model hash, concept spec, judge
 id, settings, prompts): images as uint8 plus a JSON manifest. Fresh images are quantised the same
@@ -20,6 +27,7 @@ way, so a cached and a fresh run train on identical pairs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +41,7 @@ from erasurelab.models.sampling import generate
 
 NAMESPACE = "duo_pairs"
 NEGATIVES: tuple[str, ...] = ("unsafe", "concept", "none")
+SAFE_CAPTIONS: tuple[str, ...] = ("prompt", "judge")
 #: Seed offset of the edit stream, so an edit never reuses its unsafe render's noise.
 EDIT_SEED_OFFSET = 7_777_777
 
@@ -40,7 +49,9 @@ EDIT_SEED_OFFSET = 7_777_777
 @dataclass(frozen=True)
 class PairSettings:
     """How pairs are made. negative: the SDEdit negative prompt — "unsafe" (the whole unsafe prompt, the
-    spec), "concept" (only the concept word) or "none"."""
+    spec), "concept" (only the concept word) or "none". safe_caption: the SDEdit prompt — "prompt" (the
+    unsafe prompt with the concept phrase replaced, the spec) or "judge" (a caption of what the judge reads
+    in that unsafe image, without the target attribute; needs a prompt grammar that knows the concept)."""
 
     n_pairs: int = 64
     guidance: float = 7.5
@@ -48,6 +59,7 @@ class PairSettings:
     steps: int | None = None
     max_attempts: int = 20
     negative: str = "unsafe"
+    safe_caption: str = "prompt"
     keep_attributes: bool = True
     seed: int = 42
     batch_size: int = 32
@@ -55,6 +67,9 @@ class PairSettings:
     def __post_init__(self) -> None:
         if self.negative not in NEGATIVES:
             raise ErasureLabError(f"unknown pair negative {self.negative!r}; valid: {', '.join(NEGATIVES)}")
+        if self.safe_caption not in SAFE_CAPTIONS:
+            raise ErasureLabError(f"unknown pair safe caption {self.safe_caption!r}; valid: "
+                                  f"{', '.join(SAFE_CAPTIONS)}")
         for name in ("n_pairs", "max_attempts", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -122,6 +137,25 @@ def _negative(settings: PairSettings, spec: ConceptSpec, unsafe_prompt: str) -> 
     return None
 
 
+def safe_captioner(spec: ConceptSpec, target: str,
+                   settings: PairSettings) -> Callable[[dict[str, str]], str | None] | None:
+    """labels -> safe prompt naming what the judge read except the target ("judge" captions), else None.
+
+    Why: a safe prompt that names only the remaining concept ("a circle") leaves style and background to
+    the sampler, and SDEdit redraws them; naming what this image shows keeps them. None when the
+    settings ask for the prompt's safe side or no prompt grammar knows the concept.
+    """
+    if settings.safe_caption != "judge":
+        return None
+    from erasurelab.concepts.grammar import grammar_for
+
+    grammar = grammar_for(spec)
+    caption = getattr(grammar, "caption_without", None)
+    if caption is None:
+        return None
+    return lambda labels: caption(labels, target)
+
+
 def _kept_attributes(judge: Any, before: torch.Tensor, after: torch.Tensor, target: str) -> list[bool]:
     """Per image: the judge reads every attribute but the target's the same before and after the edit."""
     a, b = judge.predict(before), judge.predict(after)
@@ -151,9 +185,13 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
     start = time.perf_counter()
     n, s = settings.n_pairs, settings
     slot_pairs = [pairs[i % len(pairs)] for i in range(n)]
+    caption = safe_captioner(spec, target, s) if safe_prompt is None else None
     unsafe: dict[int, torch.Tensor] = {}
     safe: dict[int, torch.Tensor] = {}
-    render_tries, edit_tries, concept_left, attribute_lost = 0, 0, 0, 0
+    safe_prompts: dict[int, str] = {}
+    found: set[int] = set()
+    tally = {"render_attempts": 0, "edit_attempts": 0, "edits_still_showing_concept": 0,
+             "edits_removing_concept": 0, "edits_losing_other_attributes": 0, "judge_captions": 0}
     pending = list(range(n))
     for attempt in range(s.max_attempts):
         if not pending:
@@ -162,43 +200,44 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
         images = generate(pipe, [slot_pairs[i][0] for i in pending], seeds, steps=s.steps, guidance=s.guidance,
                           batch_size=s.batch_size, quiet=quiet)
         images = _quantise(images).float() / 255
-        render_tries += len(pending)
+        tally["render_attempts"] += len(pending)
         shown = judge.present(images, spec.name).tolist()
-        for k, i in enumerate(pending):
-            if shown[k]:
-                unsafe[i] = images[k]
-        pending = [i for i in pending if i not in unsafe]
-    pending = sorted(unsafe)
-    for attempt in range(s.max_attempts):
-        if not pending:
-            break
-        seeds = [s.seed + EDIT_SEED_OFFSET + i + attempt * n for i in pending]
-        source = torch.stack([unsafe[i] for i in pending])
-        edited = img2img(pipe, source, [slot_pairs[i][1] for i in pending], seeds, strength=s.strength,
-                         guidance=s.guidance, steps=s.steps, batch_size=s.batch_size,
-                         negative_prompts=[_negative(s, spec, slot_pairs[i][0]) or "" for i in pending])
-        edited = _quantise(edited).float() / 255
-        edit_tries += len(pending)
-        gone = (~judge.present(edited, spec.name)).tolist()
-        kept = _kept_attributes(judge, source, edited, target) if s.keep_attributes else [True] * len(pending)
-        concept_left += sum(not g for g in gone)
-        attribute_lost += sum(g and not k for g, k in zip(gone, kept, strict=True))
-        for k, i in enumerate(pending):
-            if gone[k] and kept[k]:
-                safe[i] = edited[k]
+        slots = [i for k, i in enumerate(pending) if shown[k]]
+        found.update(slots)
+        if slots:
+            source = images[[k for k in range(len(pending)) if shown[k]]]
+            prompts_now = [slot_pairs[i][1] for i in slots]
+            if caption is not None:
+                described = [caption(labels) for labels in judge.predict(source)]
+                tally["judge_captions"] += sum(c is not None for c in described)
+                prompts_now = [c or p for c, p in zip(described, prompts_now, strict=True)]
+            edited = img2img(pipe, source, prompts_now, [s.seed + EDIT_SEED_OFFSET + i + attempt * n for i in slots],
+                             strength=s.strength, guidance=s.guidance, steps=s.steps, batch_size=s.batch_size,
+                             negative_prompts=[_negative(s, spec, slot_pairs[i][0]) or "" for i in slots])
+            edited = _quantise(edited).float() / 255
+            tally["edit_attempts"] += len(slots)
+            gone = (~judge.present(edited, spec.name)).tolist()
+            kept = _kept_attributes(judge, source, edited, target) if s.keep_attributes else [True] * len(slots)
+            tally["edits_still_showing_concept"] += sum(not g for g in gone)
+            tally["edits_removing_concept"] += sum(gone)
+            tally["edits_losing_other_attributes"] += sum(g and not k for g, k in zip(gone, kept, strict=True))
+            for k, i in enumerate(slots):
+                if gone[k] and kept[k]:
+                    unsafe[i], safe[i], safe_prompts[i] = source[k], edited[k], prompts_now[k]
         pending = [i for i in pending if i not in safe]
     order = sorted(safe)
-    report = {"requested": n, "kept": len(order), "shortfall": n - len(order),
-              "unsafe_found": len(unsafe), "render_attempts": render_tries, "edit_attempts": edit_tries,
-              "edits_still_showing_concept": concept_left, "edits_losing_other_attributes": attribute_lost,
+    edits, removing = tally["edit_attempts"], tally["edits_removing_concept"]
+    report = {"requested": n, "kept": len(order), "shortfall": n - len(order), "slots_with_unsafe": len(found),
+              **tally, "edit_success_rate": len(order) / edits if edits else 0.0,
+              "attribute_keep_rate": 1 - tally["edits_losing_other_attributes"] / removing if removing else 0.0,
               "target_attribute": target, "seconds": time.perf_counter() - start, "cached": False,
               "cache_key": key, "settings": asdict(s)}
     if not order:
-        raise ErasureLabError(f"no DUO pair for {spec.name!r} survived the judge filter ({len(unsafe)} of {n} "
-                              f"unsafe renders judge-positive after {s.max_attempts} attempts, no edit kept); "
+        raise ErasureLabError(f"no DUO pair for {spec.name!r} survived the judge filter ({len(found)} of {n} "
+                              f"slots rendered the concept in {s.max_attempts} attempts, no edit kept); "
                               "try other prompts, a safe_prompt or another strength")
     result = Pairs(torch.stack([unsafe[i] for i in order]), torch.stack([safe[i] for i in order]),
-                   [slot_pairs[i][0] for i in order], [slot_pairs[i][1] for i in order], report)
+                   [slot_pairs[i][0] for i in order], [safe_prompts[i] for i in order], report)
     diskcache.save_tensors(NAMESPACE, key, {"unsafe": _quantise(result.unsafe), "safe": _quantise(result.safe)})
     diskcache.save_json(NAMESPACE, key, {"prompts": result.prompts, "safe_prompts": result.safe_prompts,
                                          "report": report, "spec": spec.manifest_entry(), "judge": judge.id})

@@ -22,8 +22,11 @@ def img2img_pipeline(pipe: Any) -> Any:
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
     cls = StableDiffusionXLImg2ImgPipeline if is_sdxl(pipe) else StableDiffusionImg2ImgPipeline
+    # A pipeline loaded without a safety checker keeps it off here too, without diffusers' warning per call.
+    extra = {"requires_safety_checker": False} if not is_sdxl(pipe) and pipe.components.get("safety_checker") is None \
+        else {}
     try:
-        out = cls(**pipe.components)
+        out = cls(**pipe.components, **extra)
     except TypeError as exc:
         raise ErasureLabError(f"cannot build {cls.__name__} from a {type(pipe).__name__}: {exc}") from exc
     out.set_progress_bar_config(disable=True)

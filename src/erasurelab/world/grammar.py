@@ -135,6 +135,19 @@ def describe(predicted: Mapping[str, str]) -> str:
     return text
 
 
+def caption_without(predicted: Mapping[str, str], attribute: str) -> str | None:
+    """The canonical prompt of a judge's labels without `attribute` ("a striped circle on a black background"
+    for a striped red circle without colour); a character image is named by its character and background.
+    None when what is left cannot be phrased (no object and no colour)."""
+    labels = {k: v for k, v in predicted.items() if k != attribute and v != vocab.NO_CHARACTER}
+    if "character" in labels:
+        labels = {k: labels[k] for k in ("character", "background") if k in labels}
+    try:
+        return captions.parse_request(",".join(f"{k}={v}" for k, v in labels.items())).prompt
+    except ErasureLabError:
+        return None
+
+
 class WorldGrammar:
     """The PromptGrammar of the shapes world (see `erasurelab.concepts.grammar.PromptGrammar`)."""
 
@@ -162,6 +175,9 @@ class WorldGrammar:
 
     def describe(self, predicted: Mapping[str, str]) -> str:
         return describe(predicted)
+
+    def caption_without(self, predicted: Mapping[str, str], attribute: str) -> str | None:
+        return caption_without(predicted, attribute)
 
     def owns_model(self, source: str) -> bool:
         return source in MODELS
