@@ -16,7 +16,7 @@ from erasurelab.methods.lora_engine import LoraTuner, attention_targets
 from erasurelab.models.sampling import noise_scheduler
 from tiny_bert_pipeline import tiny_bert_pipeline
 
-SETTINGS = {"seed": 0, "batch_size": 3, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6}
+SETTINGS = {"seed": 0, "batch_size": 3, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6, "retain_weight": 0.0}
 
 
 @pytest.fixture
@@ -127,6 +127,32 @@ def test_sign_one_sgd_step_lowers_safe_minus_unsafe(pipe):
     margin = lambda t: (t["d_safe"] - t["d_unsafe"]).mean().item()  # noqa: E731
     assert margin(after) < margin(before)
     assert after["dpo"].item() < before["dpo"].item()
+
+
+def test_retain_term_is_zero_at_start_and_measures_the_retain_predictions(pipe):
+    """The retain block is x_t⁻ under the retain prompts: 0 while B = 0, and after the weights move it
+    equals the policy/reference distance computed there by hand; the DPO terms do not change with it."""
+    z_u, z_s = _latents()
+    empty = encode_prompts(pipe, [""])
+    retain = encode_prompts(pipe, ["a blue square", "a green star"])
+    scheduler = noise_scheduler(pipe)
+    g = torch.Generator().manual_seed(3)
+    eps = torch.randn(2, 4, 8, 8, generator=g)
+    t_u, t_s = torch.tensor([100, 600]), torch.tensor([300, 20])
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
+        args = (scheduler, z_u[:2], z_s[:2], eps, t_u, t_s, 999, empty.repeat(2), empty.repeat(2), empty, 500.0)
+        assert duo_terms(tuner, *args, retain=retain)["retain"].item() == 0.0
+        with torch.no_grad():
+            for n, p in tuner.params.items():
+                if ".lora_B." in n:
+                    p.normal_(0, 1e-2, generator=g)
+            with_retain, without = duo_terms(tuner, *args, retain=retain), duo_terms(tuner, *args)
+            x_t = scheduler.add_noise(z_u[:2], eps, t_u)
+            by_hand = (tuner.predict(x_t, t_u, retain).float() - tuner.reference(x_t, t_u, retain).float()).pow(2)
+    assert without["retain"].item() == 0.0 and with_retain["retain"].item() > 0
+    assert with_retain["retain"].item() == pytest.approx(by_hand.mean().item(), rel=1e-4)
+    assert torch.allclose(with_retain["d_safe"], without["d_safe"], atol=1e-6)
+    assert with_retain["dpo"].item() == pytest.approx(without["dpo"].item(), rel=1e-5)
 
 
 @pytest.mark.slow

@@ -6,7 +6,10 @@ noise ε per pair and independent t⁺, t⁻ ∈ [0, 0.75·T),
     L = mean softplus(β (Δ⁺ − Δ⁻)) + λ · mean (ε_θ(ε, T−1, c_∅) − ε_ref(ε, T−1, c_∅))²,
 with ε_θ the U-Net plus a LoRA on the self-attention projections (`attn1` q/k/v/out; `layers` can
 add or choose cross-attention) and ε_ref the same network with the adapter off. lr = lr_base·100/β and
-λ = λ_base·β/100 (the official coupling) unless given. Conditioning on SD-family models is the real
+λ = λ_base·β/100 (the official coupling) unless given. Optional, off by default on SD-family models
+(a departure from the spec): `retain_weight` w adds λ·w·mean (ε_θ − ε_ref)² at x_t⁻ under the concept's
+retain prompts, the same preservation at data timesteps, since the t = T−1 term alone constrains only
+the first sampler step. Conditioning on SD-family models is the real
 embedding of "" (the model forgets the visual feature whatever the text); `conditioning="prompt"`
 conditions both pair members on the unsafe prompt (the spec's ablation), the embedded default: on the
 tiny U-Net no β trained on "" erased without breaking other attributes (bench/results/duo_notes.md).
@@ -32,6 +35,7 @@ from erasurelab.methods.base import check_count, check_number, config_dict, regi
 from erasurelab.methods.lora_engine import ATTENTION_BLOCKS, LoraTuner, attention_targets, check_rank
 from erasurelab.methods.pairs import PairSettings, build_pairs
 from erasurelab.methods.training.diffusion import Cond, encode_prompts
+from erasurelab.methods.training.losses import retain_conditioning, retain_draw
 from erasurelab.models.sampling import noise_scheduler, seeded
 from erasurelab.registry import option
 
@@ -47,6 +51,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "pair_strength": (0.75, 0.3),
     "pair_negative": ("unsafe", "concept"),
     "pair_safe_caption": ("prompt", "judge"),
+    "retain_weight": (0.0, 0.0),
     "conditioning": ("empty", "prompt"),
 }
 
@@ -88,6 +93,9 @@ class DuoConfig:
     alpha: float | None = option(None, help="LoRA alpha (None: the rank, so the scale is 1)")
     layers: str = option("self", help="attention blocks the LoRA trains: self (attn1, the official choice), cross "
                                       "(attn2) or attention (both)")
+    retain_weight: float | None = option(None, help="weight, in units of λ, of the same output-preserving term on "
+                                                    "the concept's retain prompts at the unsafe members' noisy "
+                                                    "latents (0: the spec's DUO; None: the model's default)")
     t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
     conditioning: str | None = option(None, help="text both pair members are conditioned on: empty (\"\") or "
                                                  "prompt (the unsafe prompt) (None: the model's default)")
@@ -115,7 +123,7 @@ class DuoConfig:
     def __post_init__(self) -> None:
         for name in ("beta", "lr", "lr_base", "grad_clip", "alpha"):
             check_number(self, name)
-        for name in ("lam", "lam_base", "weight_decay", "pair_guidance"):
+        for name in ("lam", "lam_base", "weight_decay", "pair_guidance", "retain_weight"):
             check_number(self, name, strict=False)
         for name in ("steps", "batch_size", "n_pairs", "rank", "pair_steps", "pair_attempts", "checkpoint_every"):
             check_count(self, name)
@@ -165,10 +173,12 @@ def timestep_bounds(scheduler: Any, t_max: float = 0.75) -> tuple[int, int]:
 
 def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.Tensor, eps: torch.Tensor,
               t_unsafe: torch.Tensor, t_safe: torch.Tensor, t_reg: int, cond_unsafe: Cond, cond_safe: Cond,
-              empty: Cond, beta: float) -> dict[str, torch.Tensor]:
+              empty: Cond, beta: float, retain: Cond | None = None) -> dict[str, torch.Tensor]:
     """DPO loss, regulariser and the per-pair Δ⁻ / Δ⁺ for one batch (one ε shared by both members).
 
     One batched call of the adapted U-Net on [x_t⁻, x_t⁺, ε] and one of the reference (adapter off).
+    With `retain` (one retain prompt per pair) the calls also take x_t⁻ under the retain prompts, and
+    "retain" is the squared distance of the two predictions there (0 without it).
     """
     from erasurelab.models.diffusion import prediction_target
 
@@ -177,6 +187,8 @@ def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.
     inputs = torch.cat([scheduler.add_noise(z_unsafe, eps, t_unsafe), scheduler.add_noise(z_safe, eps, t_safe), eps])
     steps = torch.cat([t_unsafe, t_safe, t_r])
     cond = Cond.cat([cond_unsafe, cond_safe, empty.repeat(n)])
+    if retain is not None:
+        inputs, steps, cond = torch.cat([inputs, inputs[:n]]), torch.cat([steps, t_unsafe]), Cond.cat([cond, retain])
     targets = torch.cat([prediction_target(scheduler, z_unsafe, eps, t_unsafe),
                          prediction_target(scheduler, z_safe, eps, t_safe)]).float()
     policy = tuner.predict(inputs, steps, cond).float()
@@ -188,16 +200,18 @@ def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.
     delta = error(policy) - error(reference)
     d_unsafe, d_safe = delta[:n], delta[n:]
     dpo = F.softplus(float(beta) * (d_safe - d_unsafe)).mean()
-    reg = (policy[2 * n:] - reference[2 * n:]).pow(2).mean()
-    return {"dpo": dpo, "reg": reg, "d_safe": d_safe, "d_unsafe": d_unsafe}
+    reg = (policy[2 * n:3 * n] - reference[2 * n:3 * n]).pow(2).mean()
+    keep = (policy[3 * n:] - reference[3 * n:]).pow(2).mean() if retain is not None else torch.zeros(())
+    return {"dpo": dpo, "reg": reg, "retain": keep, "d_safe": d_safe, "d_unsafe": d_unsafe}
 
 
 class DuoTrainer:
     """One DUO step per call; every draw of step s from `seeded(seed, STREAM_DUO, s)`."""
 
     def __init__(self, tuner: LoraTuner, z_unsafe: torch.Tensor, z_safe: torch.Tensor, cond: Cond | None,
-                 empty: Cond, settings: dict[str, Any]) -> None:
+                 empty: Cond, settings: dict[str, Any], retain: Cond | None = None) -> None:
         self.tuner, self.z_unsafe, self.z_safe, self.cond, self.empty = tuner, z_unsafe, z_safe, cond, empty
+        self.retain = retain
         self.s = settings
         self.scheduler = noise_scheduler(tuner.pipe)
         self.t_high, self.t_reg = timestep_bounds(self.scheduler, settings["t_max"])
@@ -219,14 +233,16 @@ class DuoTrainer:
         n = len(index)
         cond = self.empty.repeat(n) if self.cond is None else self.cond.take(index)
         return duo_terms(self.tuner, self.scheduler, self.z_unsafe[index], self.z_safe[index], eps, t_unsafe, t_safe,
-                         self.t_reg, cond, cond, self.empty, self.s["beta"])
+                         self.t_reg, cond, cond, self.empty, self.s["beta"],
+                         retain_draw(self.retain, n, step, self.s["seed"]))
 
     def train_step(self, step: int) -> dict[str, float]:
         terms = self.terms(step)
-        loss = terms["dpo"] + self.s["lam_effective"] * terms["reg"]
+        loss = terms["dpo"] + self.s["lam_effective"] * (terms["reg"] + self.s["retain_weight"] * terms["retain"])
         norm = self.tuner.step(loss)
         margin = terms["d_safe"] - terms["d_unsafe"]
         return {"loss": loss.item(), "dpo": terms["dpo"].item(), "reg": terms["reg"].item(),
+                "retain": terms["retain"].item(),
                 "margin": margin.mean().item(), "accuracy": (margin < 0).float().mean().item(), "grad_norm": norm}
 
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -250,6 +266,7 @@ def erase_one(pipe: Any, spec: ConceptSpec, config: DuoConfig, settings: dict[st
     z_unsafe, z_safe = images_to_latents(pipe, pairs.unsafe), images_to_latents(pipe, pairs.safe)
     empty = encode_prompts(pipe, [""])
     cond = encode_prompts(pipe, pairs.prompts) if settings["conditioning"] == "prompt" else None
+    retain = retain_conditioning(pipe, list(spec.retain), settings["retain_weight"])
     checkpoints = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / spec.name
     key = {"method": "duo", "concept": spec.manifest_entry(), "pairs": pairs.report["cache_key"],
            **{k: v for k, v in settings.items() if k not in ("steps", "checkpoint_dir", "checkpoint_every")}}
@@ -257,10 +274,10 @@ def erase_one(pipe: Any, spec: ConceptSpec, config: DuoConfig, settings: dict[st
                       settings["weight_decay"], settings["grad_clip"], settings["seed"], quiet, checkpoints,
                       settings["checkpoint_every"], key)
     with tuner:
-        trainer = DuoTrainer(tuner, z_unsafe, z_safe, cond, empty, settings)
+        trainer = DuoTrainer(tuner, z_unsafe, z_safe, cond, empty, settings, retain)
         logs = tuner.run(trainer, settings["steps"], desc=f"DUO {spec.name}")
         tail = logs[-max(1, len(logs) // 10):]
-        summary = {k: sum(e[k] for e in tail) / len(tail) for k in ("dpo", "reg", "margin", "accuracy")}
+        summary = {k: sum(e[k] for e in tail) / len(tail) for k in ("dpo", "reg", "retain", "margin", "accuracy")}
         return tuner.edit({"concept": spec.name, "pairs": pairs.report, "final": summary})
 
 
