@@ -16,6 +16,7 @@ from erasurelab.methods.base import MethodWarning
 from erasurelab.methods.finetune import FineTuner
 from erasurelab.methods.training.diffusion import Cond, ddim_scheduler, denoise, start_noise
 from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_draw
+from erasurelab.methods.training.pools import cached_pool
 from erasurelab.methods.training.streams import (
     STREAM_DATA,
     STREAM_PROBE,
@@ -71,15 +72,23 @@ class TrustTrainer:
     def build_forget_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """n_forget x_0 latents from the original model; item j uses forget anchor j mod n."""
         s, unet = self.settings, self.tuner.unet
-        latents, prompts = [], []
-        for start in range(0, s["n_forget"], DATA_CHUNK):
-            idx = list(range(start, min(start + DATA_CHUNK, s["n_forget"])))
-            noise = torch.cat([start_noise(unet, self.sampler, step_generator(s["seed"], STREAM_DATA, j)) for j in idx])
-            which = [j % len(self.forget) for j in idx]
-            latents.append(denoise(self.tuner.frozen, self.sampler, noise, self.forget.take(which), self.empty,
-                                   s["guidance"], len(self.sampler.timesteps)))
-            prompts.extend(which)
-        return torch.cat(latents), torch.tensor(prompts, dtype=torch.long)
+        prompts = [j % len(self.forget) for j in range(s["n_forget"])]
+
+        def build() -> torch.Tensor:
+            latents = []
+            for start in range(0, s["n_forget"], DATA_CHUNK):
+                idx = list(range(start, min(start + DATA_CHUNK, s["n_forget"])))
+                noise = torch.cat([start_noise(unet, self.sampler, step_generator(s["seed"], STREAM_DATA, j))
+                                   for j in idx])
+                cond = self.forget.take([prompts[j] for j in idx])
+                latents.append(denoise(self.tuner.frozen, self.sampler, noise, cond, self.empty, s["guidance"],
+                                       len(self.sampler.timesteps)))
+            return torch.cat(latents)
+
+        settings = {k: s[k] for k in ("n_forget", "seed", "guidance", "sample_steps")}
+        data = cached_pool("trust_forget", unet, self.tuner.originals, [self.forget, self.empty], self.sampler,
+                           {**settings, "stream": STREAM_DATA, "chunk": DATA_CHUNK}, build)
+        return data, torch.tensor(prompts, dtype=torch.long)
 
     # -- saliency and mask ----------------------------------------------------------------------
     def saliency(self, step: int) -> dict[str, torch.Tensor]:
