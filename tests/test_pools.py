@@ -41,41 +41,45 @@ def _esd_pool(pipe, spec=SPEC) -> torch.Tensor:
     tuner, settings, forget, retain = esd.setup(pipe, [spec], EsdConfig(variant="x", steps=1, pool_size=3,
                                                                         sample_steps=3))
     with tuner:
-        return esd.make_trainer(tuner, settings, forget, retain).pool.clone()
+        trainer = esd.make_trainer(tuner, settings, forget, retain)
+        return trainer.pool.clone(), trainer.pool_from_cache
 
 
 def _trust_data(pipe) -> torch.Tensor:
     tuner, settings, pairs, retain = trust.setup(pipe, [SPEC], TrustConfig(steps=1, n_forget=3, sample_steps=3,
                                                                            batch_size=2, saliency_prompts=1))
     with tuner:
-        return trust.make_trainer(tuner, settings, pairs, retain).data.clone()
+        trainer = trust.make_trainer(tuner, settings, pairs, retain)
+        return trainer.data.clone(), trainer.data_from_cache
 
 
 def test_esd_pool_is_built_once_and_reloaded_bit_for_bit(cache, monkeypatch):
     calls = _counting(monkeypatch, esd)
     pipe = tiny_bert_pipeline(0)
-    first = _esd_pool(pipe)
+    first, hit = _esd_pool(pipe)
     built = len(calls)
-    assert built > 0 and any((cache / "trajectories").iterdir())
-    again = _esd_pool(pipe)
-    assert len(calls) == built and torch.equal(first, again)
-    _esd_pool(pipe, OTHER)                     # other prompts: a miss
+    assert built > 0 and not hit and any((cache / "trajectories").iterdir())
+    again, hit = _esd_pool(pipe)
+    assert hit and len(calls) == built and torch.equal(first, again)
+    assert not _esd_pool(pipe, OTHER)[1]        # other prompts: a miss
     assert len(calls) > built
 
 
 def test_other_weights_miss_the_cache(cache, monkeypatch):
     calls = _counting(monkeypatch, esd)
-    first = _esd_pool(tiny_bert_pipeline(0))
+    first, _ = _esd_pool(tiny_bert_pipeline(0))
     built = len(calls)
-    other = _esd_pool(tiny_bert_pipeline(1))
-    assert len(calls) == 2 * built and not torch.equal(first, other)
+    other, hit = _esd_pool(tiny_bert_pipeline(1))
+    assert not hit and len(calls) == 2 * built and not torch.equal(first, other)
 
 
 def test_trust_forget_set_is_reloaded_and_a_disabled_cache_builds_every_time(cache, monkeypatch):
     calls = _counting(monkeypatch, trust_trainer_module)
     pipe = tiny_bert_pipeline(0)
-    first = _trust_data(pipe)
+    first, hit = _trust_data(pipe)
     built = len(calls)
-    assert built > 0 and torch.equal(_trust_data(pipe), first) and len(calls) == built
+    again, hit_again = _trust_data(pipe)
+    assert built > 0 and not hit and hit_again and torch.equal(again, first) and len(calls) == built
     monkeypatch.setenv("ERASURELAB_CACHE", "off")
-    assert torch.equal(_trust_data(pipe), first) and len(calls) == 2 * built
+    third, hit = _trust_data(pipe)
+    assert not hit and torch.equal(third, first) and len(calls) == 2 * built

@@ -159,12 +159,15 @@ class EsdTrainer:
         self.settings = settings
         self.scheduler = ddim_scheduler(tuner.pipe, settings["sample_steps"])
         self.pool: torch.Tensor | None = None
+        self.pool_from_cache = False
         if settings["sample_with"] == "pool":
-            self.pool = self.build_pool()
+            self.pool, self.pool_from_cache = self.build_pool()
 
     # -- x_t ------------------------------------------------------------------------------------
-    def build_pool(self) -> torch.Tensor:
-        """(pool_size, N, C, H, W): every latent of each frozen-model trajectory; trajectory j uses anchor j mod n."""
+    def build_pool(self) -> tuple[torch.Tensor, bool]:
+        """(pool_size, N, C, H, W): every latent of each frozen-model trajectory; trajectory j uses anchor j mod n.
+
+        Also whether it came from the disk cache (`training.pools`)."""
         s, unet = self.settings, self.tuner.unet
 
         def build() -> torch.Tensor:
@@ -263,5 +266,6 @@ def erase_esd(pipe: Any, specs: list[ConceptSpec], config: EsdConfig, quiet: boo
         tuner.run(trainer, settings["steps"], desc=f"ESD-{settings['variant']}")
         meta = {"settings": settings, "subset": subset_name(settings["variant"]), "forget": forget,
                 "retain": retain if settings["retain_weight"] > 0 else [],
-                "negative_guidance": negative_guidance_from_eta(settings["eta"])}
+                "negative_guidance": negative_guidance_from_eta(settings["eta"]),
+                "pool_from_cache": trainer.pool_from_cache}
         return tuner.edit(meta)

@@ -66,11 +66,12 @@ class TrustTrainer:
         self.refresh_steps: list[int] = []
         self.beta: float | None = settings["beta"]
         self.warned = False
-        self.data, self.data_prompts = self.build_forget_set()
+        self.data, self.data_prompts, self.data_from_cache = self.build_forget_set()
 
     # -- D_f ------------------------------------------------------------------------------------
-    def build_forget_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """n_forget x_0 latents from the original model; item j uses forget anchor j mod n."""
+    def build_forget_set(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """n_forget x_0 latents from the original model (item j uses forget anchor j mod n), their anchor
+        indices, and whether the latents came from the disk cache (`training.pools`)."""
         s, unet = self.settings, self.tuner.unet
         prompts = [j % len(self.forget) for j in range(s["n_forget"])]
 
@@ -86,9 +87,9 @@ class TrustTrainer:
             return torch.cat(latents)
 
         settings = {k: s[k] for k in ("n_forget", "seed", "guidance", "sample_steps")}
-        data = cached_pool("trust_forget", unet, self.tuner.originals, [self.forget, self.empty], self.sampler,
-                           {**settings, "stream": STREAM_DATA, "chunk": DATA_CHUNK}, build)
-        return data, torch.tensor(prompts, dtype=torch.long)
+        data, from_cache = cached_pool("trust_forget", unet, self.tuner.originals, [self.forget, self.empty],
+                                       self.sampler, {**settings, "stream": STREAM_DATA, "chunk": DATA_CHUNK}, build)
+        return data, torch.tensor(prompts, dtype=torch.long), from_cache
 
     # -- saliency and mask ----------------------------------------------------------------------
     def saliency(self, step: int) -> dict[str, torch.Tensor]:
@@ -216,11 +217,12 @@ class TrustTrainer:
                 self.grad_abs[name] = tensors[f"gabs.{name}"].to(device)
 
     def summary(self) -> dict[str, Any]:
-        """What edit.meta records about the masks: union coverage and the history of mask sizes."""
+        """What edit.meta records: mask union coverage, the history of mask sizes, whether D_f was cached."""
         total = sum(m.numel() for m in self.union.values())
         touched = sum(int(m.sum()) for m in self.union.values())
         return {"touched_fraction": touched / total if total else 0.0, "touched_entries": touched,
                 "trainable_entries": total, "mask_sizes": self.sizes,
                 "mask_fractions": [size / total for size in self.sizes], "mask_jaccard": self.jaccards,
                 "mask_refresh_steps": self.refresh_steps, "beta": self.beta,
-                "layers_touched_fraction": {n: float(m.float().mean()) for n, m in self.union.items()}}
+                "layers_touched_fraction": {n: float(m.float().mean()) for n, m in self.union.items()},
+                "forget_set_from_cache": self.data_from_cache}

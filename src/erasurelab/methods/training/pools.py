@@ -47,18 +47,20 @@ def cond_digest(conds: Sequence[Cond]) -> str:
 
 
 def cached_pool(kind: str, unet: torch.nn.Module, originals: Mapping[str, torch.Tensor], conds: Sequence[Cond],
-                scheduler: Any, settings: Mapping[str, Any], build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The pool `build()` makes, loaded from the disk cache when these exact inputs built it before.
+                scheduler: Any, settings: Mapping[str, Any],
+                build: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """(the pool `build()` makes, True when it was loaded from the disk cache instead).
 
     kind names the pool ("esd_pool", "trust_forget"); settings are every other input of `build`
-    (sizes, seeds, guidance, sampler steps, random streams).
+    (sizes, seeds, guidance, sampler steps, random streams). The flag goes into the edit's manifest,
+    so a timing says whether it included the pool.
     """
     schedule = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     key = diskcache.cache_key(NAMESPACE, kind, frozen_unet_digest(unet, originals), cond_digest(conds),
                               type(scheduler).__name__, json.loads(json.dumps(schedule, default=str)), dict(settings))
     cached = diskcache.load_tensors(NAMESPACE, key)
     if cached is not None and "pool" in cached:
-        return cached["pool"].to(next(unet.parameters()).device)
+        return cached["pool"].to(next(unet.parameters()).device), True
     pool = build()
     diskcache.save_tensors(NAMESPACE, key, {"pool": pool.detach().cpu().contiguous()})
-    return pool
+    return pool, False
