@@ -5,8 +5,8 @@ is constant, so a run with `steps=N` is exactly the first N steps of a longer ru
 is the time to reach step N. For each method and step count it erases the concept in a fresh
 process (so peak memory is the run's own), then measures the target rate on the anchor prompts
 (5 seeds) and retention (1 seed); a row records whether its trajectory pool (ESD's x_t pool, TRuST's
-D_f) was loaded from the disk cache, so run it twice on one ERASURELAB_CACHE for warm times. The table names, per method, the first step count whose anchor
-rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's, per concept.
+D_f) was loaded from the disk cache, so run it twice on one ERASURELAB_CACHE for warm times. The table
+names, per method, the first step count whose anchor rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's, per concept.
 The default concepts are test concepts, one per kind (colour, object, style, character): defaults
 are chosen on dev concepts and reported here. Prints a table and writes bench/results/finetune_speed.json.
 
