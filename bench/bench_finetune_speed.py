@@ -1,14 +1,14 @@
 """Fine-tuning speed to a forget level (issues 5, 18): ESD vs TRuST per concept, on the embedded model.
 
 Why step sweeps: every draw of both trainers is a function of (seed, step) and the learning rate
-is constant, so a run with `steps=N` is exactly the first N steps of a longer run and its wall time
-is the time to reach step N. For each method and step count it erases the concept in a fresh
-process (so peak memory is the run's own), then measures the target rate on the anchor prompts
-(5 seeds) and retention (1 seed); a row records whether its trajectory pool (ESD's x_t pool, TRuST's
-D_f) was loaded from the disk cache, so run it twice on one ERASURELAB_CACHE for warm times. The table
-names, per method, the first step count whose anchor rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's, per concept.
-The default concepts are test concepts, one per kind (colour, object, style, character): defaults
-are chosen on dev concepts and reported here. Prints a table and writes bench/results/finetune_speed.json.
+is constant, so a run with `steps=N` is exactly the first N steps of a longer run and its wall time is the
+time to reach step N. For each method and step count it erases the concept in a fresh process (so peak memory
+is the run's own), then measures the target rate on the anchor prompts (5 seeds) and retention (1 seed); a row
+records whether its trajectory pool (ESD's x_t pool, TRuST's D_f) was loaded from the disk cache, so run it
+twice on one ERASURELAB_CACHE for warm times. The table names, per method, the first step count whose anchor
+rate is at most --level, with its wall time; the speed-up is ESD's time over TRuST's, per concept. The default
+concepts are test concepts, one per kind (colour, object, style, character): defaults are chosen on dev
+concepts and reported here. Prints a table and writes bench/results/finetune_speed.json.
 
     python bench/bench_finetune_speed.py --concepts green,triangle,dotted,kiki --esd-steps 50,100,200,300 \
         --trust-steps 25,50,100
