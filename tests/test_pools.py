@@ -8,8 +8,8 @@ import torch
 
 from erasurelab.concepts.spec import ConceptSpec
 from erasurelab.methods import esd, trust
-from erasurelab.methods import trust_trainer as trust_trainer_module
 from erasurelab.methods.esd import EsdConfig
+from erasurelab.methods.training import pools
 from erasurelab.methods.trust import TrustConfig
 from tiny_bert_pipeline import tiny_bert_pipeline
 
@@ -54,7 +54,7 @@ def _trust_data(pipe) -> torch.Tensor:
 
 
 def test_esd_pool_is_built_once_and_reloaded_bit_for_bit(cache, monkeypatch):
-    calls = _counting(monkeypatch, esd)
+    calls = _counting(monkeypatch, pools)
     pipe = tiny_bert_pipeline(0)
     first, hit = _esd_pool(pipe)
     built = len(calls)
@@ -66,7 +66,7 @@ def test_esd_pool_is_built_once_and_reloaded_bit_for_bit(cache, monkeypatch):
 
 
 def test_other_weights_miss_the_cache(cache, monkeypatch):
-    calls = _counting(monkeypatch, esd)
+    calls = _counting(monkeypatch, pools)
     first, _ = _esd_pool(tiny_bert_pipeline(0))
     built = len(calls)
     other, hit = _esd_pool(tiny_bert_pipeline(1))
@@ -74,7 +74,7 @@ def test_other_weights_miss_the_cache(cache, monkeypatch):
 
 
 def test_trust_forget_set_is_reloaded_and_a_disabled_cache_builds_every_time(cache, monkeypatch):
-    calls = _counting(monkeypatch, trust_trainer_module)
+    calls = _counting(monkeypatch, pools)
     pipe = tiny_bert_pipeline(0)
     first, hit = _trust_data(pipe)
     built = len(calls)

@@ -33,7 +33,7 @@ from erasurelab.methods.training.diffusion import (
     start_noise,
 )
 from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_conditioning, retain_term
-from erasurelab.methods.training.pools import cached_pool
+from erasurelab.methods.training.pools import frozen_pool
 from erasurelab.methods.training.prompts import forget_pairs
 from erasurelab.methods.training.streams import STREAM_POOL, STREAM_TRAIN, step_generator
 from erasurelab.methods.training.subsets import select_parameters
@@ -168,23 +168,9 @@ class EsdTrainer:
         """(pool_size, N, C, H, W): every latent of each frozen-model trajectory; trajectory j uses anchor j mod n.
 
         Also whether it came from the disk cache (`training.pools`)."""
-        s, unet = self.settings, self.tuner.unet
-
-        def build() -> torch.Tensor:
-            chunks = []
-            for start in range(0, s["pool_size"], POOL_CHUNK):
-                idx = list(range(start, min(start + POOL_CHUNK, s["pool_size"])))
-                noise = torch.cat([start_noise(unet, self.scheduler, step_generator(s["seed"], STREAM_POOL, j))
-                                   for j in idx])
-                cond = self.forget.take([j % len(self.forget) for j in idx])
-                trajectory = denoise(self.tuner.frozen, self.scheduler, noise, cond, self.empty,
-                                     s["start_guidance"], s["sample_steps"], record=True)
-                chunks.append(trajectory.transpose(0, 1))
-            return torch.cat(chunks)
-
-        settings = {k: s[k] for k in ("pool_size", "seed", "start_guidance", "sample_steps")}
-        return cached_pool("esd_pool", unet, self.tuner.originals, [self.forget, self.empty], self.scheduler,
-                           {**settings, "stream": STREAM_POOL, "chunk": POOL_CHUNK}, build)
+        s = self.settings
+        return frozen_pool("esd_pool", self.tuner, self.scheduler, self.forget, self.empty, s["pool_size"], s["seed"],
+                           STREAM_POOL, POOL_CHUNK, s["start_guidance"], record=True)
 
     def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """(x_t, t per sample, forget-anchor index per sample) for this step, from its own generator."""

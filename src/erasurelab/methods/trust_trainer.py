@@ -16,7 +16,7 @@ from erasurelab.methods.base import MethodWarning
 from erasurelab.methods.finetune import FineTuner
 from erasurelab.methods.training.diffusion import Cond, ddim_scheduler, denoise, start_noise
 from erasurelab.methods.training.losses import negative_guidance, noise_mse, retain_draw
-from erasurelab.methods.training.pools import cached_pool
+from erasurelab.methods.training.pools import frozen_pool
 from erasurelab.methods.training.streams import (
     STREAM_DATA,
     STREAM_PROBE,
@@ -72,24 +72,11 @@ class TrustTrainer:
     def build_forget_set(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """n_forget x_0 latents from the original model (item j uses forget anchor j mod n), their anchor
         indices, and whether the latents came from the disk cache (`training.pools`)."""
-        s, unet = self.settings, self.tuner.unet
-        prompts = [j % len(self.forget) for j in range(s["n_forget"])]
-
-        def build() -> torch.Tensor:
-            latents = []
-            for start in range(0, s["n_forget"], DATA_CHUNK):
-                idx = list(range(start, min(start + DATA_CHUNK, s["n_forget"])))
-                noise = torch.cat([start_noise(unet, self.sampler, step_generator(s["seed"], STREAM_DATA, j))
-                                   for j in idx])
-                cond = self.forget.take([prompts[j] for j in idx])
-                latents.append(denoise(self.tuner.frozen, self.sampler, noise, cond, self.empty, s["guidance"],
-                                       len(self.sampler.timesteps)))
-            return torch.cat(latents)
-
-        settings = {k: s[k] for k in ("n_forget", "seed", "guidance", "sample_steps")}
-        data, from_cache = cached_pool("trust_forget", unet, self.tuner.originals, [self.forget, self.empty],
-                                       self.sampler, {**settings, "stream": STREAM_DATA, "chunk": DATA_CHUNK}, build)
-        return data, torch.tensor(prompts, dtype=torch.long), from_cache
+        s = self.settings
+        data, from_cache = frozen_pool("trust_forget", self.tuner, self.sampler, self.forget, self.empty, s["n_forget"],
+                                       s["seed"], STREAM_DATA, DATA_CHUNK, s["guidance"], record=False)
+        prompts = torch.tensor([j % len(self.forget) for j in range(s["n_forget"])], dtype=torch.long)
+        return data, prompts, from_cache
 
     # -- saliency and mask ----------------------------------------------------------------------
     def saliency(self, step: int) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from erasurelab import diskcache
-from erasurelab.methods.training.diffusion import Cond
+from erasurelab.methods.training.diffusion import Cond, denoise, start_noise
+from erasurelab.methods.training.streams import step_generator
 
 NAMESPACE = "trajectories"
 
@@ -64,3 +65,25 @@ def cached_pool(kind: str, unet: torch.nn.Module, originals: Mapping[str, torch.
     pool = build()
     diskcache.save_tensors(NAMESPACE, key, {"pool": pool.detach().cpu().contiguous()})
     return pool, False
+
+
+def frozen_pool(kind: str, tuner: Any, sampler: Any, forget: Cond, empty: Cond, n: int, seed: int, stream: int,
+                chunk: int, guidance: float, record: bool) -> tuple[torch.Tensor, bool]:
+    """n full DDIM runs of the frozen U-Net, run j from the noise of (seed, stream, j) under forget prompt
+    j mod len(forget), in batches of `chunk`; cached (`cached_pool`). Returns the final latents (n, C, H, W),
+    or with record=True every run's latents before each step (n, steps, C, H, W); and the cache flag."""
+    unet, steps = tuner.unet, len(sampler.timesteps)
+
+    def build() -> torch.Tensor:
+        out = []
+        for start in range(0, n, chunk):
+            idx = list(range(start, min(start + chunk, n)))
+            noise = torch.cat([start_noise(unet, sampler, step_generator(seed, stream, j)) for j in idx])
+            runs = denoise(tuner.frozen, sampler, noise, forget.take([j % len(forget) for j in idx]), empty,
+                           guidance, steps, record=record)
+            out.append(runs.transpose(0, 1) if record else runs)
+        return torch.cat(out)
+
+    settings = {"n": n, "seed": seed, "stream": stream, "chunk": chunk, "guidance": guidance, "steps": steps,
+                "record": record}
+    return cached_pool(kind, unet, tuner.originals, [forget, empty], sampler, settings, build)
