@@ -44,7 +44,7 @@ CONDITIONINGS: tuple[str, ...] = ("empty", "prompt")
 STREAM_DUO = 11
 #: (SD-family, embedded) defaults; None in the config means "take these".
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "beta": (500.0, 10.0),
+    "beta": (500.0, 20.0),
     "steps": (1000, 300),
     "batch_size": (4, 8),
     "rank": (32, 8),
