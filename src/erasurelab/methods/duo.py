@@ -150,7 +150,7 @@ class DuoConfig:
         return settings
 
     def pair_settings(self, pipe: Any = None) -> PairSettings:
-        """The SDEdit pair settings, with the model's defaults (strength, negative) filled in for `pipe`."""
+        """The SDEdit pair settings, the model's defaults (strength, negative, safe caption) filled in for `pipe`."""
         names = ("pair_strength", "pair_negative", "pair_safe_caption")
         resolved = resolve_defaults(self, pipe, {k: DEFAULTS[k] for k in names}) if pipe is not None else \
             {k: getattr(self, k) if getattr(self, k) is not None else DEFAULTS[k][0] for k in names}
