@@ -97,7 +97,7 @@ def test_bench_defaults_to_the_test_concepts_and_names_the_set() -> None:
 
 @needs_assets
 @pytest.mark.slow
-def test_bench_rows_are_written_as_they_complete_and_skipped_on_resume(tmp_path: Path) -> None:
+def test_bench_rows_are_written_as_they_complete_and_skipped_on_resume(tmp_path: Path, monkeypatch) -> None:
     small = EvaluationSettings(anchor_seeds=1, paraphrase_max=4, neighbour_k=1, neighbour_templates=1,
                                neighbour_seeds=1, unrelated_max=2, selective_max=4, judge_accuracy_n=0,
                                batch_size=64, examples=1, second_judge=None)
@@ -117,3 +117,10 @@ def test_bench_rows_are_written_as_they_complete_and_skipped_on_resume(tmp_path:
     lines.clear()
     demo.run_bench(tmp_path / "b", ["green"], ["uce"], None, quiet=True, echo=lines.append, settings=changed)
     assert any("erasing" in line for line in lines)
+    # Other code (e.g. a changed method default) must not reuse the row either.
+    from erasurelab import runinfo
+
+    monkeypatch.setattr(runinfo, "code_digest", lambda: "other code")
+    lines.clear()
+    demo.run_bench(tmp_path / "b", ["green"], ["uce"], None, quiet=True, echo=lines.append, settings=changed)
+    assert any("erasing" in line for line in lines) and not any("skipped" in line for line in lines)

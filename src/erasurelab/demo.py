@@ -176,9 +176,10 @@ def _table(records: Sequence[dict[str, Any]]) -> list[str]:
 def _row_key(method: str, spec: Any, attacks: Sequence[str], attack_options: dict[str, dict[str, Any]],
              method_options: dict[str, Any], settings: Any, model_key: str, judge_id: str) -> str:
     from erasurelab.diskcache import cache_key
+    from erasurelab.runinfo import code_digest
 
     return cache_key("bench-row", method, spec.sha256(), list(attacks), {a: attack_options.get(a, {}) for a in attacks},
-                     method_options, settings.to_dict(), model_key, judge_id)
+                     method_options, settings.to_dict(), model_key, judge_id, code_digest())
 
 
 def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks: str | Sequence[str] | None,
@@ -191,7 +192,8 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks:
     reference renders each image once for all of them. resume: each row is written to
     out/rows/<method>-<concept>/ (row.json and its own report) as it completes, and a row already
     there with the same settings (method, concept, attacks and their options, evaluation settings,
-    model and judge) is read instead of recomputed. Every bad input fails before any work.
+    model, judge and erasurelab's code, `runinfo.code_digest`: a changed default recomputes it) is read
+    instead of recomputed. Every bad input fails before any work.
     """
     from erasurelab.api import erase, resolve_concepts
     from erasurelab.attacks import run_attack

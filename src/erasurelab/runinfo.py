@@ -7,6 +7,7 @@ results change with diffusers/transformers versions), so every saved number says
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,6 +57,20 @@ def source_revision() -> dict[str, Any]:
         return {"commit": "unknown", "dirty": None}
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of every .py file of the installed erasurelab package (relative path and bytes).
+
+    Why: a result stored for reuse (a resumable bench row) is only valid for the code that made it; a
+    changed default or a fixed bug must recompute it, also outside a git checkout.
+    """
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def machine_facts() -> dict[str, Any]:
