@@ -2,7 +2,7 @@
 
 For each concept it times, in this process and on the built-in model at each method's defaults, setting up
 the trainer (which builds or loads the pool) twice on one empty cache folder: the first time builds and
-stores the pool, the second loads it. Setup also encodes the prompts and (TRuST) calibrates nothing yet, so
+stores the pool, the second loads it. Setup does the same other work both times (encoding the prompts), so
 the difference is the pool. Run it alone: it is a timing. Writes bench/results/<output>.json.
 
     OMP_NUM_THREADS=2 python bench/bench_pools.py --concepts green,triangle,dotted,kiki
