@@ -1,10 +1,11 @@
 """One attack on saved erasure runs (methods x concepts), beside the attacks their bench rows already hold.
 
 For each (method, concept) it runs `erasurelab attack --attack NAME --model RUN --concept C` in a fresh process
-(resumable: a run whose result.json exists in --work is not attacked again), then tabulates the attack's ASR,
-its ASR before optimisation (pre), its reference ASR and whether the reference check passed, next to the
-textual-inversion and Ring-A-Bell ASRs of the same run's bench row. Run folders: `<bench>/runs/<method>-<concept>`,
-where <bench> is --duo-bench for DUO and --bench for the others (the layout `erasurelab bench` writes).
+(resumable: a run whose result for the same run folder exists in --work is not attacked again), then tabulates
+the attack's ASR, its ASR before optimisation (pre), its reference ASR and whether the reference check passed,
+next to the textual-inversion and Ring-A-Bell ASRs of the same run's bench row. Run folders:
+`<bench>/runs/<method>-<concept>`, where <bench> is --duo-bench for DUO and --bench for the others (the
+layout `erasurelab bench` writes).
 
     python bench/bench_attack_runs.py --attack unlearndiffatk --concepts green,triangle --work /tmp/uda
 """
@@ -12,6 +13,7 @@ where <bench> is --duo-bench for DUO and --bench for the others (the layout `era
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -32,13 +34,27 @@ def bench_row(run: Path) -> dict:
     return json.loads(path.read_text())["record"] if path.is_file() else {}
 
 
+def run_digest(run: Path) -> str:
+    """sha256 over the run folder's files (names and bytes): which edit an attack result belongs to."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in run.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(run)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def attack(name: str, run: Path, concept: str, out: Path) -> float:
-    """Run the attack CLI on one run folder (skipped when its result exists); returns wall seconds (0 if skipped)."""
-    if (out / "result.json").is_file():
+    """Run the attack CLI on one run folder; returns wall seconds (0 if skipped).
+
+    Skipped when `out` holds a result for this very run (its digest in out/run_digest.txt): a run folder
+    rewritten by a later bench (e.g. new method defaults) is attacked again.
+    """
+    digest, stamp = run_digest(run), out / "run_digest.txt"
+    if (out / "result.json").is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return 0.0
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "erasurelab", "attack", "--attack", name, "--model", str(run),
                     "--concept", concept, "--out", str(out), "-q"], check=True)
+    stamp.write_text(digest + "\n")
     return time.perf_counter() - start
 
 
