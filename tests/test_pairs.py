@@ -117,6 +117,15 @@ def test_judge_captions_fall_back_to_the_prompt_when_unphrasable(pipe):
     assert report["edit_success_rate"] == pytest.approx(report["kept"] / report["edit_attempts"])
 
 
+def test_sdedit_that_would_run_no_step_is_one_line_error(pipe):
+    with pytest.raises(ErasureLabError, match="no denoising step"):
+        PairSettings(strength=0.3, steps=2)                      # int(2 * 0.3) = 0 steps
+    images = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ErasureLabError, match="no denoising step") as info:
+        img2img(pipe, images, ["a star"], [0], strength=0.2, steps=4)
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_safe_caption_is_one_line_error():
     with pytest.raises(ErasureLabError, match="safe caption"):
         PairSettings(safe_caption="bogus")

@@ -36,7 +36,7 @@ import torch
 from erasurelab import diskcache
 from erasurelab.concepts.spec import ConceptSpec, replace_mention
 from erasurelab.errors import ErasureLabError
-from erasurelab.models.img2img import img2img
+from erasurelab.models.img2img import check_denoising_steps, img2img
 from erasurelab.models.sampling import generate
 
 NAMESPACE = "duo_pairs"
@@ -76,6 +76,8 @@ class PairSettings:
                 raise ErasureLabError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 < float(self.strength) <= 1.0:
             raise ErasureLabError(f"SDEdit strength must be in (0, 1], got {self.strength!r}")
+        if self.steps is not None:
+            check_denoising_steps(self.steps, self.strength)
 
 
 @dataclass

@@ -33,6 +33,13 @@ def img2img_pipeline(pipe: Any) -> Any:
     return out
 
 
+def check_denoising_steps(steps: int, strength: float) -> None:
+    """One-line error when SDEdit would re-run no sampler step (diffusers runs int(steps · strength) of them)."""
+    if int(int(steps) * float(strength)) < 1:
+        raise ErasureLabError(f"img2img at strength {strength} with {steps} sampler steps runs no denoising step; "
+                              "use more steps or a higher strength")
+
+
 def img2img(pipe: Any, images: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int], strength: float = 0.75,
             guidance: float | None = None, steps: int | None = None, negative_prompts: Sequence[str] | None = None,
             batch_size: int = 16) -> torch.Tensor:
@@ -50,6 +57,7 @@ def img2img(pipe: Any, images: torch.Tensor, prompts: Sequence[str], seeds: Sequ
     default_steps, default_guidance = default_sampling(pipe)
     steps = default_steps if steps is None else int(steps)
     guidance = default_guidance if guidance is None else float(guidance)
+    check_denoising_steps(steps, strength)
     edit = img2img_pipeline(pipe)
     out = []
     for start in range(0, n, batch_size):
