@@ -16,6 +16,12 @@ import torch
 _COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2", "vae")
 
 
+def update_with_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    """Feed a named tensor (name, shape, dtype, raw bytes) into a hashlib digest: the one tensor-hashing rule."""
+    digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _unused(component: str, module: torch.nn.Module, key: str) -> bool:
     """Weights a pipeline never uses: a BERT pooler (from_pretrained initialises it at random)."""
     return component.startswith("text_encoder") and type(module).__name__.startswith("Bert") \
@@ -36,8 +42,7 @@ def model_hash(pipe: Any) -> str:
         for key, tensor in sorted(module.state_dict().items()):
             if _unused(name, module, key):
                 continue
-            digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            update_with_tensor(digest, key, tensor)
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is not None:
         digest.update(type(scheduler).__name__.encode())

@@ -20,20 +20,16 @@ import torch
 from erasurelab import diskcache
 from erasurelab.methods.training.diffusion import Cond, denoise, start_noise
 from erasurelab.methods.training.streams import step_generator
+from erasurelab.models.identity import update_with_tensor
 
 NAMESPACE = "trajectories"
-
-
-def _update(digest: Any, name: str, tensor: torch.Tensor) -> None:
-    digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def frozen_unet_digest(unet: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> str:
     """sha256 of the U-Net's state with every trained parameter at its original (frozen) value."""
     digest = hashlib.sha256()
     for name, tensor in sorted(unet.state_dict().items()):
-        _update(digest, name, originals.get(name, tensor))
+        update_with_tensor(digest, name, originals.get(name, tensor))
     return digest.hexdigest()
 
 
@@ -41,9 +37,9 @@ def cond_digest(conds: Sequence[Cond]) -> str:
     """sha256 of encoded prompts (token states and SDXL's added conditioning)."""
     digest = hashlib.sha256()
     for i, cond in enumerate(conds):
-        _update(digest, f"{i}.embeds", cond.embeds)
+        update_with_tensor(digest, f"{i}.embeds", cond.embeds)
         for key, value in sorted((cond.added or {}).items()):
-            _update(digest, f"{i}.{key}", value)
+            update_with_tensor(digest, f"{i}.{key}", value)
     return digest.hexdigest()
 
 
@@ -56,6 +52,8 @@ def cached_pool(kind: str, unet: torch.nn.Module, originals: Mapping[str, torch.
     (sizes, seeds, guidance, sampler steps, random streams). The flag goes into the edit's manifest,
     so a timing says whether it included the pool.
     """
+    if diskcache.cache_root() is None:  # caching off: no key to compute (hashing a large U-Net costs seconds)
+        return build(), False
     schedule = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     key = diskcache.cache_key(NAMESPACE, kind, frozen_unet_digest(unet, originals), cond_digest(conds),
                               type(scheduler).__name__, json.loads(json.dumps(schedule, default=str)), dict(settings))
