@@ -13,7 +13,6 @@ layout `erasurelab bench` writes).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -34,21 +33,15 @@ def bench_row(run: Path) -> dict:
     return json.loads(path.read_text())["record"] if path.is_file() else {}
 
 
-def run_digest(run: Path) -> str:
-    """sha256 over the run folder's files (names and bytes): which edit an attack result belongs to."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in run.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(run)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def attack(name: str, run: Path, concept: str, out: Path) -> float:
     """Run the attack CLI on one run folder; returns wall seconds (0 if skipped).
 
     Skipped when `out` holds a result for this very run (its digest in out/run_digest.txt): a run folder
     rewritten by a later bench (e.g. new method defaults) is attacked again.
     """
-    digest, stamp = run_digest(run), out / "run_digest.txt"
+    from erasurelab.runinfo import tree_digest
+
+    digest, stamp = tree_digest(run), out / "run_digest.txt"
     if (out / "result.json").is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return 0.0
     start = time.perf_counter()

@@ -59,18 +59,22 @@ def source_revision() -> dict[str, Any]:
     return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
+def tree_digest(root: Path, pattern: str = "*") -> str:
+    """sha256 over the files under `root` matching `pattern` (relative paths and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob(pattern) if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 @functools.cache
 def code_digest() -> str:
-    """sha256 of every .py file of the installed erasurelab package (relative path and bytes).
+    """`tree_digest` of every .py file of the installed erasurelab package.
 
     Why: a result stored for reuse (a resumable bench row) is only valid for the code that made it; a
     changed default or a fixed bug must recompute it, also outside a git checkout.
     """
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return tree_digest(Path(__file__).resolve().parent, "*.py")
 
 
 def machine_facts() -> dict[str, Any]:
