@@ -158,10 +158,9 @@ def safe_captioner(spec: ConceptSpec, target: str,
     return lambda labels: caption(labels, target)
 
 
-def _kept_attributes(judge: Any, before: torch.Tensor, after: torch.Tensor, target: str) -> list[bool]:
-    """Per image: the judge reads every attribute but the target's the same before and after the edit."""
-    a, b = judge.predict(before), judge.predict(after)
-    return [all(x[k] == y.get(k) for k in x if k != target) for x, y in zip(a, b, strict=True)]
+def _kept_attributes(before: list[dict[str, str]], after: list[dict[str, str]], target: str) -> list[bool]:
+    """Per image: the judge's labels agree before and after the edit on every attribute but the target's."""
+    return [all(x[k] == y.get(k) for k in x if k != target) for x, y in zip(before, after, strict=True)]
 
 
 def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings | None = None,
@@ -209,8 +208,9 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
         if slots:
             source = images[[k for k in range(len(pending)) if shown[k]]]
             prompts_now = [slot_pairs[i][1] for i in slots]
+            labels = judge.predict(source) if caption is not None or s.keep_attributes else []
             if caption is not None:
-                described = [caption(labels) for labels in judge.predict(source)]
+                described = [caption(read) for read in labels]
                 tally["judge_captions"] += sum(c is not None for c in described)
                 prompts_now = [c or p for c, p in zip(described, prompts_now, strict=True)]
             edited = img2img(pipe, source, prompts_now, [s.seed + EDIT_SEED_OFFSET + i + attempt * n for i in slots],
@@ -219,7 +219,7 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
             edited = _quantise(edited).float() / 255
             tally["edit_attempts"] += len(slots)
             gone = (~judge.present(edited, spec.name)).tolist()
-            kept = _kept_attributes(judge, source, edited, target) if s.keep_attributes else [True] * len(slots)
+            kept = _kept_attributes(labels, judge.predict(edited), target) if s.keep_attributes else [True] * len(slots)
             tally["edits_still_showing_concept"] += sum(not g for g in gone)
             tally["edits_removing_concept"] += sum(gone)
             tally["edits_losing_other_attributes"] += sum(g and not k for g, k in zip(gone, kept, strict=True))
