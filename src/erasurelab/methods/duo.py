@@ -6,8 +6,8 @@ noise ε per pair and independent t⁺, t⁻ ∈ [0, 0.75·T),
     L = mean softplus(β (Δ⁺ − Δ⁻)) + λ · mean (ε_θ(ε, T−1, c_∅) − ε_ref(ε, T−1, c_∅))²,
 with ε_θ the U-Net plus a LoRA on the self-attention projections (`attn1` q/k/v/out; `layers` can
 add or choose cross-attention) and ε_ref the same network with the adapter off. lr = lr_base·100/β and
-λ = λ_base·β/100 (the official coupling) unless given. Optional, off by default on SD-family models
-(a departure from the spec): `retain_weight` w adds λ·w·mean (ε_θ − ε_ref)² at x_t⁻ under the concept's
+λ = λ_base·β/100 (the official coupling) unless given. Optional, off by default (a departure from the
+spec): `retain_weight` w adds λ·w·mean (ε_θ − ε_ref)² at x_t⁻ under the concept's
 retain prompts, the same preservation at data timesteps, since the t = T−1 term alone constrains only
 the first sampler step. Conditioning on SD-family models is the real
 embedding of "" (the model forgets the visual feature whatever the text); `conditioning="prompt"`
@@ -51,7 +51,6 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "pair_strength": (0.75, 0.3),
     "pair_negative": ("unsafe", "concept"),
     "pair_safe_caption": ("prompt", "judge"),
-    "retain_weight": (0.0, 0.0),
     "conditioning": ("empty", "prompt"),
 }
 
@@ -93,9 +92,9 @@ class DuoConfig:
     alpha: float | None = option(None, help="LoRA alpha (None: the rank, so the scale is 1)")
     layers: str = option("self", help="attention blocks the LoRA trains: self (attn1, the official choice), cross "
                                       "(attn2) or attention (both)")
-    retain_weight: float | None = option(None, help="weight, in units of λ, of the same output-preserving term on "
-                                                    "the concept's retain prompts at the unsafe members' noisy "
-                                                    "latents (0: the spec's DUO; None: the model's default)")
+    retain_weight: float = option(0.0, help="weight, in units of λ, of the same output-preserving term on the "
+                                            "concept's retain prompts at the unsafe members' noisy latents (0: the "
+                                            "spec's DUO)")
     t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
     conditioning: str | None = option(None, help="text both pair members are conditioned on: empty (\"\") or "
                                                  "prompt (the unsafe prompt) (None: the model's default)")
