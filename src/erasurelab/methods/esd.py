@@ -188,7 +188,7 @@ class EsdTrainer:
         model = self.tuner.predict if s["sample_with"] == "trained" else self.tuner.frozen
         with torch.no_grad():
             x_t = denoise(model, self.scheduler, noise, self.forget.take(prompts), self.empty,
-                          s["start_guidance"], i)
+                          s["start_guidance"], i, unet=self.tuner.unet)
         return x_t, timesteps[i].expand(s["batch_size"]), prompts
 
     # -- loss -----------------------------------------------------------------------------------

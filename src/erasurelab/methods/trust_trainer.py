@@ -88,7 +88,7 @@ class TrustTrainer:
         i = saliency_index(len(self.sampler.timesteps), s["saliency_window"], generator)
         cond = self.forget.take(prompts)
         z = denoise(tuner.predict, self.sampler, start_noise(tuner.unet, self.sampler, generator, k), cond,
-                    self.empty, s["guidance"], i)
+                    self.empty, s["guidance"], i, unet=tuner.unet)
         t = self.sampler.timesteps[i]
         with torch.no_grad():
             eps_empty = tuner.predict(z, t, self.empty.repeat(k))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from erasurelab.errors import ErasureLabError
 from erasurelab.models.conditioning import Conditioning, encode, encode_unconditional, is_sdxl, sdxl_time_ids
 from erasurelab.models.diffusion import ddim_scheduler
+from erasurelab.models.kv_reuse import reuse_cross_attention_kv
 from erasurelab.models.layers import CrossAttentionLayer, cross_attention_layers
 
 
@@ -135,7 +136,7 @@ def capture_activations(pipe: Any, prompts: Sequence[str], config: CaptureConfig
     uncond = encode_unconditional(pipe)
     items = [(p, s) for p in range(n_p) for s in range(n_s)]
     batches = [items[i:i + config.batch_size] for i in range(0, len(items), config.batch_size)]
-    with ToOutInputRecorder(layers) as recorder:
+    with ToOutInputRecorder(layers) as recorder, reuse_cross_attention_kv(unet):
         for batch in tqdm(batches, desc="capturing activations", disable=quiet):
             n = len(batch)
             cond = cond_all.take([p for p, _ in batch])

@@ -14,6 +14,7 @@ import torch
 
 from erasurelab.errors import ErasureLabError
 from erasurelab.models.conditioning import is_sdxl
+from erasurelab.models.kv_reuse import reuse_cross_attention_kv
 from erasurelab.models.sampling import default_sampling
 
 
@@ -64,7 +65,7 @@ def img2img(pipe: Any, images: torch.Tensor, prompts: Sequence[str], seeds: Sequ
         end = min(start + batch_size, n)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:end]]
         negative = list(negative_prompts[start:end]) if negative_prompts is not None else None
-        with torch.no_grad():
+        with torch.no_grad(), reuse_cross_attention_kv(pipe.unet):
             result = edit(prompt=list(prompts[start:end]), image=images[start:end].float().clamp(0, 1),
                           negative_prompt=negative, strength=float(strength), guidance_scale=guidance,
                           num_inference_steps=steps, generator=generators, output_type="pt")

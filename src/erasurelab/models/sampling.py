@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from erasurelab.errors import ErasureLabError
+from erasurelab.models.kv_reuse import reuse_cross_attention_kv
 from erasurelab.models.provenance import base_source_of
 
 
@@ -228,7 +229,8 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
     for start in tqdm(starts, desc="generating", disable=quiet or len(starts) < 2):
         chunk = list(prompts[start:start + batch_size])
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        with torch.no_grad(), _precision(pipe, use_autocast), progress_bar_disabled(pipe, quiet or len(starts) > 1):
+        with (torch.no_grad(), _precision(pipe, use_autocast), progress_bar_disabled(pipe, quiet or len(starts) > 1),
+              reuse_cross_attention_kv(getattr(pipe, "unet", None))):
             out = pipe(**_text_inputs(pipe, chunk, negative_prompt, negative), generator=generators,
                        num_inference_steps=steps, guidance_scale=guidance, output_type="pt")
         batch = out.images if isinstance(out.images, torch.Tensor) else torch.as_tensor(out.images)

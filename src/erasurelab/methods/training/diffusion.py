@@ -19,6 +19,7 @@ import torch
 
 from erasurelab.models.conditioning import encode, encode_unconditional, is_sdxl, sdxl_time_ids
 from erasurelab.models.diffusion import ddim_scheduler  # noqa: F401  (re-exported for the trainers)
+from erasurelab.models.kv_reuse import reuse_cross_attention_kv
 
 
 @dataclass(frozen=True)
@@ -95,21 +96,24 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 @torch.no_grad()
 def denoise(model: ModelFn, scheduler: Any, latents: torch.Tensor, cond: Cond, empty: Cond, guidance: float,
-            n_steps: int, record: bool = False) -> torch.Tensor:
+            n_steps: int, record: bool = False, unet: torch.nn.Module | None = None) -> torch.Tensor:
     """Run the first `n_steps` CFG sampler steps from `latents` (which sit at timesteps[0]).
 
     Returns the latents after n_steps (at timesteps[n_steps], or x_0 when n_steps = len(timesteps)),
     or with record=True every latent before each step, shape (n_steps, B, ...).
+    unet: the U-Net `model` runs; its cross-attention keys and values are computed once for all steps
+    (`models.kv_reuse`, bit-identical results).
     """
     n = latents.shape[0]
     both = Cond.cat([empty.repeat(n), cond])
     seen = []
-    for t in scheduler.timesteps[:n_steps]:
-        if record:
-            seen.append(latents)
-        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        uncond, conditional = model(model_in, t, both).chunk(2)
-        latents = scheduler.step(uncond + guidance * (conditional - uncond), t, latents).prev_sample
+    with reuse_cross_attention_kv(unet):
+        for t in scheduler.timesteps[:n_steps]:
+            if record:
+                seen.append(latents)
+            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            uncond, conditional = model(model_in, t, both).chunk(2)
+            latents = scheduler.step(uncond + guidance * (conditional - uncond), t, latents).prev_sample
     return torch.stack(seen) if record else latents
 
 

@@ -78,7 +78,7 @@ def frozen_pool(kind: str, tuner: Any, sampler: Any, forget: Cond, empty: Cond, 
             idx = list(range(start, min(start + chunk, n)))
             noise = torch.cat([start_noise(unet, sampler, step_generator(seed, stream, j)) for j in idx])
             runs = denoise(tuner.frozen, sampler, noise, forget.take([j % len(forget) for j in idx]), empty,
-                           guidance, steps, record=record)
+                           guidance, steps, record=record, unet=unet)
             out.append(runs.transpose(0, 1) if record else runs)
         return torch.cat(out)
 
