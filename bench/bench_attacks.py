@@ -111,12 +111,9 @@ def main() -> None:
             rows.append(row(base, concept, attack, "unedited", base.asr))
             results.append({"model": "unedited", **base.to_dict()})
             for method, edit in edits.items():
-                edit.apply(edited)
-                try:
+                with edit.applied(edited):
                     result = run_attack(attack, edited, concept, reference, judge, seed=SEED, check_reference=False,
                                         **options)
-                finally:
-                    edit.revert(edited)
                 print(f"  {method}: {result.summary()}", flush=True)
                 rows.append(row(result, concept, attack, method, base.asr))
                 results.append({"model": method, "edit_wall_time_s": edit.meta["wall_time_s"],

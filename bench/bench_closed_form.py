@@ -144,11 +144,8 @@ def bench_row(pipe, judge, targets: tuple[str, ...], variant: str, args, base: d
     """
     base = measure(pipe, judge, targets, args) if base is None else base
     edit = run_erase(pipe, targets, variant)
-    edit.apply(pipe)
-    try:
+    with edit.applied(pipe):
         edited = measure(pipe, judge, targets, args)
-    finally:
-        edit.revert(pipe)
     return {"targets": list(targets), "split": [concept_split(t) for t in targets], "method": variant,
             "base": base, "edited": edited, "edit": edit_summary(edit), "edit_wall_time_s": edit.meta["wall_time_s"]}
 

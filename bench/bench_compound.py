@@ -78,11 +78,8 @@ def main() -> None:
             start = time.perf_counter()
             edit = run_erase(pipe, (name,), method)
             seconds = time.perf_counter() - start
-            edit.apply(pipe)
-            try:
+            with edit.applied(pipe):
                 edited = render_suites(cache, pipe, f"{method}/{name}", suites)
-            finally:
-                edit.revert(pipe)
             metrics = evaluate_compound(spec, suites, judge, reference, edited)
             rows.append(row(name, method, metrics, edit, seconds))
             results.append({"concept": name, "method": method, "options": VARIANTS[method][1],

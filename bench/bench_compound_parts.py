@@ -94,11 +94,8 @@ def main() -> None:
     start = time.perf_counter()
     edit = el.erase(pipe, args.concept, method=args.method, **options)
     erase_s = time.perf_counter() - start
-    edit.apply(pipe)
-    try:
+    with edit.applied(pipe):
         edited = kept_rates(judges, render_groups(pipe, spec, args.seeds, args.batch_size), spec, args.seeds)
-    finally:
-        edit.revert(pipe)
     combination = {name: {"base": base[name]["both"][-1], "edited": edited[name]["both"][-1]} for name in judges}
     spec = spec[:-1]
     rows = []

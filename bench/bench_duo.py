@@ -51,9 +51,9 @@ def worker(label: str, options: dict, seeds: int) -> dict:
     start = time.perf_counter()
     edit = erase(pipe, label, "duo", **options)  # pairs now come from the cache: this is the training time
     train_time = time.perf_counter() - start
-    edit.apply(pipe)
-    after = {"anchor": target_rate(pipe, judge, label, anchors, seeds), "retention": retention(pipe, judge, retain, 1)}
-    edit.revert(pipe)
+    with edit.applied(pipe):
+        after = {"anchor": target_rate(pipe, judge, label, anchors, seeds),
+                 "retention": retention(pipe, judge, retain, 1)}
     final = edit.meta["per_concept"][0]["final"]
     return {"concept": label, "pair_seconds": pair_time, "train_seconds": train_time, "peak_rss_mb": peak_rss_mb(),
             "anchor_before": before["anchor"], "anchor_after": after["anchor"],

@@ -44,16 +44,13 @@ def erase_and_measure(pipe, judge, method: str, label: str, steps: int, options:
     edit = erase(pipe, [label], method, steps=steps, **options)
     wall = time.perf_counter() - start
     peak = peak_rss_mb()
-    edit.apply(pipe)
-    try:
+    with edit.applied(pipe):
         return {"method": method, "options": options, "concept": label, "steps": steps, "wall_s": wall,
                 "peak_rss_mb": peak,
                 "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
                 "retention": retention(pipe, judge, retain_items((label,)), 1),
                 "touched_fraction": edit.meta.get("touched_fraction", 1.0),
                 "pool_from_cache": edit.meta.get("pool_from_cache", edit.meta.get("forget_set_from_cache"))}
-    finally:
-        edit.revert(pipe)
 
 
 def worker(method: str, label: str, steps: int, options: dict) -> dict:

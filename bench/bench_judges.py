@@ -103,11 +103,8 @@ def main() -> None:
     models["reference"] = compare(judges, images, items, "reference")
     for concept in filter(None, args.edits.split(",")):
         edit = el.erase(pipe, concept, method="pure", solver="least_squares")
-        edit.apply(pipe)
-        try:
+        with edit.applied(pipe):
             images, items = canonical_images(pipe, args.seeds_per_prompt, args.first_seed, args.steps)
-        finally:
-            edit.revert(pipe)
         models[f"pure-ls:{concept}"] = compare(judges, images, items, f"pure-ls_{concept}")
     seconds = time.perf_counter() - t0
 

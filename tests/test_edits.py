@@ -62,6 +62,19 @@ def test_apply_revert_is_bit_exact(pipe) -> None:
         edit.revert(pipe)
 
 
+def test_applied_context_reverts_also_when_the_block_raises(pipe) -> None:
+    edit = _varied_rank_edit(pipe, seed=3)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with edit.applied(pipe) as edited:
+        assert edited is pipe and edit.is_applied(pipe)
+        assert not all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    assert not edit.is_applied(pipe)
+    with pytest.raises(RuntimeError, match="measurement failed"), edit.applied(pipe):
+        raise RuntimeError("measurement failed")
+    assert not edit.is_applied(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+
+
 def test_variable_rank_lora_loads_in_diffusers_exactly(tmp_path, pipe) -> None:
     edit = _varied_rank_edit(pipe)
     edit.apply(pipe)

@@ -243,8 +243,7 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks:
             echo(f"[{method}] erasing {spec.name!r}" + (f" with {options}" if options else "") + " ...")
             edit = erase(pipe, spec, method, quiet=quiet, **options)
             edit.save(out / "runs" / f"{method}-{spec.name}", format="auto", overwrite=True)
-            edit.apply(pipe)
-            try:
+            with edit.applied(pipe):
                 attack_results = []
                 for name in attack_names:
                     echo(f"[{method}] attacking {spec.name!r} with {name} ...")
@@ -253,8 +252,6 @@ def compare(out: Path, concepts: Sequence[str], methods: Sequence[str], attacks:
                 echo(f"[{method}] evaluating {spec.name!r} ...")
                 result = evaluate(pipe, spec, reference=reference, judge=judge, attacks=attack_results, quiet=quiet,
                                   settings=settings, cache=cache)
-            finally:
-                edit.revert(pipe)
             results.append(result)
             records.extend(rows([result]))
             if resume:

@@ -9,6 +9,7 @@ the edited tensors. The names of those modules are re-exported here, where calle
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import warnings
 import weakref
@@ -184,6 +185,17 @@ class Edit:
         del self._originals[unet]
         provenance.record_reverted(unet, self)
         return target
+
+    @contextlib.contextmanager
+    def applied(self, target: Any) -> Iterator[Any]:
+        """`apply` for the block and `revert` after it, also when the block raises; yields `target`.
+
+        The one way code measures an edited model and hands the unedited one back."""
+        self.apply(target)
+        try:
+            yield target
+        finally:
+            self.revert(target)
 
     # -- base weights -----------------------------------------------------------------------
     def _base_weights(self, base: Any = None) -> dict[str, torch.Tensor]:

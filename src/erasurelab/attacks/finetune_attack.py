@@ -166,11 +166,8 @@ def _curve(ctx: AttackContext, pipe: Any, snapshots: dict[int, Any], start: dict
     tp = {name: [float(flags.float().mean())] for name, flags in start.items()}
     flags = images = None
     for adapter in snapshots.values():
-        adapter.apply(pipe)
-        try:
+        with adapter.applied(pipe):
             rendered = _render(ctx, pipe, prompts + paraphrases, seeds + para_seeds, budget)
-        finally:
-            adapter.revert(pipe)
         images = rendered[:len(prompts)]
         flags = ctx.present(images)
         tp["anchor"].append(float(flags.float().mean()))

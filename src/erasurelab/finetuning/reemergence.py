@@ -17,7 +17,7 @@ per variant says whether the fine-tuning still learned what it was for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,17 +75,9 @@ def render_rates(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str | 
     return out
 
 
-@contextlib.contextmanager
-def _with(pipe: Any, edit: Edit | None) -> Iterator[Any]:
-    """Apply `edit` (if any) to pipe for the block and revert it after, also on errors."""
-    if edit is None:
-        yield pipe
-        return
-    edit.apply(pipe)
-    try:
-        yield pipe
-    finally:
-        edit.revert(pipe)
+def _with(pipe: Any, edit: Edit | None) -> contextlib.AbstractContextManager[Any]:
+    """`edit.applied(pipe)`, or the pipeline unchanged when there is no edit."""
+    return contextlib.nullcontext(pipe) if edit is None else edit.applied(pipe)
 
 
 def _curve(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str, start: dict[str, Rate],
