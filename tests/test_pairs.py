@@ -129,3 +129,27 @@ def test_sdedit_that_would_run_no_step_is_one_line_error(pipe):
 def test_unknown_safe_caption_is_one_line_error():
     with pytest.raises(ErasureLabError, match="safe caption"):
         PairSettings(safe_caption="bogus")
+
+
+def test_sdedit_unsafe_members_are_judge_positive_edits_with_the_safe_members_noise(pipe):
+    judge, spec = ChannelJudge(), concept("red")
+    plain = build_pairs(pipe, spec, judge, SMALL)
+    twins = build_pairs(pipe, spec, judge, PairSettings(**{**SMALL.__dict__, "unsafe_member": "sdedit"}))
+    report = twins.report
+    assert len(twins) > 0 and report["unsafe_edits"] >= len(twins)
+    assert report["unsafe_edits"] - report["unsafe_edits_rejected"] == len(twins), "every accepted twin is kept"
+    assert judge.present(twins.unsafe, "red").all() and not judge.present(twins.safe, "red").any()
+    assert plain.report["unsafe_edits"] == 0
+    # Both runs render the same sources (same seeds), so a raw render kept as an unsafe member would appear in
+    # both; every sdedit member is an edit of its render instead.
+    assert not any(torch.equal(a, b) for a in plain.unsafe for b in twins.unsafe)
+
+
+def test_full_caption_names_every_label_and_unknown_unsafe_member_is_an_error():
+    from erasurelab.world.grammar import caption_without
+
+    labels = {"object": "circle", "color": "red", "style": "striped", "background": "black", "character": "none"}
+    assert caption_without(labels, "") == "a striped red circle on a black background"
+    with pytest.raises(ErasureLabError, match="unsafe member") as info:
+        PairSettings(unsafe_member="bogus")
+    assert "\n" not in str(info.value)

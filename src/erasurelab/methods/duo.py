@@ -116,6 +116,9 @@ class DuoConfig:
                                                       "prompt with the concept replaced) or judge (what the judge "
                                                       "reads in the unsafe image, minus the concept) (None: the "
                                                       "model's default)")
+    pair_unsafe_member: str = option("render", help="unsafe pair member: render (the judge-positive render, the "
+                                                    "spec) or sdedit (that render SDEdited like its safe member, "
+                                                    "towards its full caption)")
     checkpoint_dir: str | None = option(None, help="folder for resumable checkpoints (None: no checkpoints)")
     checkpoint_every: int = option(50, help="steps between checkpoints")
 
@@ -137,7 +140,8 @@ class DuoConfig:
             object.__setattr__(self, "prompts", (self.prompts,))
         PairSettings(n_pairs=self.n_pairs, strength=self.pair_strength if self.pair_strength is not None else 0.75,
                      negative=self.pair_negative or "unsafe", safe_caption=self.pair_safe_caption or "prompt",
-                     max_attempts=self.pair_attempts)  # validates the pair options before any work
+                     max_attempts=self.pair_attempts,
+                     unsafe_member=self.pair_unsafe_member)  # validates the pair options before any work
 
     def resolve(self, pipe: Any) -> dict[str, Any]:
         """Concrete settings: model defaults filled in, the coupled lr and λ computed (raw values kept)."""
@@ -156,7 +160,7 @@ class DuoConfig:
         return PairSettings(n_pairs=self.n_pairs, guidance=self.pair_guidance, strength=resolved["pair_strength"],
                             steps=self.pair_steps, max_attempts=self.pair_attempts,
                             negative=resolved["pair_negative"], safe_caption=resolved["pair_safe_caption"],
-                            seed=self.seed)
+                            unsafe_member=self.pair_unsafe_member, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from erasurelab.models.sampling import generate
 NAMESPACE = "duo_pairs"
 NEGATIVES: tuple[str, ...] = ("unsafe", "concept", "none")
 SAFE_CAPTIONS: tuple[str, ...] = ("prompt", "judge")
+UNSAFE_MEMBERS: tuple[str, ...] = ("render", "sdedit")
 #: Seed offset of the edit stream, so an edit never reuses its unsafe render's noise.
 EDIT_SEED_OFFSET = 7_777_777
 
@@ -51,7 +52,12 @@ class PairSettings:
     """How pairs are made. negative: the SDEdit negative prompt — "unsafe" (the whole unsafe prompt, the
     spec), "concept" (only the concept word) or "none". safe_caption: the SDEdit prompt — "prompt" (the
     unsafe prompt with the concept phrase replaced, the spec) or "judge" (a caption of what the judge reads
-    in that unsafe image, without the target attribute; needs a prompt grammar that knows the concept)."""
+    in that unsafe image, without the target attribute; needs a prompt grammar that knows the concept).
+    unsafe_member: "render" (the judge-positive render itself, the spec) or "sdedit" (that render edited at
+    the same strength and with the same noise as its safe member, towards a caption of everything the judge
+    read in it, target included, or the unsafe prompt without a grammar; kept only if it still shows the
+    concept and the other attributes), so the two members differ by the prompt alone and not also by one
+    SDEdit pass."""
 
     n_pairs: int = 64
     guidance: float = 7.5
@@ -60,6 +66,7 @@ class PairSettings:
     max_attempts: int = 20
     negative: str = "unsafe"
     safe_caption: str = "prompt"
+    unsafe_member: str = "render"
     keep_attributes: bool = True
     seed: int = 42
     batch_size: int = 32
@@ -70,6 +77,9 @@ class PairSettings:
         if self.safe_caption not in SAFE_CAPTIONS:
             raise ErasureLabError(f"unknown pair safe caption {self.safe_caption!r}; valid: "
                                   f"{', '.join(SAFE_CAPTIONS)}")
+        if self.unsafe_member not in UNSAFE_MEMBERS:
+            raise ErasureLabError(f"unknown pair unsafe member {self.unsafe_member!r}; valid: "
+                                  f"{', '.join(UNSAFE_MEMBERS)}")
         for name in ("n_pairs", "max_attempts", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -146,6 +156,7 @@ def safe_captioner(spec: ConceptSpec, target: str,
     Why: a safe prompt that names only the remaining concept ("a circle") leaves style and background to
     the sampler, and SDEdit redraws them; naming what this image shows keeps them. None when the
     settings ask for the prompt's safe side or no prompt grammar knows the concept.
+    With target "" the caption names every label (the prompt of an SDEdit'd unsafe member).
     """
     if settings.safe_caption != "judge":
         return None
@@ -161,6 +172,34 @@ def safe_captioner(spec: ConceptSpec, target: str,
 def _kept_attributes(before: list[dict[str, str]], after: list[dict[str, str]], target: str) -> list[bool]:
     """Per image: the judge's labels agree before and after the edit on every attribute but the target's."""
     return [all(x[k] == y.get(k) for k in x if k != target) for x, y in zip(before, after, strict=True)]
+
+
+def _unsafe_twins(pipe: Any, spec: ConceptSpec, judge: Any, s: PairSettings, target: str, source: torch.Tensor,
+                  labels: list[dict[str, str]], full_caption: Callable[[dict[str, str]], str | None] | None,
+                  unsafe_prompts: list[str], seeds: list[int], wanted: list[bool],
+                  tally: dict[str, int]) -> tuple[torch.Tensor, list[bool]]:
+    """The "sdedit" unsafe members of the `wanted` sources: each source edited with its safe member's seed and
+    strength towards a caption of everything the judge read in it (or its unsafe prompt), no negative prompt.
+    Returns (members, ok): members equals `source` where not wanted; ok is False where a wanted twin lost the
+    concept or (with keep_attributes) another attribute."""
+    index = [k for k, w in enumerate(wanted) if w]
+    members, ok = source.clone(), [False] * len(wanted)
+    if not index:
+        return members, ok
+    prompts = [unsafe_prompts[k] for k in index]
+    if full_caption is not None and labels:
+        prompts = [full_caption(labels[k]) or p for k, p in zip(index, prompts, strict=True)]
+    twins = img2img(pipe, source[index], prompts, [seeds[k] for k in index], strength=s.strength,
+                    guidance=s.guidance, steps=s.steps, batch_size=s.batch_size)
+    twins = _quantise(twins).float() / 255
+    shown = judge.present(twins, spec.name).tolist()
+    same = (_kept_attributes([labels[k] for k in index], judge.predict(twins), target) if s.keep_attributes
+            else [True] * len(index))
+    for j, k in enumerate(index):
+        members[k], ok[k] = twins[j], bool(shown[j] and same[j])
+    tally["unsafe_edits"] += len(index)
+    tally["unsafe_edits_rejected"] += sum(not ok[k] for k in index)
+    return members, ok
 
 
 def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings | None = None,
@@ -187,12 +226,14 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
     n, s = settings.n_pairs, settings
     slot_pairs = [pairs[i % len(pairs)] for i in range(n)]
     caption = safe_captioner(spec, target, s) if safe_prompt is None else None
+    full_caption = safe_captioner(spec, "", s)
     unsafe: dict[int, torch.Tensor] = {}
     safe: dict[int, torch.Tensor] = {}
     safe_prompts: dict[int, str] = {}
     found: set[int] = set()
     tally = {"render_attempts": 0, "edit_attempts": 0, "edits_still_showing_concept": 0,
-             "edits_removing_concept": 0, "edits_losing_other_attributes": 0, "judge_captions": 0}
+             "edits_removing_concept": 0, "edits_losing_other_attributes": 0, "judge_captions": 0,
+             "unsafe_edits": 0, "unsafe_edits_rejected": 0}
     pending = list(range(n))
     for attempt in range(s.max_attempts):
         if not pending:
@@ -213,7 +254,8 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
                 described = [caption(read) for read in labels]
                 tally["judge_captions"] += sum(c is not None for c in described)
                 prompts_now = [c or p for c, p in zip(described, prompts_now, strict=True)]
-            edited = img2img(pipe, source, prompts_now, [s.seed + EDIT_SEED_OFFSET + i + attempt * n for i in slots],
+            edit_seeds = [s.seed + EDIT_SEED_OFFSET + i + attempt * n for i in slots]
+            edited = img2img(pipe, source, prompts_now, edit_seeds,
                              strength=s.strength, guidance=s.guidance, steps=s.steps, batch_size=s.batch_size,
                              negative_prompts=[_negative(s, spec, slot_pairs[i][0]) or "" for i in slots])
             edited = _quantise(edited).float() / 255
@@ -223,9 +265,15 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
             tally["edits_still_showing_concept"] += sum(not g for g in gone)
             tally["edits_removing_concept"] += sum(gone)
             tally["edits_losing_other_attributes"] += sum(g and not k for g, k in zip(gone, kept, strict=True))
+            members = source
+            if s.unsafe_member == "sdedit":
+                members, twin_ok = _unsafe_twins(pipe, spec, judge, s, target, source, labels, full_caption,
+                                                 [slot_pairs[i][0] for i in slots], edit_seeds,
+                                                 [g and k for g, k in zip(gone, kept, strict=True)], tally)
+                kept = [k and ok for k, ok in zip(kept, twin_ok, strict=True)]
             for k, i in enumerate(slots):
                 if gone[k] and kept[k]:
-                    unsafe[i], safe[i], safe_prompts[i] = source[k], edited[k], prompts_now[k]
+                    unsafe[i], safe[i], safe_prompts[i] = members[k], edited[k], prompts_now[k]
         pending = [i for i in pending if i not in safe]
     order = sorted(safe)
     edits, removing = tally["edit_attempts"], tally["edits_removing_concept"]
