@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--concept", default="red")
     parser.add_argument("--method", default="pure")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default="evaluate", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--warm-all", action="store_true", help="Also time a re-run with every render cached.")
     args = parser.parse_args()
     if args.worker:
@@ -112,7 +113,7 @@ def main() -> None:
                 "warm_all": args.warm_all}
     payload = {"headline": {"evaluate_s_cold": rows[0]["evaluate_s"],
                             "evaluate_s_warm_reference": rows[-1]["evaluate_s"]}, "results": rows}
-    print(f"wrote {write_json('evaluate', payload, settings=settings, judge=rows[0]['judge_id'])}")
+    print(f"wrote {write_json(args.output, payload, settings=settings, judge=rows[0]['judge_id'])}")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--verdict-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--output", default="generation", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="16,64")
@@ -150,7 +151,7 @@ def main() -> None:
                 "verdict_seeds": args.verdict_seeds,
                 "verdict_from": str(args.verdict_from) if args.verdict_from else None}
     payload = {"results": rows, "bf16_verdict_check": check}
-    print(f"wrote {write_json('generation', payload, settings=settings, judge=check['judge_id'] if check else None)}")
+    print(f"wrote {write_json(args.output, payload, settings=settings, judge=check['judge_id'] if check else None)}")
 
 
 if __name__ == "__main__":
