@@ -9,10 +9,13 @@ judge. Each measurement runs in a fresh process:
 - warm (reference reused): the same cache folder with the edited model's renders removed, i.e. what a
   second method (or a second evaluation of another edit) against the same reference pays;
 - `--warm-all`: also the same evaluation again with everything cached.
+- `--ab-kv-reuse N`: instead, N interleaved pairs of cold rows with cross-attention key/value reuse on and
+  off (`ERASURELAB_KV_REUSE`), each in a fresh process with its own empty cache: the A/B of that speed path
+  under the same machine load.
 
 Prints a table and writes bench/results/evaluate.json (with a time breakdown per phase).
 
-    python bench/bench_evaluate.py [--concept red] [--method pure] [--threads 2] [--warm-all]
+    python bench/bench_evaluate.py [--concept red] [--method pure] [--threads 2] [--warm-all] [--ab-kv-reuse 2]
 """
 
 from __future__ import annotations
@@ -73,12 +76,42 @@ def run(concept: str, method: str, threads: int) -> dict:
     }
 
 
-def _worker(args: argparse.Namespace, cache: Path) -> dict:
+def _worker(args: argparse.Namespace, cache: Path, env: dict[str, str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--concept", args.concept, "--method", args.method,
            "--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env={**os.environ, "ERASURELAB_CACHE": str(cache)}).stdout
+                         env={**os.environ, **(env or {}), "ERASURELAB_CACHE": str(cache)}).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _cold(args: argparse.Namespace, env: dict[str, str] | None = None) -> dict:
+    """One cold row: a fresh process on a fresh, empty cache folder (removed after)."""
+    cache = Path(tempfile.mkdtemp(prefix="erasurelab-bench-cache-"))
+    try:
+        return _worker(args, cache, env)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def ab_kv_reuse(args: argparse.Namespace) -> None:
+    """N interleaved (on, off) pairs of cold rows; the headline is the median of each side."""
+    from statistics import median
+
+    from erasurelab.models.kv_reuse import KV_REUSE_ENV
+
+    rows = [{"kv_reuse": mode, **_cold(args, {KV_REUSE_ENV: mode})}
+            for _ in range(args.ab_kv_reuse) for mode in ("on", "off")]
+    print(table(rows, ["kv_reuse", "evaluate_s", "render_reference_s", "render_edited_s", "judge_s",
+                       "evaluate_cpu_s", "H", "load_average_1min"]))
+    side = {mode: median(r["evaluate_s"] for r in rows if r["kv_reuse"] == mode) for mode in ("on", "off")}
+    same = len({(r["H"], json.dumps(r["terms"], sort_keys=True)) for r in rows}) == 1
+    settings = {"concept": args.concept, "method": args.method, "threads": args.threads, "pairs": args.ab_kv_reuse,
+                "cache": "cold (empty cache) per row", "attacks": []}
+    payload = {"headline": {"evaluate_s_cold_kv_reuse_on_median": side["on"],
+                            "evaluate_s_cold_kv_reuse_off_median": side["off"],
+                            "same_verdicts_every_row": same}, "results": rows}
+    print(f"median cold evaluate: reuse on {side['on']:.1f} s, off {side['off']:.1f} s; same H and terms: {same}")
+    print(f"wrote {write_json(args.output, payload, settings=settings, judge=rows[0]['judge_id'])}")
 
 
 def main() -> None:
@@ -88,10 +121,15 @@ def main() -> None:
     parser.add_argument("--method", default="pure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="evaluate", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--ab-kv-reuse", type=int, default=0, metavar="N",
+                        help="N interleaved cold pairs with key/value reuse on and off, instead of cold and warm")
     parser.add_argument("--warm-all", action="store_true", help="Also time a re-run with every render cached.")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run(args.concept, args.method, args.threads)))
+        return
+    if args.ab_kv_reuse > 0:
+        ab_kv_reuse(args)
         return
     cache = Path(tempfile.mkdtemp(prefix="erasurelab-bench-cache-"))
     try:

@@ -71,3 +71,18 @@ def test_no_unet_or_no_cross_attention_is_a_no_op():
     plain = torch.nn.Sequential(torch.nn.Linear(3, 3))
     with reuse_cross_attention_kv(plain):
         assert "forward" not in vars(plain[0])
+
+
+def test_environment_switch_turns_reuse_off_and_rejects_other_values(monkeypatch):
+    from erasurelab.errors import ErasureLabError
+    from erasurelab.models.kv_reuse import KV_REUSE_ENV
+
+    pipe = tiny_sd15_pipeline()
+    to_k = cross_attention_projections(pipe.unet)[0]
+    x = torch.randn(1, 3, to_k.in_features)
+    monkeypatch.setenv(KV_REUSE_ENV, "off")
+    with reuse_cross_attention_kv(pipe.unet), torch.no_grad():
+        assert "forward" not in vars(to_k) and to_k(x) is not to_k(x)
+    monkeypatch.setenv(KV_REUSE_ENV, "sometimes")
+    with pytest.raises(ErasureLabError, match=KV_REUSE_ENV), reuse_cross_attention_kv(pipe.unet):
+        pass

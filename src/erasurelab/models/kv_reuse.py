@@ -13,15 +13,23 @@ with `is_cross_attention` (diffusers' `Attention`) answer a call whose input is 
 object, unmodified since (`_version`), with their previous output. Anything else (another input,
 keyword arguments, autograd on) computes as usual, so training code inside the context is unaffected.
 Module hooks still run on every call. The context restores the modules on exit.
+`ERASURELAB_KV_REUSE=off` turns reuse off everywhere (A/B timing, or a custom attention processor that
+changes the conditioning tensor in place between steps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from erasurelab.errors import ErasureLabError
+
+#: Environment switch: "on" (default) or "off".
+KV_REUSE_ENV = "ERASURELAB_KV_REUSE"
 
 
 class _ReusingForward:
@@ -53,7 +61,10 @@ def cross_attention_projections(unet: torch.nn.Module) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def reuse_cross_attention_kv(unet: torch.nn.Module | None) -> Iterator[None]:
     """Within the block, cross-attention keys and values computed once per conditioning tensor (see the module)."""
-    modules = cross_attention_projections(unet) if isinstance(unet, torch.nn.Module) else []
+    switch = os.environ.get(KV_REUSE_ENV, "on").strip().lower()
+    if switch not in ("on", "off"):
+        raise ErasureLabError(f"{KV_REUSE_ENV} must be on or off, got {switch!r}")
+    modules = cross_attention_projections(unet) if isinstance(unet, torch.nn.Module) and switch == "on" else []
     patched = [m for m in modules if "forward" not in vars(m)]  # never stack on an instance-level forward
     for module in patched:
         module.forward = _ReusingForward(module.forward)
