@@ -48,8 +48,7 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     # anchors (the embedded concepts have 12 each).
     ("esd", {"steps": 2, "batch_size": 7, "sample_with": "frozen", "sample_steps": 2}),
     ("trust", {"steps": 2, "n_forget": 2, "sample_steps": 2, "saliency_prompts": 1, "batch_size": 1}),
-    # pair_steps 5: the embedded SDEdit strength 0.2 re-runs int(5 x 0.2) = 1 step (4 would run none).
-    ("duo", {"steps": 2, "batch_size": 2, "n_pairs": 2, "rank": 2, "pair_steps": 5, "judge": "test-coin"}),
+    ("duo", {"steps": 2, "batch_size": 2, "n_pairs": 2, "rank": 2, "pair_steps": 4, "judge": "test-coin"}),
 ]
 #: (attack, options for a fast run). One line per registered attack (the fine-tuning attack `ft`
 #: has its own suite: it trains the model rather than searching its inputs).

@@ -48,10 +48,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "steps": (1000, 300),
     "batch_size": (4, 8),
     "rank": (32, 8),
-    "pair_strength": (0.75, 0.2),
+    "pair_strength": (0.75, 0.3),
     "pair_negative": ("unsafe", "concept"),
     "pair_safe_caption": ("prompt", "judge"),
-    "pair_unsafe_member": ("render", "sdedit"),
     "conditioning": ("empty", "prompt"),
 }
 
@@ -117,10 +116,9 @@ class DuoConfig:
                                                       "prompt with the concept replaced) or judge (what the judge "
                                                       "reads in the unsafe image, minus the concept) (None: the "
                                                       "model's default)")
-    pair_unsafe_member: str | None = option(None, help="unsafe pair member: render (the judge-positive render, "
-                                                           "the spec) or sdedit (that render SDEdited like its safe "
-                                                           "member, towards its full caption) (None: the model's "
-                                                           "default)")
+    pair_unsafe_member: str = option("render", help="unsafe pair member: render (the judge-positive render, the "
+                                                    "spec) or sdedit (that render SDEdited like its safe member, "
+                                                    "towards its full caption)")
     checkpoint_dir: str | None = option(None, help="folder for resumable checkpoints (None: no checkpoints)")
     checkpoint_every: int = option(50, help="steps between checkpoints")
 
@@ -143,7 +141,7 @@ class DuoConfig:
         PairSettings(n_pairs=self.n_pairs, strength=self.pair_strength if self.pair_strength is not None else 0.75,
                      negative=self.pair_negative or "unsafe", safe_caption=self.pair_safe_caption or "prompt",
                      max_attempts=self.pair_attempts,
-                     unsafe_member=self.pair_unsafe_member or "render")  # validates the pair options before any work
+                     unsafe_member=self.pair_unsafe_member)  # validates the pair options before any work
 
     def resolve(self, pipe: Any) -> dict[str, Any]:
         """Concrete settings: model defaults filled in, the coupled lr and λ computed (raw values kept)."""
@@ -156,13 +154,13 @@ class DuoConfig:
 
     def pair_settings(self, pipe: Any = None) -> PairSettings:
         """The SDEdit pair settings, the model's defaults (strength, negative, safe caption) filled in for `pipe`."""
-        names = ("pair_strength", "pair_negative", "pair_safe_caption", "pair_unsafe_member")
+        names = ("pair_strength", "pair_negative", "pair_safe_caption")
         resolved = resolve_defaults(self, pipe, {k: DEFAULTS[k] for k in names}) if pipe is not None else \
             {k: getattr(self, k) if getattr(self, k) is not None else DEFAULTS[k][0] for k in names}
         return PairSettings(n_pairs=self.n_pairs, guidance=self.pair_guidance, strength=resolved["pair_strength"],
                             steps=self.pair_steps, max_attempts=self.pair_attempts,
                             negative=resolved["pair_negative"], safe_caption=resolved["pair_safe_caption"],
-                            unsafe_member=resolved["pair_unsafe_member"], seed=self.seed)
+                            unsafe_member=self.pair_unsafe_member, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------
