@@ -10,6 +10,8 @@ from erasurelab.models.kv_reuse import cross_attention_projections, reuse_cross_
 from erasurelab.models.sampling import generate
 from tiny_pipelines import tiny_sd15_pipeline, tiny_sdxl_pipeline
 
+from conftest import needs_assets
+
 
 def _count_computations(monkeypatch, modules: list[torch.nn.Module]) -> dict[str, int]:
     """Counts computations (not calls) of these Linear modules: a forward hook would also see reused calls, so
@@ -86,3 +88,14 @@ def test_environment_switch_turns_reuse_off_and_rejects_other_values(monkeypatch
     monkeypatch.setenv(KV_REUSE_ENV, "sometimes")
     with pytest.raises(ErasureLabError, match=KV_REUSE_ENV), reuse_cross_attention_kv(pipe.unet):
         pass
+
+
+@needs_assets
+def test_embedded_model_images_bit_identical_with_and_without_reuse(builtin_pipe, monkeypatch):
+    from erasurelab.models.kv_reuse import KV_REUSE_ENV
+
+    prompts, seeds = ["a striped red circle on a white background", "Kiki on a black background"], [5, 6]
+    monkeypatch.setenv(KV_REUSE_ENV, "off")
+    plain = generate(builtin_pipe, prompts, seeds, steps=6)
+    monkeypatch.setenv(KV_REUSE_ENV, "on")
+    assert torch.equal(plain, generate(builtin_pipe, prompts, seeds, steps=6))
