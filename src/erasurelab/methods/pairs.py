@@ -226,7 +226,7 @@ def build_pairs(pipe: Any, spec: ConceptSpec, judge: Any, settings: PairSettings
     n, s = settings.n_pairs, settings
     slot_pairs = [pairs[i % len(pairs)] for i in range(n)]
     caption = safe_captioner(spec, target, s) if safe_prompt is None else None
-    full_caption = safe_captioner(spec, "", s)
+    full_caption = safe_captioner(spec, "", s) if s.unsafe_member == "sdedit" else None
     unsafe: dict[int, torch.Tensor] = {}
     safe: dict[int, torch.Tensor] = {}
     safe_prompts: dict[int, str] = {}
