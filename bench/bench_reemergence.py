@@ -7,11 +7,15 @@ concept's anchor and held-out paraphrase prompts at every snapshot, RR(k), the t
 accuracy, and the fine-tuning wall time. Writes bench/results/reemergence.json (+ a PNG per concept).
 
     OMP_NUM_THREADS=2 python bench/bench_reemergence.py --concepts green,triangle,dotted --methods uce,pure,esd
+
+A method entry is a registered method name, or LABEL=METHOD with that label's options in --method-options,
+e.g. `--methods esd,esd-x-strict=esd --method-options '{"esd-x-strict": {"variant": "x-strict"}}'`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,10 +30,17 @@ def jsonable(value):
     return convert(value)
 
 
+def method_labels(spec: str) -> dict[str, str]:
+    """label -> registered method name, from "uce,esd,esd-x-strict=esd" (a bare name is its own label)."""
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
+    return {e.partition("=")[0].strip(): (e.partition("=")[2] or e).strip() for e in entries}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", default="green,triangle,dotted")
-    parser.add_argument("--methods", default="uce,pure,esd")
+    parser.add_argument("--methods", default="uce,pure,esd", help="method names or LABEL=METHOD entries")
+    parser.add_argument("--method-options", default="{}", help="JSON: label -> options of that method's erase")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--snapshot-every", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -53,6 +64,11 @@ def main() -> None:
     from erasurelab.judges import load_judge
     from erasurelab.world.benign import task_probe, write_benign_dataset
 
+    methods = method_labels(args.methods)
+    options = json.loads(args.method_options)
+    unknown = sorted(set(options) - set(methods))
+    if unknown:
+        parser.error(f"--method-options names {unknown[0]!r}, which is not in --methods")
     pipe, judge = el.load_pipeline("builtin:shapes"), load_judge("shapes")
     config = FinetuneConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch_size=args.batch_size,
                             snapshot_every=args.snapshot_every)
@@ -61,7 +77,8 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="bench-reemergence-")) / name
         write_benign_dataset(name, folder, n=args.images, seed=0, judge=judge)
         data = load_caption_folder(folder, size=32)
-        safeties = {m: el.erase(pipe, name, method=m) for m in args.methods.split(",") if m}
+        safeties = {label: el.erase(pipe, name, method=method, **options.get(label, {}))
+                    for label, method in methods.items()}
         start = time.perf_counter()
         probe = task_probe(name, n=args.task_prompts)
         result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, probe,
