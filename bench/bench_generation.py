@@ -7,7 +7,8 @@ so before/after numbers are measured back to back under the same machine load. C
 
 `--verdict-seeds N` (default 4) renders the world's canonical prompts at N seeds each in fp32 and in bf16
 autocast at the same seeds and counts, per judge attribute, the images whose shapes-judge verdict
-(`predict`) changes: the rule for autocast being the default is under 1% of images.
+(`predict`) changes: the rule for autocast being the default is under 1% of images. On a CPU without
+native bf16 (no AVX512-BF16 or AMX) the bf16 rows and the check are skipped unless --force-bf16.
 
     python bench/bench_generation.py [--batches 16,64] [--repeats 3] [--before-src /tmp/before] [--verdict-seeds 4]
 """
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--verdict-seeds", type=int, default=4, help="0 skips the verdict check.")
     parser.add_argument("--verdict-from", type=Path, default=None,
                         help="Reuse the JSON a previous `--verdict-worker N` run printed instead of rendering again.")
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="run the bf16 rows and verdict check also on a CPU without native bf16")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.repeats, args.threads)))
@@ -125,8 +128,14 @@ def main() -> None:
         print(json.dumps(verdicts(args.verdict_worker, args.threads)))
         return
     common = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-    variants = [("after", "default", {"ERASURELAB_AUTOCAST": "auto"}),
-                ("after", "bf16 opt-in", {"ERASURELAB_AUTOCAST": "on"})]
+    from erasurelab.models.sampling import cpu_bf16_capable
+
+    bf16 = args.force_bf16 or cpu_bf16_capable()
+    if not bf16:  # emulated bf16 runs many times slower than float32: rows that take hours and say nothing
+        print("this CPU has no native bf16 (AVX512-BF16 or AMX): the bf16 rows and the verdict check are skipped "
+              "(--force-bf16 runs them anyway)")
+    variants = [("after", "default", {"ERASURELAB_AUTOCAST": "auto"})]
+    variants += [("after", "bf16 opt-in", {"ERASURELAB_AUTOCAST": "on"})] if bf16 else []
     if args.before_src is not None:
         before_path = str(args.before_src.resolve() / "src")
         variants.insert(0, ("before", "default", {"PYTHONPATH": before_path}))
@@ -139,7 +148,7 @@ def main() -> None:
                        "peak_rss_mb", "load_average_1min"]))
     if args.verdict_from is not None:
         check = {**json.loads(args.verdict_from.read_text()), "source": f"reused from {args.verdict_from.name}"}
-    elif args.verdict_seeds > 0:
+    elif args.verdict_seeds > 0 and bf16:
         check = _run(["--verdict-worker", str(args.verdict_seeds), "--threads", str(args.threads)], {})
     else:
         check = None
@@ -148,7 +157,7 @@ def main() -> None:
               f"(max rate {check['max_rate']:.4f}, passes: {check['passes']})")
     settings = {"batches": args.batches, "repeats": args.repeats, "threads": args.threads, "steps": 20,
                 "prompt": PROMPT, "before_src": str(args.before_src) if args.before_src else None,
-                "verdict_seeds": args.verdict_seeds,
+                "verdict_seeds": args.verdict_seeds, "bf16_rows": bf16,
                 "verdict_from": str(args.verdict_from) if args.verdict_from else None}
     payload = {"results": rows, "bf16_verdict_check": check}
     print(f"wrote {write_json(args.output, payload, settings=settings, judge=check['judge_id'] if check else None)}")
