@@ -50,6 +50,23 @@ def test_autocast_deterministic_and_close_to_fp32(builtin_pipe):
     assert (bf16_a - fp32).abs().mean() < 0.02
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_autocast_warns_only_where_bf16_is_emulated(monkeypatch, native):
+    """bf16 on a CPU without AVX512-BF16/AMX is emulated and several times slower: say so, once per call."""
+    import warnings
+
+    from erasurelab.models import sampling
+
+    monkeypatch.setattr(sampling, "cpu_bf16_capable", lambda: native)
+    pipe = tiny_sd15_pipeline()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(pipe, ["a red circle"], [0], steps=2, autocast=True)
+        generate(pipe, ["a red circle"], [0], steps=2, autocast=False)
+    emulated = [w for w in caught if "emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+
+
 @pytest.mark.parametrize("build", ["sd15", "sdxl"])
 @pytest.mark.parametrize("negative", [None, "a blue star"])
 def test_each_distinct_prompt_encoded_once_same_images(build, negative):

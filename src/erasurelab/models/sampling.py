@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,9 +88,12 @@ def sampler_info(pipe: Any, autocast: bool | None = None) -> dict[str, Any]:
 def _precision(pipe: Any, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     if not enabled:
         return contextlib.nullcontext()
+    return torch.autocast(device_type=_device_type(pipe), dtype=torch.bfloat16)
+
+
+def _device_type(pipe: Any) -> str:
     param = _unet_param(pipe)
-    device = param.device.type if param is not None else "cpu"
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return param.device.type if param is not None else "cpu"
 
 
 _UNSET = object()
@@ -221,6 +225,10 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
     if batch_size <= 0:
         raise ErasureLabError(f"batch size must be positive, got {batch_size}")
     use_autocast = resolve_autocast(pipe, autocast)
+    if use_autocast and _device_type(pipe) == "cpu" and not cpu_bf16_capable():
+        warnings.warn("bf16 autocast on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and runs "
+                      "several times slower than float32; unset ERASURELAB_AUTOCAST or pass autocast=False",
+                      RuntimeWarning, stacklevel=2)
     with torch.no_grad(), _precision(pipe, use_autocast):
         negative = _negative_conditioning(pipe, negative_prompt, guidance)
     images = []
