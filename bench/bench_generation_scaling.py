@@ -86,7 +86,8 @@ def main() -> None:
         for processes, channels_last in variants:
             seconds[(processes, channels_last)].append(measure(args.images, processes, channels_last, args.batch))
     base = statistics.median(seconds[(1, False)])
-    rows = [{"processes x threads": f"{p} x {2 // p}", "channels_last": cl, "render_s": seconds[(p, cl)],
+    rows = [{"processes x threads": f"{p} x {2 // p}", "channels_last": "on" if cl else "off",
+             "render_s": seconds[(p, cl)],
              "median_s": statistics.median(seconds[(p, cl)]),
              "images_per_s": args.images / statistics.median(seconds[(p, cl)]),
              "speedup": base / statistics.median(seconds[(p, cl)])} for p, cl in variants]
