@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from erasurelab.models.kv_reuse import cross_attention_projections, reuse_cross_attention_kv
+from erasurelab.models.kv_reuse import KV_REUSE_ENV, cross_attention_projections, reuse_cross_attention_kv
 from erasurelab.models.sampling import generate
 from tiny_pipelines import tiny_sd15_pipeline, tiny_sdxl_pipeline
 
@@ -77,8 +77,6 @@ def test_no_unet_or_no_cross_attention_is_a_no_op():
 
 def test_environment_switch_turns_reuse_off_and_rejects_other_values(monkeypatch):
     from erasurelab.errors import ErasureLabError
-    from erasurelab.models.kv_reuse import KV_REUSE_ENV
-
     pipe = tiny_sd15_pipeline()
     to_k = cross_attention_projections(pipe.unet)[0]
     x = torch.randn(1, 3, to_k.in_features)
@@ -92,8 +90,6 @@ def test_environment_switch_turns_reuse_off_and_rejects_other_values(monkeypatch
 
 @needs_assets
 def test_embedded_model_images_bit_identical_with_and_without_reuse(builtin_pipe, monkeypatch):
-    from erasurelab.models.kv_reuse import KV_REUSE_ENV
-
     prompts, seeds = ["a striped red circle on a white background", "Kiki on a black background"], [5, 6]
     monkeypatch.setenv(KV_REUSE_ENV, "off")
     plain = generate(builtin_pipe, prompts, seeds, steps=6)
