@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,11 +97,17 @@ def write_json(name: str, payload: dict, *, pipe: Any | None = None, judge: Any 
     return write_json_atomic(RESULTS / f"{name}.json", full)
 
 
-def run_worker(script: str, *args: str) -> dict:
-    """Run `python script *args` in a fresh process and return the JSON dict it prints last.
+def last_json(stdout: str) -> Any:
+    """The JSON value a worker printed on its last line (earlier lines are its logs)."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_worker(script: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run `python script *args` in a fresh process (os.environ plus `env`) and return the JSON it prints last.
 
     Why a fresh process: a measurement's peak resident memory (and its timing, free of the
     parent's caches) is then its own.
     """
-    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}).stdout
+    return last_json(out)

@@ -24,14 +24,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mb, table, write_json
+from _common import peak_rss_mb, run_worker, table, write_json
 
 
 def run(concept: str, method: str, threads: int) -> dict:
@@ -77,11 +76,8 @@ def run(concept: str, method: str, threads: int) -> dict:
 
 
 def _worker(args: argparse.Namespace, cache: Path, env: dict[str, str] | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--concept", args.concept, "--method", args.method,
-           "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env={**os.environ, **(env or {}), "ERASURELAB_CACHE": str(cache)}).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_worker(__file__, "--worker", "--concept", args.concept, "--method", args.method,
+                      "--threads", str(args.threads), env={**(env or {}), "ERASURELAB_CACHE": str(cache)})
 
 
 def _cold(args: argparse.Namespace, env: dict[str, str] | None = None) -> dict:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,9 +97,9 @@ def verdicts(seeds: int, threads: int) -> dict:
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
-                         env={**os.environ, **env}).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    from _common import run_worker  # not at the top: a worker may run against an older source tree
+
+    return run_worker(__file__, *args, env=env)
 
 
 def main() -> None:

@@ -53,10 +53,12 @@ def _launch(n: int, threads: int, channels_last: bool, offset: int, batch: int) 
 
 
 def _seconds(process: subprocess.Popen) -> float:
+    from _common import last_json
+
     out, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"worker failed with exit code {process.returncode}")
-    return float(out.strip().splitlines()[-1])
+    return float(last_json(out))
 
 
 def measure(images: int, processes: int, channels_last: bool, batch: int) -> float:
