@@ -1,8 +1,9 @@
 """The `erasurelab` command line. Thin: parse, call the API, print.
 
 Every ErasureLabError becomes one line on stderr and exit code 2; anything else is a bug and
-keeps its traceback. The shared option vocabulary is in cli_options.py; the listing, long-job and
-`world` commands live in cli_inspect.py, cli_runs.py and cli_world.py and are registered here.
+keeps its traceback. The shared option vocabulary is in cli_options.py; the listing and long-job
+commands live in cli_inspect.py and cli_runs.py and are registered here. Plugin command groups
+(the embedded world's `erasurelab world ...`) come from the plugin registry, imported only when used.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from erasurelab import __version__
 from erasurelab.cli_inspect import attacks, judges, methods
@@ -36,10 +38,35 @@ from erasurelab.cli_options import (
     placement,
 )
 from erasurelab.cli_runs import bench, demo, finetune
-from erasurelab.cli_world import world_app
 from erasurelab.errors import ErasureLabError
+from erasurelab.plugins import cli_apps, load_cli_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+if TYPE_CHECKING:
+    from typer._click import Command  # typer vendors click; only its types are needed here
+
+
+class PluginCommandGroup(TyperGroup):
+    """The root command: built-in commands, then the command groups plugins declare, each imported on first use.
+
+    Why lazy: listing `world` must not import the world (and torch) for `erasurelab --version`.
+    """
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *sorted(name for name in cli_apps() if name not in own)]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in cli_apps():
+            plugin_app = load_cli_app(cmd_name)
+            if plugin_app is not None:
+                found = typer.main.get_group(plugin_app)  # type: ignore[arg-type]
+                found.name = cmd_name
+                self.add_command(found, cmd_name)
+        return found
+
+
+app = typer.Typer(cls=PluginCommandGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Erase concepts from text-to-image diffusion models, and prove it.")
 
 
@@ -254,7 +281,6 @@ app.command()(judges)
 app.command()(demo)
 app.command()(bench)
 app.command()(finetune)
-app.add_typer(world_app, name="world")
 
 
 def _quiet_libraries() -> None:

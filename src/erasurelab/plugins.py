@@ -9,6 +9,11 @@ first lookup pays for the imports once.
 Built-ins are named here as strings, so they load without reinstalling the package; installed
 packages add theirs under `[project.entry-points."erasurelab.plugins"]`: a module (registers on
 import) or a callable (called once with no arguments).
+
+Command groups (`erasurelab world ...`) are declared apart, as `name -> "module:attribute"` strings
+(built-ins here, others under `[project.entry-points."erasurelab.cli"]`), because the command line
+must list them without importing a plugin (and torch): the module is imported only when the
+group runs or its help is shown.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 #: The entry-point group third-party plugins register under.
 ENTRY_POINT_GROUP = "erasurelab.plugins"
+#: Built-in command groups: `erasurelab NAME ...` -> the `typer.Typer` at "module:attribute".
+BUILTIN_CLI_APPS: dict[str, str] = {"world": "erasurelab.world.cli:world_app"}
+#: The entry-point group third-party command groups register under (value "module:attribute").
+CLI_ENTRY_POINT_GROUP = "erasurelab.cli"
 
 _lock = threading.RLock()
 _state = {"started": False}
@@ -77,3 +86,24 @@ def _load_entry_points() -> None:
 def loaded_plugins() -> list[str]:
     """Modules (or entry-point values) loaded so far, in load order."""
     return list(_loaded)
+
+
+def cli_apps() -> dict[str, str]:
+    """Plugin command groups, name -> "module:attribute", without importing any of them (built-ins win)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group=CLI_ENTRY_POINT_GROUP)}
+    return {**found, **BUILTIN_CLI_APPS}
+
+
+def load_cli_app(name: str) -> object | None:
+    """Import one plugin command group (a `typer.Typer`); None, with a warning, when a third-party one is broken."""
+    target = cli_apps()[name]
+    module, _, attribute = target.partition(":")
+    try:
+        return getattr(import_module(module), attribute)
+    except Exception as exc:
+        if name in BUILTIN_CLI_APPS:
+            raise  # a broken built-in is a bug
+        warnings.warn(f"could not load erasurelab command group {name!r} ({target}): {exc}", stacklevel=2)
+        return None

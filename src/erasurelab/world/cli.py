@@ -1,7 +1,9 @@
 """`erasurelab world ...`: train and inspect the embedded shapes world.
 
-Why its own module: these are the only commands outside `erasurelab.world` allowed to import it
-(tests/test_import_rules.py checks that by module and function name).
+Why here, inside the world: nothing outside `erasurelab.world` imports it. The command line finds
+this group through `erasurelab.plugins.BUILTIN_CLI_APPS` (and the `erasurelab.cli` entry point)
+and imports this module only when `erasurelab world ...` runs or its help is shown; the top level
+imports nothing heavy, so that stays cheap.
 """
 
 from __future__ import annotations
