@@ -100,7 +100,7 @@ def test_bench_defaults_to_the_test_concepts_and_names_the_set() -> None:
 def test_bench_rows_are_written_as_they_complete_and_skipped_on_resume(tmp_path: Path, monkeypatch) -> None:
     small = EvaluationSettings(anchor_seeds=1, paraphrase_max=4, neighbour_k=1, neighbour_templates=1,
                                neighbour_seeds=1, unrelated_max=2, selective_max=4, judge_accuracy_n=0,
-                               batch_size=64, examples=1, second_judge=None)
+                               batch_size=64, examples=1, second_judge=None, steps=6)  # rows, not quality
     first_lines: list[str] = []
     first = demo.run_bench(tmp_path / "b", ["green"], ["uce"], None, quiet=True, echo=first_lines.append,
                            settings=small)

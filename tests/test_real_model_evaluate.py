@@ -10,7 +10,7 @@ import pytest
 import test_contract  # noqa: F401  (registers the test-coin judge DUO filters its pairs with)
 from test_cli import run_cli
 from test_clip_judge import make_clip_folder
-from tiny_pipelines import tiny_sd15_pipeline, tiny_sdxl_pipeline
+from tiny_pipelines import at_sample_size, tiny_sd15_pipeline, tiny_sdxl_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ words: [teapot]
 neighbours: [kettle, mug, vase]
 paraphrases: [a pot for brewing tea, a porcelain vessel with a spout for tea, the thing you pour tea from]
 """
-METHODS = [("pure", "lora", []), ("uce", "lora", []),
+METHODS = [("pure", "lora", ["-o", "steps=2", "-o", "seeds=[0]"]), ("uce", "lora", []),
            ("esd", "full", ["-o", "steps=2", "-o", "pool_size=2", "-o", "sample_steps=2"]),
            ("trust", "full", ["-o", "steps=2", "-o", "n_forget=2", "-o", "sample_steps=2"]),
            # DUO builds its pairs with a judge that must see the concept in the tiny model's renders; a
@@ -36,7 +36,8 @@ def world(tmp_path_factory):
     (root / "teapot.yaml").write_text(CONCEPT)
     make_clip_folder(root / "clip")
     for name, build in (("sd15", tiny_sd15_pipeline), ("sdxl", tiny_sdxl_pipeline)):
-        build().save_pretrained(root / name, safe_serialization=True)
+        # 8x8 latents (saved in the U-Net's config, as a real folder's sample_size is): the path, at 1/16 the cost
+        at_sample_size(build(), 8).save_pretrained(root / name, safe_serialization=True)
     return root
 
 
