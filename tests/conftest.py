@@ -9,7 +9,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two threads at most, split between pytest-xdist workers so that `-n 2` on two cores never oversubscribes them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 # Tests never share the on-disk cache with a user's runs (or a previous test session).
 if "ERASURELAB_CACHE" not in os.environ:
     import tempfile
