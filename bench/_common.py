@@ -111,3 +111,21 @@ def run_worker(script: str, *args: str, env: dict[str, str] | None = None) -> An
     out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True,
                          env={**os.environ, **(env or {})}).stdout
     return last_json(out)
+
+
+def verdict_difference(preds_a: list[dict[str, str]], preds_b: list[dict[str, str]], images_a: Any, images_b: Any,
+                       attributes: list[str] | tuple[str, ...], limit: float = 0.01) -> dict:
+    """How often a judge's verdict per attribute differs between two renders of the same prompts and seeds.
+
+    Why shared: every "faster render path" (bf16 autocast, fewer sampler steps) is held to the same
+    rule before it may become a default: each attribute changes on under `limit` of the images.
+    """
+    n = len(preds_a)
+    changed = {attr: sum(x[attr] != y[attr] for x, y in zip(preds_a, preds_b, strict=True)) for attr in attributes}
+    any_changed = sum(any(x[attr] != y[attr] for attr in attributes) for x, y in zip(preds_a, preds_b, strict=True))
+    diff = (images_a - images_b).abs()
+    return {"images": n, "verdict_changes": changed, "verdict_change_rate": {k: v / n for k, v in changed.items()},
+            "images_with_any_change": any_changed, "any_change_rate": any_changed / n,
+            "max_rate": max(changed.values()) / n, "rule": f"a default only if every attribute < {limit}",
+            "passes": max(changed.values()) / n < limit,
+            "pixel_mean_abs_diff": float(diff.mean()), "pixel_max_abs_diff": float(diff.max())}

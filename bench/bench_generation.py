@@ -83,17 +83,10 @@ def verdicts(seeds: int, threads: int) -> dict:
         images = generate(pipe, prompts, seed_list, batch_size=64, autocast=flag)
         runs[name] = (images, judge.predict(images), time.process_time() - t0)
     (a, pa, ca), (b, pb, cb) = runs["fp32"], runs["bf16"]
-    n = len(prompts)
-    changed = {attr: sum(x[attr] != y[attr] for x, y in zip(pa, pb, strict=True)) for attr in vocab.ATTRIBUTES}
-    any_changed = sum(any(x[attr] != y[attr] for attr in vocab.ATTRIBUTES) for x, y in zip(pa, pb, strict=True))
-    diff = (a - b).abs()
-    return {"images": n, "prompts": len(suite), "seeds_per_prompt": seeds, "first_seed": 1000,
-            "verdict_changes": changed, "verdict_change_rate": {k: v / n for k, v in changed.items()},
-            "images_with_any_change": any_changed, "any_change_rate": any_changed / n,
-            "max_rate": max(changed.values()) / n, "rule": "autocast default only if every attribute < 0.01",
-            "passes": max(changed.values()) / n < 0.01,
-            "pixel_mean_abs_diff": float(diff.mean()), "pixel_max_abs_diff": float(diff.max()),
-            "cpu_seconds": {"fp32": ca, "bf16": cb}, "judge_id": judge.id}
+    from _common import verdict_difference  # not at the top: a worker may run against an older source tree
+
+    return {**verdict_difference(pa, pb, a, b, vocab.ATTRIBUTES), "prompts": len(suite), "seeds_per_prompt": seeds,
+            "first_seed": 1000, "cpu_seconds": {"fp32": ca, "bf16": cb}, "judge_id": judge.id}
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict:

@@ -1,0 +1,67 @@
+"""Fewer sampler steps as a faster render path: judge verdicts and CPU time against the model's default steps.
+
+Rendering is about 90% of a cold evaluation (bench/results/evaluate.md), and its cost is linear in
+sampler steps. Fewer steps of the same DPM-Solver++ sampler are held to the rule bf16 autocast was held
+to (bench_generation.py): a step count could replace the default only if, on the world's canonical
+prompts at the same seeds, every attribute's shapes-judge verdict changes on under 1% of the images.
+Measures only; it changes no default.
+
+    OMP_NUM_THREADS=2 python bench/bench_sampler_steps.py --steps 10,12,15 [--seeds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, verdict_difference, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="10,12,15", help="comma-separated candidate step counts")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per canonical prompt (from 1000)")
+    parser.add_argument("--output", default="sampler_steps")
+    args = parser.parse_args()
+    candidates = [int(s) for s in args.steps.split(",") if s.strip()]
+    if not candidates or min(candidates) <= 0:
+        parser.error(f"--steps needs positive step counts, got {args.steps!r}")
+
+    from erasurelab.judges import load_judge
+    from erasurelab.models import generate, load_pipeline
+    from erasurelab.models.sampling import default_sampling
+    from erasurelab.world import vocab
+    from erasurelab.world.captions import canonical_suite
+
+    pipe, judge = load_pipeline("builtin:shapes"), load_judge("shapes")
+    default_steps, guidance = default_sampling(pipe)
+    suite = canonical_suite()
+    prompts = [p.prompt for p in suite for _ in range(args.seeds)]
+    seeds = [1000 + k for _ in suite for k in range(args.seeds)]
+
+    def render(steps: int) -> tuple:
+        t0 = time.process_time()
+        images = generate(pipe, prompts, seeds, steps=steps, batch_size=64)
+        return images, judge.predict(images), time.process_time() - t0
+
+    base_images, base_preds, base_cpu = render(default_steps)
+    rows = [{"steps": default_steps, "cpu_s": base_cpu, "speed_up": 1.0, "max_rate": 0.0, "passes": True}]
+    for steps in candidates:
+        images, preds, cpu = render(steps)
+        check = verdict_difference(base_preds, preds, base_images, images, vocab.ATTRIBUTES)
+        rows.append({"steps": steps, "cpu_s": cpu, "speed_up": base_cpu / cpu, **check})
+    columns = ["steps", "cpu_s", "speed_up", "max_rate", "passes"]
+    print(table(rows, columns))
+    for row in rows[1:]:
+        print(f"{row['steps']} steps: verdict change rate per attribute {row['verdict_change_rate']}")
+    write_json(args.output, {"rows": rows, "reference_steps": default_steps, "guidance": guidance,
+                             "images": len(prompts), "prompts": len(suite)},
+               judge=judge, settings={"steps": candidates, "seeds": args.seeds, "first_seed": 1000,
+                                      "scheduler": type(pipe.scheduler).__name__})
+
+
+if __name__ == "__main__":
+    main()
