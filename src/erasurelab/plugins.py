@@ -18,7 +18,9 @@ group runs or its help is shown.
 
 from __future__ import annotations
 
+import functools
 import logging
+import pkgutil
 import threading
 import warnings
 from importlib import import_module
@@ -88,8 +90,12 @@ def loaded_plugins() -> list[str]:
     return list(_loaded)
 
 
+@functools.cache
 def cli_apps() -> dict[str, str]:
-    """Plugin command groups, name -> "module:attribute", without importing any of them (built-ins win)."""
+    """Plugin command groups, name -> "module:attribute", without importing any of them (built-ins win).
+
+    Read once per process: the root command asks for it on every lookup of a name it does not own.
+    """
     from importlib.metadata import entry_points
 
     found = {ep.name: ep.value for ep in entry_points(group=CLI_ENTRY_POINT_GROUP)}
@@ -99,9 +105,8 @@ def cli_apps() -> dict[str, str]:
 def load_cli_app(name: str) -> object | None:
     """Import one plugin command group (a `typer.Typer`); None, with a warning, when a third-party one is broken."""
     target = cli_apps()[name]
-    module, _, attribute = target.partition(":")
     try:
-        return getattr(import_module(module), attribute)
+        return pkgutil.resolve_name(target)
     except Exception as exc:
         if name in BUILTIN_CLI_APPS:
             raise  # a broken built-in is a bug
