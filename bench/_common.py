@@ -129,3 +129,37 @@ def verdict_difference(preds_a: list[dict[str, str]], preds_b: list[dict[str, st
             "max_rate": max(changed.values()) / n, "rule": f"a default only if every attribute < {limit}",
             "passes": max(changed.values()) / n < limit,
             "pixel_mean_abs_diff": float(diff.mean()), "pixel_max_abs_diff": float(diff.max())}
+
+
+def canonical_requests(seeds_per_prompt: int, first_seed: int = 1000) -> tuple[list[str], list[int], int]:
+    """(prompts, seeds, number of distinct prompts): the world's canonical prompts, each at seeds first_seed.. .
+
+    Why shared: every verdict check on a faster render path compares renders of exactly these requests.
+    """
+    from erasurelab.world.captions import canonical_suite
+
+    suite = canonical_suite()
+    prompts = [p.prompt for p in suite for _ in range(seeds_per_prompt)]
+    seeds = [first_seed + k for _ in suite for k in range(seeds_per_prompt)]
+    return prompts, seeds, len(suite)
+
+
+def judged_render(pipe: Any, judge: Any, prompts: list[str], seeds: list[int],
+                  **options: Any) -> tuple[Any, list, float]:
+    """(images, the judge's per-attribute verdicts, CPU seconds of the render) at batch 64; `options` go to generate."""
+    import time
+
+    from erasurelab.models import generate
+
+    start = time.process_time()
+    images = generate(pipe, prompts, seeds, batch_size=64, **options)
+    return images, judge.predict(images), time.process_time() - start
+
+
+def to_channels_last(pipe: Any) -> Any:
+    """The U-Net and VAE in torch.channels_last memory format (oneDNN's preferred layout), in place; returns pipe."""
+    import torch
+
+    for module in (pipe.unet, pipe.vae):
+        module.to(memory_format=torch.channels_last)
+    return pipe

@@ -67,25 +67,19 @@ def verdicts(seeds: int, threads: int) -> dict:
     import torch
 
     from erasurelab.judges import load_judge
-    from erasurelab.models import generate, load_pipeline
+    from erasurelab.models import load_pipeline
     from erasurelab.world import vocab
-    from erasurelab.world.captions import canonical_suite
+
+    # not at the top: a worker may run against an older source tree
+    from _common import canonical_requests, judged_render, verdict_difference
 
     torch.set_num_threads(threads)
     pipe = load_pipeline("builtin:shapes")
     judge = load_judge("shapes")
-    suite = canonical_suite()
-    prompts = [p.prompt for p in suite for _ in range(seeds)]
-    seed_list = [1000 + k for _ in suite for k in range(seeds)]
-    runs = {}
-    for name, flag in (("fp32", False), ("bf16", True)):
-        t0 = time.process_time()
-        images = generate(pipe, prompts, seed_list, batch_size=64, autocast=flag)
-        runs[name] = (images, judge.predict(images), time.process_time() - t0)
-    (a, pa, ca), (b, pb, cb) = runs["fp32"], runs["bf16"]
-    from _common import verdict_difference  # not at the top: a worker may run against an older source tree
-
-    return {**verdict_difference(pa, pb, a, b, vocab.ATTRIBUTES), "prompts": len(suite), "seeds_per_prompt": seeds,
+    prompts, seed_list, n_prompts = canonical_requests(seeds)
+    a, pa, ca = judged_render(pipe, judge, prompts, seed_list, autocast=False)
+    b, pb, cb = judged_render(pipe, judge, prompts, seed_list, autocast=True)
+    return {**verdict_difference(pa, pb, a, b, vocab.ATTRIBUTES), "prompts": n_prompts, "seeds_per_prompt": seeds,
             "first_seed": 1000, "cpu_seconds": {"fp32": ca, "bf16": cb}, "judge_id": judge.id}
 
 

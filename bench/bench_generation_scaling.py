@@ -38,8 +38,9 @@ def worker(n: int, threads: int, channels_last: bool, offset: int, batch: int) -
     torch.set_num_threads(threads)
     pipe = load_pipeline("builtin:shapes")
     if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
+        from _common import to_channels_last
+
+        to_channels_last(pipe)
     generate(pipe, PROMPTS[:1], [0], batch_size=batch)
     start = time.perf_counter()
     generate(pipe, [PROMPTS[i % 2] for i in range(n)], list(range(offset, offset + n)), batch_size=batch)

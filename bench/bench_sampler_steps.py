@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, verdict_difference, write_json
+from _common import canonical_requests, judged_render, table, to_channels_last, verdict_difference, write_json
 
 
 def main() -> None:
@@ -36,42 +35,31 @@ def main() -> None:
         parser.error(f"--steps needs positive step counts, got {args.steps!r}")
 
     from erasurelab.judges import load_judge
-    from erasurelab.models import generate, load_pipeline
+    from erasurelab.models import load_pipeline
     from erasurelab.models.sampling import default_sampling
     from erasurelab.world import vocab
-    from erasurelab.world.captions import canonical_suite
 
     pipe, judge = load_pipeline("builtin:shapes"), load_judge("shapes")
     default_steps, guidance = default_sampling(pipe)
-    suite = canonical_suite()
-    prompts = [p.prompt for p in suite for _ in range(args.seeds)]
-    seeds = [1000 + k for _ in suite for k in range(args.seeds)]
+    prompts, seeds, n_prompts = canonical_requests(args.seeds)
 
-    def render(steps: int) -> tuple:
-        t0 = time.process_time()
-        images = generate(pipe, prompts, seeds, steps=steps, batch_size=64)
-        return images, judge.predict(images), time.process_time() - t0
+    def compared_row(label: object, steps: int) -> dict:
+        images, preds, cpu = judged_render(pipe, judge, prompts, seeds, steps=steps)
+        return {"steps": label, "cpu_s": cpu, "speed_up": base_cpu / cpu,
+                **verdict_difference(base_preds, preds, base_images, images, vocab.ATTRIBUTES)}
 
-    base_images, base_preds, base_cpu = render(default_steps)
+    base_images, base_preds, base_cpu = judged_render(pipe, judge, prompts, seeds, steps=default_steps)
     rows = [{"steps": default_steps, "cpu_s": base_cpu, "speed_up": 1.0, "max_rate": 0.0, "passes": True}]
-    for steps in candidates:
-        images, preds, cpu = render(steps)
-        check = verdict_difference(base_preds, preds, base_images, images, vocab.ATTRIBUTES)
-        rows.append({"steps": steps, "cpu_s": cpu, "speed_up": base_cpu / cpu, **check})
+    rows += [compared_row(steps, steps) for steps in candidates]
     if args.floor:
-        import torch
-
-        for module in (pipe.unet, pipe.vae):
-            module.to(memory_format=torch.channels_last)
-        images, preds, cpu = render(default_steps)
-        check = verdict_difference(base_preds, preds, base_images, images, vocab.ATTRIBUTES)
-        rows.append({"steps": f"{default_steps}, channels_last", "cpu_s": cpu, "speed_up": base_cpu / cpu, **check})
+        to_channels_last(pipe)
+        rows.append(compared_row(f"{default_steps}, channels_last", default_steps))
     columns = ["steps", "cpu_s", "speed_up", "max_rate", "passes"]
     print(table(rows, columns))
     for row in rows[1:]:
         print(f"{row['steps']} steps: verdict change rate per attribute {row['verdict_change_rate']}")
     write_json(args.output, {"rows": rows, "reference_steps": default_steps, "guidance": guidance,
-                             "images": len(prompts), "prompts": len(suite)},
+                             "images": len(prompts), "prompts": n_prompts},
                judge=judge, settings={"steps": candidates, "seeds": args.seeds, "first_seed": 1000, "floor": args.floor,
                                       "scheduler": type(pipe.scheduler).__name__})
 
