@@ -1,14 +1,18 @@
-"""DUO settings on dev concepts through the evaluation protocol, without attacks (issue 18: tuning on dev only).
+"""A method's settings on dev concepts through the evaluation protocol, without attacks (tuning on dev only).
 
-Each setting (a label and DUO options) is one resumable comparison (`demo.compare`) in
-bench/results/duo_dev/<label>/ (rows/*/row.json; reports and runs stay out of git). The table per
+Each setting (a label and the method's options) is one resumable comparison (`demo.compare`) in
+bench/results/<method>_dev/<label>/ (rows/*/row.json; reports and runs stay out of git). The table per
 (setting, concept): anchor / paraphrase / selective TP (reference → edited), f, worst-attribute
-retention (ratio to the unedited model, every attribute the judge reads), pairs kept of requested,
-and the erase wall time (pairs + training; pairs are cached on disk after their first build, so only
-the first setting with given pair options pays for them). Writes bench/results/<output>.json.
+retention (ratio to the unedited model, every attribute the judge reads), for DUO the pairs kept of
+requested, and the erase wall time (for DUO: pairs + training; pairs are cached on disk after their
+first build, so only the first setting with given pair options pays for them). Writes
+bench/results/<output>.json. DUO's sweeps 1-9 (duo_notes.md) ran this script as bench_duo_sweep.py,
+when it knew DUO only; `--method duo` (the default) runs them the same way.
 
-    OMP_NUM_THREADS=2 python bench/bench_duo_sweep.py --concepts red,circle \\
+    OMP_NUM_THREADS=2 python bench/bench_dev_sweep.py --concepts red,circle \\
         --grid '{"default": {}, "prompt": {"conditioning": "prompt"}}'
+    OMP_NUM_THREADS=2 python bench/bench_dev_sweep.py --method trust \\
+        --grid '{"default": {}, "r1": {"retain_weight": 1}}' --output trust_dev_sweep
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, table, write_json
 
 
-def _pairs_report(out: Path, concept: str) -> dict:
-    """Pairs kept / requested and the DPO accuracy at the end, from the run's manifest (None when absent)."""
-    manifest = out / "runs" / f"duo-{concept}" / "manifest.json"
+def _pairs_report(out: Path, method: str, concept: str) -> dict:
+    """DUO's pairs kept / requested and the DPO accuracy at the end, from the run's manifest (None when absent,
+    as for every other method)."""
+    manifest = out / "runs" / f"{method}-{concept}" / "manifest.json"
     meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
     per = (meta.get("per_concept") or [{}])[0]
     report = per.get("pairs", {})
@@ -35,15 +40,19 @@ def _pairs_report(out: Path, concept: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="duo", help="the method whose options the grid sets")
     parser.add_argument("--concepts", default="red,circle")
-    parser.add_argument("--grid", required=True, help='JSON object {label: {DUO option: value}}')
+    parser.add_argument("--grid", required=True, help='JSON object {label: {option of the method: value}}')
     parser.add_argument("--protocol", choices=("demo", "full"), default="demo",
                         help="evaluation sizes: the demo's (~400 images per model) or the bench's")
-    parser.add_argument("--output", default="duo_dev_sweep")
+    parser.add_argument("--output", default=None, help="default: <method>_dev_sweep")
     args = parser.parse_args()
     grid = json.loads(args.grid)
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     from erasurelab.demo import DEV_CONCEPTS, compare, demo_settings
+    from erasurelab.methods import get_method
+
+    method = get_method(args.method).name
 
     if not_dev := [c for c in concepts if c not in DEV_CONCEPTS]:
         parser.error(f"tuning runs on dev concepts only; not dev: {', '.join(not_dev)}")
@@ -52,20 +61,20 @@ def main() -> None:
     settings = demo_settings() if args.protocol == "demo" else EvaluationSettings(batch_size=64)
     rows = []
     for label, options in grid.items():
-        out = RESULTS / "duo_dev" / label
-        _, records = compare(out, concepts, ["duo"], None, settings, {"duo": options}, resume=True, quiet=True)
+        out = RESULTS / f"{method}_dev" / label
+        _, records = compare(out, concepts, [method], None, settings, {method: options}, resume=True, quiet=True)
         for record in records:
             retention = record.get("retention") or {}
             worst = min(retention.items(), key=lambda kv: kv[1]) if retention else (None, None)
-            rows.append({"setting": label, "options": options, **_pairs_report(out, record["concept"]),
+            rows.append({"setting": label, "options": options, **_pairs_report(out, method, record["concept"]),
                          "worst_attribute": worst[0], "worst_retention": worst[1], **record})
         print(table([r for r in rows if r["setting"] == label],
                     ["setting", "concept", "tp_anchor_ref", "tp_anchor", "tp_para_ref", "tp_para", "tp_sel", "f",
                      "worst_attribute", "worst_retention", "pairs_kept", "edit_s"]), flush=True)
-    write_json(args.output, {"rows": rows}, judge="shapes",
-               settings={"concepts": concepts, "grid": grid, "protocol": args.protocol,
+    write_json(args.output or f"{method}_dev_sweep", {"rows": rows}, judge="shapes",
+               settings={"method": method, "concepts": concepts, "grid": grid, "protocol": args.protocol,
                          "evaluation": settings.to_dict()},
-               command=" ".join(["python", "bench/bench_duo_sweep.py", *sys.argv[1:]]))
+               command=" ".join(["python", "bench/bench_dev_sweep.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
