@@ -259,6 +259,7 @@ def test_defaults_follow_the_spec(pipe):
     mixed = config.resolve(pipe, [concept("red+circle"), concept("circle|white")])
     assert (mixed["eta"], mixed["retain_weight"]) == (0.0, 5.0)  # any conditional: the conditional's weight
     assert config.resolve(pipe, [SPEC, concept("red+circle")])["retain_weight"] == 0.0  # not all compound: single
+    assert TrustConfig(retain_weight=2.0).resolve(pipe, [SPEC])["retain_weight"] == 2.0  # given: kept
     assert TrustConfig(eta=1.0, retain_weight=0.0).resolve(pipe, [concept("red+circle")])["eta"] == 1.0
     assert (sd["lr"], sd["refresh"], sd["batch_size"], sd["steps"], sd["kappa"], sd["n_forget"],
             sd["sample_steps"]) == (1e-5, 1, 2, 300, 1e-3, 800, 25)
@@ -316,3 +317,16 @@ def test_short_trust_run_lowers_the_concepts_noise_prediction_alignment(builtin_
     after = alignment_after_edit(builtin_pipe, concept("red"), "trust", steps=30, refresh=5, n_forget=16,
                                  saliency_prompts=2, mask_fraction=0.05, lr=5e-4)
     assert after < 0.8, after
+
+
+@needs_assets
+def test_single_concepts_keep_their_neighbours_on_the_embedded_model_only(builtin_pipe, pipe):
+    from erasurelab.concepts import concept
+    from erasurelab.methods.trust import RETAIN_WEIGHT
+
+    red = concept("red")
+    embedded = TrustConfig().resolve(builtin_pipe, [red])
+    assert embedded["retain_weight"] == RETAIN_WEIGHT["single"][1] > 0  # the retain prompts name red's neighbours
+    assert TrustConfig().resolve(pipe, [red])["retain_weight"] == 0.0  # SD-family: the spec's α
+    assert TrustConfig().resolve(builtin_pipe, [concept("red+circle")])["retain_weight"] == RETAIN_WEIGHT[
+        "combination"][1]

@@ -82,9 +82,11 @@ SAMPLE_STEPS = (25, 10)
 #: parts alone) is what keeps the parts. Combinations take a stronger retain term than
 #: conditionals: a combination's parts alone must survive, while a conditional's retain term
 #: pulls against erasing the object in its own context. Values chosen on dev concepts:
-#: bench/results/compound_parts.md.
+#: bench/results/compound_parts.md. Retain weights are (SD, embedded) pairs: a single concept on
+#: SD has none (the spec's α), while on the embedded model its retain prompts, which name its
+#: neighbours, keep them from being erased with it (chosen on dev concepts: methods_notes.md).
 ETA = {"single": 2.0, "combination": 0.0, "conditional": 0.0}
-RETAIN_WEIGHT = {"single": 0.0, "combination": 7.0, "conditional": 5.0}
+RETAIN_WEIGHT = {"single": (0.0, 3.0), "combination": (7.0, 7.0), "conditional": (5.0, 5.0)}
 
 
 def concept_kind(specs: list[ConceptSpec]) -> str:
@@ -105,7 +107,7 @@ class TrustConfig:
     sample_steps (DDIM steps of saliency and D_f) 25/10, guidance 7.5. beta: CSR weight (None: auto).
     saliency_prompts: forget prompts averaged per saliency estimate (4). guide: anchor guide
     override (None: each concept's). retain_weight: preservation term on the concepts' retain
-    prompts (None: 0 for single concepts, 7 for combinations, 5 for conditionals; see ETA).
+    prompts (None: 0/3 for single concepts, 7 for combinations, 5 for conditionals; see ETA).
     eta (None: 2.0 for single concepts, 0 for compounds): negative guidance past the anchor in
     L_prev's target; eta=0 is the plain reconstruction, which only imitates the anchor.
     saliency_window ("early"): score saliency in the first third of the sampler's trajectory, where
@@ -138,9 +140,10 @@ class TrustConfig:
     saliency_prompts: int = option(4, help="forget prompts averaged per saliency estimate")
     guide: str | None = option(None, help="anchor guide prompt (None: each concept's own guide)")
     retain_weight: float | None = option(None, help="preservation term on the retain prompts (None: "
-                                                    f"{RETAIN_WEIGHT['single']:g} for single concepts, "
-                                                    f"{RETAIN_WEIGHT['combination']:g} for combinations, "
-                                                    f"{RETAIN_WEIGHT['conditional']:g} for conditionals)")
+                                                    f"{RETAIN_WEIGHT['single'][0]:g} SD / {RETAIN_WEIGHT['single'][1]:g} "
+                                                    "embedded for single concepts, "
+                                                    f"{RETAIN_WEIGHT['combination'][1]:g} for combinations, "
+                                                    f"{RETAIN_WEIGHT['conditional'][1]:g} for conditionals)")
     eta: float | None = option(None, help="negative guidance past the anchor in the target (None: "
                                           f"{ETA['single']:g} for single concepts, {ETA['combination']:g} for "
                                           "compounds)")
@@ -170,12 +173,12 @@ class TrustConfig:
     def resolve(self, pipe: Any, specs: list[ConceptSpec] = ()) -> dict[str, Any]:
         """Concrete settings: model defaults (SD or embedded), then η and the retain weight by concept
         kind (compound when every concept is a combination or conditional)."""
+        kind = concept_kind(list(specs))
         settings = resolve_defaults(self, pipe, {"lr": LR, "refresh": REFRESH, "batch_size": BATCH,
                                                  "steps": STEPS[self.variant], "kappa": KAPPA,
-                                                 "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS})
-        kind = concept_kind(list(specs))
-        return {**settings, **{key: by_kind[kind] for key, by_kind in (("eta", ETA), ("retain_weight", RETAIN_WEIGHT))
-                               if settings[key] is None}}
+                                                 "n_forget": N_FORGET, "sample_steps": SAMPLE_STEPS,
+                                                 "retain_weight": RETAIN_WEIGHT[kind]})
+        return {**settings, "eta": ETA[kind] if settings["eta"] is None else settings["eta"]}
 
 
 # ---------------------------------------------------------------------------------------------
