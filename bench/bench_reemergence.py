@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--variants", default="plain,modular", help="of plain, modular, full")
     parser.add_argument("--task-prompts", type=int, default=32,
                         help="held-out task prompts (one seed each) scored for the task's own attribute")
+    parser.add_argument("--anchor-seeds", type=int, default=4, help="seeds per anchor prompt of the target probe")
+    parser.add_argument("--paraphrase-seeds", type=int, default=1,
+                        help="seeds per held-out paraphrase prompt of the target probe")
     parser.add_argument("--output", default="reemergence")
     args = parser.parse_args()
 
@@ -60,7 +63,7 @@ def main() -> None:
     from erasurelab.concepts import concept as concept_spec
     from erasurelab.concepts import concept_split
     from erasurelab.finetuning import FinetuneConfig
-    from erasurelab.finetuning.reemergence import plot_curves, run_experiment
+    from erasurelab.finetuning.reemergence import plot_curves, run_experiment, target_probes
     from erasurelab.judges import load_judge
     from erasurelab.world.benign import task_probe, write_benign_dataset
 
@@ -81,8 +84,11 @@ def main() -> None:
                     for label, method in methods.items()}
         start = time.perf_counter()
         probe = task_probe(name, n=args.task_prompts)
-        result = run_experiment(pipe, safeties, concept_spec(name), data, judge, config, probe,
-                                variants=[v for v in args.variants.split(",") if v])
+        spec = concept_spec(name)
+        targets = target_probes(spec, pipe, set(judge.concepts()), anchor_seeds=args.anchor_seeds,
+                                paraphrase_seeds=args.paraphrase_seeds)
+        result = run_experiment(pipe, safeties, spec, data, judge, config, probe,
+                                variants=[v for v in args.variants.split(",") if v], probes=targets)
         result["wall_time_s"] = time.perf_counter() - start
         result["split"] = concept_split(name)
         plot_curves(result, RESULTS / f"{args.output}_{name}.png")

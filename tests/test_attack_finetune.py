@@ -81,3 +81,16 @@ def test_curves_record_and_ratio():
         build_curves([5, 10], {"erased": {"anchor": [0.1, 0.2]}}, {"anchor": 10})
     with pytest.raises(ValueError, match="values for"):
         build_curves([0, 5], {"erased": {"anchor": [0.1]}}, {"anchor": 10})
+
+
+@needs_assets
+def test_target_probes_repeat_each_paraphrase_at_distinct_seeds(builtin_pipe, shapes_judge):
+    from erasurelab.concepts import concept
+    from erasurelab.finetuning.reemergence import target_probes
+
+    spec, known = concept("dotted"), set(shapes_judge.concepts())
+    anchor, paraphrase = target_probes(spec, builtin_pipe, known)
+    anchor4, paraphrase4 = target_probes(spec, builtin_pipe, known, anchor_seeds=16, paraphrase_seeds=4)
+    assert len(anchor4.prompts) == 4 * len(anchor.prompts) and len(paraphrase4.prompts) == 4 * len(paraphrase.prompts)
+    assert sorted(set(paraphrase4.prompts)) == sorted(set(paraphrase.prompts))  # the same held-out prompts
+    assert len(set(zip(paraphrase4.prompts, paraphrase4.seeds, strict=True))) == len(paraphrase4.prompts)

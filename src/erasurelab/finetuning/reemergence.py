@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,14 +42,19 @@ class Probe:
 
 
 def target_probes(spec: Any, pipe: Any, judge_concepts: set[str], anchor_seeds: int = 4,
-                  paraphrase_max: int = 40) -> list[Probe]:
-    """The concept's anchor and held-out paraphrase prompts at the evaluation protocol's seeds."""
+                  paraphrase_max: int = 40, paraphrase_seeds: int = 1) -> list[Probe]:
+    """The concept's anchor and held-out paraphrase prompts at the evaluation protocol's seeds.
+
+    paraphrase_seeds > 1 renders each paraphrase at that many seeds (the suite's seed rule with that
+    many repeats): a concept has few held-out paraphrases, so this is how the paraphrase rate gets
+    a smaller standard error.
+    """
     from erasurelab.evaluation.generic_suites import concept_suites
     from erasurelab.evaluation.types import EvaluationSettings
 
     settings = EvaluationSettings(anchor_seeds=anchor_seeds, paraphrase_max=paraphrase_max)
     built = concept_suites(spec, pipe, judge_concepts, lambda c: spec.category, settings)  # a plugin's or the spec's
-    suites = [built.anchor, built.paraphrase]
+    suites = [built.anchor, replace(built.paraphrase, n_rep=paraphrase_seeds)]
     probes = []
     for suite in suites:
         prompts, seeds = suite.requests()
@@ -96,21 +101,23 @@ EXPERIMENT_VARIANTS: tuple[str, ...] = ("plain", "modular", "full")
 
 def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: CaptionData, judge: Any,
                    config: FinetuneConfig | None = None, task_probe: Probe | None = None,
-                   quiet: bool = True, variants: Sequence[str] = ("plain", "modular")) -> dict[str, Any]:
+                   quiet: bool = True, variants: Sequence[str] = ("plain", "modular"),
+                   probes: Sequence[Probe] | None = None) -> dict[str, Any]:
     """The unerased control and, per safety edit, each of `variants` on the same data, seeds and steps.
 
     pipe: the base pipeline (no edit applied); it is left unchanged. safeties: label -> safety Edit.
     variants: of EXPERIMENT_VARIANTS, plain fine-tuning (b), Modular LoRA (c), full fine-tuning (a).
     Modular's adapter is the control's: both are ΔW_ft trained on W_0 alone with the same data
     order, noise and seeds, so they are equal bit for bit (tests/test_modular_lora.py proves it);
-    only the merge differs. The control is therefore trained once and reused.
+    only the merge differs. The control is therefore trained once and reused. probes: the target
+    probes scored at every snapshot (default: `target_probes` at its default sizes).
     """
     unknown = [v for v in variants if v not in EXPERIMENT_VARIANTS]
     if unknown or not variants:
         raise ErasureLabError(f"unknown experiment variant {unknown[0] if unknown else '(none given)'!r}; "
                               f"valid: {', '.join(EXPERIMENT_VARIANTS)}")
     config = config or FinetuneConfig()
-    probes = target_probes(spec, pipe, set(judge.concepts()))
+    probes = list(probes) if probes is not None else target_probes(spec, pipe, set(judge.concepts()))
     unaligned = render_rates(pipe, probes, judge, spec.name)
 
     def task(edit: Edit | None) -> Rate | None:

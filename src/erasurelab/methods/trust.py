@@ -140,8 +140,8 @@ class TrustConfig:
     saliency_prompts: int = option(4, help="forget prompts averaged per saliency estimate")
     guide: str | None = option(None, help="anchor guide prompt (None: each concept's own guide)")
     retain_weight: float | None = option(None, help="preservation term on the retain prompts (None: "
-                                                    f"{RETAIN_WEIGHT['single'][0]:g} SD / {RETAIN_WEIGHT['single'][1]:g} "
-                                                    "embedded for single concepts, "
+                                                    f"{RETAIN_WEIGHT['single'][0]:g} SD / "
+                                                    f"{RETAIN_WEIGHT['single'][1]:g} embedded for single concepts, "
                                                     f"{RETAIN_WEIGHT['combination'][1]:g} for combinations, "
                                                     f"{RETAIN_WEIGHT['conditional'][1]:g} for conditionals)")
     eta: float | None = option(None, help="negative guidance past the anchor in the target (None: "
