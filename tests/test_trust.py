@@ -330,3 +330,18 @@ def test_single_concepts_keep_their_neighbours_on_the_embedded_model_only(builti
     assert TrustConfig().resolve(pipe, [red])["retain_weight"] == 0.0  # SD-family: the spec's α
     assert TrustConfig().resolve(builtin_pipe, [concept("red+circle")])["retain_weight"] == RETAIN_WEIGHT[
         "combination"][1]
+
+
+@needs_assets
+def test_retain_prompts_are_never_evaluation_prompts(builtin_pipe, shapes_judge):
+    """TRuST trains on a concept's retain prompts, so retention must be measured on other prompts."""
+    from erasurelab.concepts import catalog, concept
+    from erasurelab.evaluation.generic_suites import concept_suites
+    from erasurelab.evaluation.types import EvaluationSettings
+
+    known = set(shapes_judge.concepts())
+    for name in catalog():
+        spec = concept(name)
+        built = concept_suites(spec, builtin_pipe, known, lambda _, s=spec: s.category, EvaluationSettings())
+        evaluated = {prompt for suite in built.all() for prompt in suite.prompts}
+        assert spec.retain and not set(spec.retain) & evaluated, name
