@@ -334,7 +334,11 @@ def test_single_concepts_keep_their_neighbours_on_the_embedded_model_only(builti
 
 @needs_assets
 def test_retain_prompts_are_never_evaluation_prompts(builtin_pipe, shapes_judge):
-    """TRuST trains on a concept's retain prompts, so retention must be measured on other prompts."""
+    """TRuST trains on a concept's retain prompts, so retention must be measured on other prompts.
+
+    Every evaluation already refuses a method's anchors in its held-out suites (`check_leakage`); this
+    also covers the anchor and unrelated suites, for every catalog concept, before anything renders.
+    """
     from erasurelab.concepts import catalog, concept
     from erasurelab.evaluation.generic_suites import concept_suites
     from erasurelab.evaluation.types import EvaluationSettings
