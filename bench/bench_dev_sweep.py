@@ -53,7 +53,6 @@ def main() -> None:
     from erasurelab.methods import get_method
 
     method = get_method(args.method).name
-
     if not_dev := [c for c in concepts if c not in DEV_CONCEPTS]:
         parser.error(f"tuning runs on dev concepts only; not dev: {', '.join(not_dev)}")
     from erasurelab.evaluation import EvaluationSettings
