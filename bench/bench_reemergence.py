@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--variants", default="plain,modular", help="of plain, modular, full")
+    parser.add_argument("--variants", default="plain,modular",
+                        help="of plain, modular, modular-project (Modular with the projection merge), full")
     parser.add_argument("--task-prompts", type=int, default=32,
                         help="held-out task prompts (one seed each) scored for the task's own attribute")
     parser.add_argument("--anchor-seeds", type=int, default=4, help="seeds per anchor prompt of the target probe")

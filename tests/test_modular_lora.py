@@ -14,6 +14,7 @@ from erasurelab.errors import ErasureLabError
 from erasurelab.finetuning import FinetuneConfig, finetune, merge
 from erasurelab.finetuning.denoise import DenoisingObjective
 from erasurelab.finetuning.modular import edit_hash
+from erasurelab.finetuning.reemergence import variant_merge
 from tiny_pipelines import tiny_sd15_pipeline
 
 CONFIG = FinetuneConfig(steps=4, rank=2, lr=1e-3, batch_size=2, snapshot_every=2)
@@ -125,6 +126,16 @@ def test_project_merge_applies_the_safety_operator_to_the_fine_tuning_delta(pipe
     merged = merge(safety, ft, "project", base=layer)
     torch.testing.assert_close(merged.dense("to_k.weight", base=layer), projector @ (w0 + d_ft) - w0,
                                atol=1e-10, rtol=0)
+    # The fine-tuning delta keeps no component along the removed directions: Vᵀ(W* − E W0) = Vᵀ E ΔW_ft = 0,
+    # while the plain sum keeps all of it.
+    ft_part = merged.dense("to_k.weight", base=layer) - (projector @ w0 - w0)
+    torch.testing.assert_close(v.T @ ft_part, torch.zeros(2, 16, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert (v.T @ d_ft).abs().max() > 1e-4
+    # The experiment's Modular variants merge exactly so: "modular-project" projects, "modular" sums.
+    projected = variant_merge("modular-project", safety, layer)(ft).dense("to_k.weight", base=layer)
+    torch.testing.assert_close(projected, merged.dense("to_k.weight", base=layer), atol=0, rtol=0)
+    summed = variant_merge("modular", safety, layer)(ft).dense("to_k.weight", base=layer)
+    torch.testing.assert_close(summed, projector @ w0 - w0 + d_ft, atol=1e-10, rtol=0)
     with pytest.raises(ErasureLabError, match="unknown merge"):
         merge(safety, ft, "average")
     # A layer whose delta does not determine the operator (out > in) is refused, not guessed.
@@ -238,3 +249,14 @@ def test_experiment_refuses_an_unknown_variant_before_any_work(pipe, data):
     spec = ConceptSpec.from_words("cat", "object", ["cat"], ["dog"])
     with pytest.raises(ErasureLabError, match="unknown experiment variant 'fulll'"):
         run_experiment(pipe, {}, spec, data, judge=None, variants=("fulll",))
+
+
+def test_experiment_refuses_a_projection_merge_it_cannot_do_before_any_work(pipe, data, safety):
+    from erasurelab.finetuning.reemergence import run_experiment
+
+    # The tiny pipeline's cross-attention K/V map 32 text features to 64 outputs (out > in): E is not
+    # recoverable from ΔW_safe there, so the projection merge is refused before the control trains
+    # (judge=None would fail at the first render, so reaching the message proves nothing ran).
+    spec = ConceptSpec.from_words("cat", "object", ["cat"], ["dog"])
+    with pytest.raises(ErasureLabError, match="full row rank"):
+        run_experiment(pipe, {"uce": safety}, spec, data, judge=None, variants=("modular-project",))

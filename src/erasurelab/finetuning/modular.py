@@ -123,18 +123,28 @@ def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) ->
     if mode == "sum":
         return safety + ft
     # project: (E − I) ΔW_ft on the modules both edit; E − I = ΔW_safe W_0⁺ for a projection edit E·W_0.
-    extra: dict[str, Dense] = {}
     shared = [key for key in ft.deltas if key in safety.deltas]
-    base_weights = safety._base_weights(base) if shared else {}
-    for key in shared:
-        entry = ft.deltas[key]
-        w0 = base_weights[key].double()
+    base_weights = projectable_weights(safety, base, shared)
+    extra = {key: Dense(safety.deltas[key].delta(w0) @ torch.linalg.pinv(w0) @ ft.deltas[key].delta())
+             for key, w0 in base_weights.items()}
+    return safety + ft + Edit(extra) if extra else safety + ft
+
+
+def projectable_weights(safety: Edit, base: Any, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The base weights W_0 (float64) of `keys` (default: every key of `safety`), checked for merge="project".
+
+    The projection merge recovers the safety operator as E − I = ΔW_safe W_0⁺, which is exact only
+    when W_0 has full row rank (out <= in, as cross-attention K/V are on SD and the embedded model);
+    any other layer is refused rather than guessed. Called before training too, so a safety edit the
+    merge cannot handle fails before any work.
+    """
+    keys = list(safety.deltas) if keys is None else keys
+    weights = {key: w.double() for key, w in safety._base_weights(base).items() if key in keys} if keys else {}
+    for key, w0 in weights.items():
         if w0.shape[0] > w0.shape[1] or int(torch.linalg.matrix_rank(w0)) < w0.shape[0]:
             raise ErasureLabError(f"merge='project' needs {key} to have full row rank (out <= in) to recover the "
                                   f"safety operator from its delta, but it is {tuple(w0.shape)}; use merge='sum'")
-        e_minus_i = safety.deltas[key].delta(w0) @ torch.linalg.pinv(w0)
-        extra[key] = Dense(e_minus_i @ entry.delta())
-    return safety + ft + Edit(extra) if extra else safety + ft
+    return weights
 
 
 class FullTuner(FineTuner):

@@ -17,7 +17,7 @@ per variant says whether the fine-tuning still learned what it was for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +28,7 @@ from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.types import Rate
 from erasurelab.finetuning.curves import reemergence_ratio
-from erasurelab.finetuning.modular import FinetuneConfig, finetune
+from erasurelab.finetuning.modular import FinetuneConfig, finetune, ft_targets, merge, projectable_weights
 
 
 @dataclass(frozen=True)
@@ -86,17 +86,32 @@ def _with(pipe: Any, edit: Edit | None) -> contextlib.AbstractContextManager[Any
 
 
 def _curve(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str, start: dict[str, Rate],
-           snapshots: dict[int, Edit], safety: Edit | None) -> list[dict[str, Any]]:
-    """TP per probe at step 0 (`start`) and at every snapshot of the adapter (with the safety edit added)."""
+           snapshots: dict[int, Edit], combine: Callable[[Edit], Edit]) -> list[dict[str, Any]]:
+    """TP per probe at step 0 (`start`) and at every snapshot ΔW_ft(k) of the adapter, applied as combine(ΔW_ft(k))."""
     curve: list[dict[str, Any]] = [{"step": 0, **start}]
     for step, ft_k in snapshots.items():
-        with _with(pipe, ft_k if safety is None else safety + ft_k):
+        with combine(ft_k).applied(pipe):
             curve.append({"step": step, **render_rates(pipe, probes, judge, concept)})
     return curve
 
 
+def variant_merge(variant: str, safety: Edit, pipe: Any) -> Callable[[Edit], Edit]:
+    """How a variant's fine-tuning delta joins the safety edit at inference.
+
+    "modular-project" is Modular LoRA with the spec's projection merge, W* = E(W_0 + ΔW_ft) on the
+    modules a projection edit (PURE) changes: the fine-tuning delta's outputs pass through the same
+    operator E as the base's, so the adapter cannot write back what E removes. Every other variant
+    sums (base + ΔW_safe + ΔW_ft).
+    """
+    if variant == "modular-project":
+        return lambda ft: merge(safety, ft, "project", base=pipe)
+    return lambda ft: safety + ft
+
+
 #: Variants run_experiment can run per safety edit ("full" is the costlier baseline (a), off by default).
-EXPERIMENT_VARIANTS: tuple[str, ...] = ("plain", "modular", "full")
+EXPERIMENT_VARIANTS: tuple[str, ...] = ("plain", "modular", "modular-project", "full")
+#: Variants that reuse the control's adapter (trained on W_0 alone) instead of training their own.
+MODULAR_VARIANTS: tuple[str, ...] = ("modular", "modular-project")
 
 
 def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: CaptionData, judge: Any,
@@ -106,7 +121,8 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
     """The unerased control and, per safety edit, each of `variants` on the same data, seeds and steps.
 
     pipe: the base pipeline (no edit applied); it is left unchanged. safeties: label -> safety Edit.
-    variants: of EXPERIMENT_VARIANTS, plain fine-tuning (b), Modular LoRA (c), full fine-tuning (a).
+    variants: of EXPERIMENT_VARIANTS, plain fine-tuning (b), Modular LoRA (c) summed or with the
+    projection merge (`variant_merge`), full fine-tuning (a).
     Modular's adapter is the control's: both are ΔW_ft trained on W_0 alone with the same data
     order, noise and seeds, so they are equal bit for bit (tests/test_modular_lora.py proves it);
     only the merge differs. The control is therefore trained once and reused. probes: the target
@@ -116,6 +132,10 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
     if unknown or not variants:
         raise ErasureLabError(f"unknown experiment variant {unknown[0] if unknown else '(none given)'!r}; "
                               f"valid: {', '.join(EXPERIMENT_VARIANTS)}")
+    if "modular-project" in variants:  # a safety edit the projection merge cannot take fails before any training
+        trained = {f"{name}.weight" for name in ft_targets(pipe.unet)}
+        for safety in safeties.values():
+            projectable_weights(safety, pipe, [key for key in safety.deltas if key in trained])
     config = config or FinetuneConfig()
     probes = list(probes) if probes is not None else target_probes(spec, pipe, set(judge.concepts()))
     unaligned = render_rates(pipe, probes, judge, spec.name)
@@ -129,7 +149,7 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
     control = finetune(pipe, data, "control", None, config, quiet=quiet)
     result: dict[str, Any] = {
         "concept": spec.name, "config": config.to_dict(), "unaligned": unaligned, "task_base": task(None),
-        "control": {"curve": _curve(pipe, probes, judge, spec.name, unaligned, control.snapshots, None),
+        "control": {"curve": _curve(pipe, probes, judge, spec.name, unaligned, control.snapshots, lambda ft: ft),
                     "task_accuracy": task(control.ft), "wall_time_s": control.wall_time_s,
                     "final_loss": control.logs[-1]["loss"]},
         "methods": {}}
@@ -139,13 +159,14 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
             task_aligned = task(None)
         entry: dict[str, Any] = {"aligned": aligned, "task_aligned": task_aligned, "variants": {}}
         for variant in variants:
-            if variant == "modular":
-                run_snapshots, final = control.snapshots, safety + control.ft
+            combine = variant_merge(variant, safety, pipe)
+            if variant in MODULAR_VARIANTS:
+                run_snapshots, final = control.snapshots, combine(control.ft)
             else:
                 run = finetune(pipe, data, variant, safety, config, quiet=quiet)
                 run_snapshots, final = run.snapshots, run.merged
                 entry[f"{variant}_wall_time_s"] = run.wall_time_s
-            curve = _curve(pipe, probes, judge, spec.name, aligned, run_snapshots, safety)
+            curve = _curve(pipe, probes, judge, spec.name, aligned, run_snapshots, combine)
             rr = {p.name: [reemergence_ratio(point[p.name].value, aligned[p.name].value, unaligned[p.name].value)
                            for point in curve] for p in probes}
             entry["variants"][variant] = {"curve": curve, "rr": rr, "task_accuracy": task(final)}
@@ -167,6 +188,7 @@ def plot_curves(result: dict[str, Any], path: Any, probe: str = "anchor") -> Any
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, entry) in enumerate(result["methods"].items()):
         for variant, style, name in (("plain", "-", "fine-tuned"), ("modular", ":", "Modular"),
+                                     ("modular-project", "--", "Modular (project merge)"),
                                      ("full", "-.", "full fine-tuning")):
             if variant not in entry["variants"]:
                 continue
