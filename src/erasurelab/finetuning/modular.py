@@ -18,7 +18,10 @@ Variants (same data order, noise, seeds and steps; see denoise.py):
 Merging is a sum of Edits: low-rank + low-rank stays an exact LoRA (concatenated factors), dense
 deltas (TRuST, ESD) add as dense deltas. `merge="project"` is for projection edits (PURE, whose
 safety edit is E·W): on the modules it edits, the fine-tuning delta is projected as well,
-W* = E(W_0 + ΔW_ft) = W_0 + ΔW_safe + ΔW_ft + (E − I)ΔW_ft; off by default.
+W* = E(W_0 + ΔW_ft) = W_0 + ΔW_safe + ΔW_ft + (E − I)ΔW_ft; off by default. It removes the fine-tuning
+delta's component along the erased directions only when E is an orthogonal projector (PURE's `projector`
+solver); PURE's least-squares E is a fitted map, for which it guarantees nothing (bench/results/reemergence.md
+measures both merges).
 
 Threat model: this protects a cooperative user's benign fine-tuning from undoing an erasure;
 anyone who holds the weights can drop ΔW_safe.
