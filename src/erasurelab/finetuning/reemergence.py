@@ -100,8 +100,8 @@ def variant_merge(variant: str, safety: Edit, pipe: Any) -> Callable[[Edit], Edi
 
     "modular-project" is Modular LoRA with the spec's projection merge, W* = E(W_0 + ΔW_ft) on the
     modules a projection edit (PURE) changes: the fine-tuning delta's outputs pass through the same
-    operator E as the base's, so the adapter cannot write back what E removes. Every other variant
-    sums (base + ΔW_safe + ΔW_ft).
+    operator E as the base's, so when E is an orthogonal projector (PURE's `projector` solver) the
+    adapter cannot write back what E removes. Every other variant sums (base + ΔW_safe + ΔW_ft).
     """
     if variant == "modular-project":
         return lambda ft: merge(safety, ft, "project", base=pipe)
