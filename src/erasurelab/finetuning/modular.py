@@ -117,10 +117,15 @@ def edit_hash(edit: Edit | None) -> str | None:
     return digest.hexdigest()
 
 
-def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) -> Edit:
-    """ΔW_safe + ΔW_ft (sum), or with ΔW_ft projected by the safety operator on its modules (project)."""
+def check_merge_mode(mode: str) -> None:
+    """One message for an unknown merge, whether `finetune` checks it up front or `merge` at the end."""
     if mode not in MERGES:
         raise ErasureLabError(f"unknown merge {mode!r}{did_you_mean(mode, MERGES)}; valid: {', '.join(MERGES)}")
+
+
+def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) -> Edit:
+    """ΔW_safe + ΔW_ft (sum), or with ΔW_ft projected by the safety operator on its modules (project)."""
+    check_merge_mode(mode)
     if safety is None:
         return ft
     if mode == "sum":
@@ -133,21 +138,25 @@ def merge(safety: Edit | None, ft: Edit, mode: str = "sum", base: Any = None) ->
     return safety + ft + Edit(extra) if extra else safety + ft
 
 
-def projectable_weights(safety: Edit, base: Any, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """The base weights W_0 (float64) of `keys` (default: every key of `safety`), checked for merge="project".
+def projectable_weights(safety: Edit, base: Any, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The base weights W_0 (float64) of `keys`, checked for merge="project".
 
     The projection merge recovers the safety operator as E − I = ΔW_safe W_0⁺, which is exact only
     when W_0 has full row rank (out <= in, as cross-attention K/V are on SD and the embedded model);
-    any other layer is refused rather than guessed. Called before training too, so a safety edit the
-    merge cannot handle fails before any work.
+    any other layer is refused rather than guessed.
     """
-    keys = list(safety.deltas) if keys is None else keys
     weights = {key: w.double() for key, w in safety._base_weights(base).items() if key in keys} if keys else {}
     for key, w0 in weights.items():
         if w0.shape[0] > w0.shape[1] or int(torch.linalg.matrix_rank(w0)) < w0.shape[0]:
             raise ErasureLabError(f"merge='project' needs {key} to have full row rank (out <= in) to recover the "
                                   f"safety operator from its delta, but it is {tuple(w0.shape)}; use merge='sum'")
     return weights
+
+
+def check_project_merge(safety: Edit, pipe: Any) -> None:
+    """Fail now, before any training, if merge="project" cannot take `safety` on the weights the adapter trains."""
+    trained = {f"{name}.weight" for name in ft_targets(pipe.unet)}
+    projectable_weights(safety, pipe, [key for key in safety.deltas if key in trained])
 
 
 class FullTuner(FineTuner):
@@ -194,6 +203,9 @@ def finetune(pipe: Any, data: CaptionData, variant: str, safety: Edit | None = N
         raise ErasureLabError(f"the {variant} variant needs a safety edit (an erasure run)")
     if safety is not None and safety.is_applied(pipe):
         raise ErasureLabError("pass the base pipeline: the safety edit is already applied to it")
+    check_merge_mode(merge_mode)  # a bad merge or a safety edit it cannot take fails before training, not after
+    if merge_mode == "project" and safety is not None and variant != "control":
+        check_project_merge(safety, pipe)
     started = time.perf_counter()
     before = edit_hash(safety)
     snapshots: dict[int, Edit] = {}

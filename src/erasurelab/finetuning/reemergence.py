@@ -28,7 +28,7 @@ from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.types import Rate
 from erasurelab.finetuning.curves import reemergence_ratio
-from erasurelab.finetuning.modular import FinetuneConfig, finetune, ft_targets, merge, projectable_weights
+from erasurelab.finetuning.modular import FinetuneConfig, check_project_merge, finetune, merge
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,8 @@ def variant_merge(variant: str, safety: Edit, pipe: Any) -> Callable[[Edit], Edi
     operator E as the base's, so when E is an orthogonal projector (PURE's `projector` solver) the
     adapter cannot write back what E removes. Every other variant sums (base + ΔW_safe + ΔW_ft).
     """
-    if variant == "modular-project":
-        return lambda ft: merge(safety, ft, "project", base=pipe)
-    return lambda ft: safety + ft
+    mode = "project" if variant == "modular-project" else "sum"
+    return lambda ft: merge(safety, ft, mode, base=pipe)
 
 
 #: Variants run_experiment can run per safety edit ("full" is the costlier baseline (a), off by default).
@@ -133,9 +132,8 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
         raise ErasureLabError(f"unknown experiment variant {unknown[0] if unknown else '(none given)'!r}; "
                               f"valid: {', '.join(EXPERIMENT_VARIANTS)}")
     if "modular-project" in variants:  # a safety edit the projection merge cannot take fails before any training
-        trained = {f"{name}.weight" for name in ft_targets(pipe.unet)}
         for safety in safeties.values():
-            projectable_weights(safety, pipe, [key for key in safety.deltas if key in trained])
+            check_project_merge(safety, pipe)
     config = config or FinetuneConfig()
     probes = list(probes) if probes is not None else target_probes(spec, pipe, set(judge.concepts()))
     unaligned = render_rates(pipe, probes, judge, spec.name)
