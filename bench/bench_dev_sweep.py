@@ -27,15 +27,16 @@ from _common import RESULTS, table, write_json
 
 
 def _pairs_report(out: Path, method: str, concept: str) -> dict:
-    """DUO's pairs kept / requested and the DPO accuracy at the end, from the run's manifest (None when absent,
-    as for every other method)."""
+    """DUO's pairs kept / requested and, averaged over the last tenth of the steps, the DPO accuracy, margin
+    Δ⁺ − Δ⁻ and Δ⁺ (how the adapted model fits the safe members against the reference), from the run's
+    manifest (None when absent, as for every other method)."""
     manifest = out / "runs" / f"{method}-{concept}" / "manifest.json"
     meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
     per = (meta.get("per_concept") or [{}])[0]
     report = per.get("pairs", {})
     return {"pairs_kept": report.get("kept"), "pairs_requested": report.get("requested"),
             "pair_attribute_keep_rate": report.get("attribute_keep_rate"),
-            "final_accuracy": per.get("final", {}).get("accuracy")}
+            **{f"final_{k}": per.get("final", {}).get(k) for k in ("accuracy", "margin", "d_safe")}}
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from erasurelab.methods.lora_engine import LoraTuner, attention_targets
 from erasurelab.models.sampling import noise_scheduler
 from tiny_bert_pipeline import tiny_bert_pipeline
 
-SETTINGS = {"seed": 0, "batch_size": 3, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6, "retain_weight": 0.0}
+SETTINGS = {"seed": 0, "batch_size": 3, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6, "retain_weight": 0.0,
+            "anchor_weight": 0.0}
 
 
 @pytest.fixture
@@ -153,6 +154,32 @@ def test_retain_term_is_zero_at_start_and_measures_the_retain_predictions(pipe):
     assert with_retain["retain"].item() == pytest.approx(by_hand.mean().item(), rel=1e-4)
     assert torch.allclose(with_retain["d_safe"], without["d_safe"], atol=1e-6)
     assert with_retain["dpo"].item() == pytest.approx(without["dpo"].item(), rel=1e-5)
+
+
+def test_anchor_term_is_zero_at_start_then_mean_abs_safe_delta_weighted_by_mu_beta(pipe):
+    """The anchor term holds the safe member's fit at the reference's: 0 while B = 0 (so the loss is
+    log 2 whatever μ); after the weights move it is mean |Δ⁺| by hand, it leaves the DPO term and the
+    regulariser unchanged, and the step's loss is L_DPO + μ·β·anchor + λ·R."""
+    from erasurelab.methods.duo import duo_loss
+
+    z_u, z_s = _latents()
+    empty = encode_prompts(pipe, [""])
+    settings = {**SETTINGS, "anchor_weight": 3.0}
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner, torch.no_grad():
+        trainer = DuoTrainer(tuner, z_u, z_s, None, empty, settings)
+        start = trainer.terms(0)
+        assert start["anchor"].item() == 0.0
+        assert duo_loss(start, settings).item() == pytest.approx(math.log(2), abs=1e-6)
+        g = torch.Generator().manual_seed(7)
+        for n, p in tuner.params.items():
+            if ".lora_B." in n:
+                p.normal_(0, 1e-2, generator=g)
+        moved = trainer.terms(0)
+    assert moved["anchor"].item() > 0
+    assert moved["anchor"].item() == pytest.approx(moved["d_safe"].abs().mean().item(), rel=1e-6)
+    expected = moved["dpo"] + 3.0 * SETTINGS["beta"] * moved["anchor"] + SETTINGS["lam_effective"] * moved["reg"]
+    assert duo_loss(moved, settings).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert duo_loss(moved, SETTINGS).item() == pytest.approx((moved["dpo"] + 5e6 * moved["reg"]).item(), rel=1e-6)
 
 
 @pytest.mark.slow

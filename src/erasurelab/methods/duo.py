@@ -9,10 +9,15 @@ add or choose cross-attention) and ε_ref the same network with the adapter off.
 λ = λ_base·β/100 (the official coupling) unless given. Optional, off by default (a departure from the
 spec): `retain_weight` w adds λ·w·mean (ε_θ − ε_ref)² at x_t⁻ under the concept's
 retain prompts, the same preservation at data timesteps, since the t = T−1 term alone constrains only
-the first sampler step. Conditioning on SD-family models is the real
-embedding of "" (the model forgets the visual feature whatever the text); `conditioning="prompt"`
-conditions both pair members on the unsafe prompt (the spec's ablation), the embedded default: on the
-tiny U-Net no β trained on "" erased without breaking other attributes (bench/results/duo_notes.md).
+the first sampler step; `anchor_weight` μ adds μ·β·mean |Δ⁺|, which holds the adapted model's fit of
+the safe member at the reference's: plain DPO on the embedded model widens its margin mostly by fitting
+the safe images *better* than the reference (Δ⁺ < 0, bench/results/duo_notes.md), i.e. by learning
+those images, SDEdit's look included; with μ > 1 that no longer pays, and the margin has to come from
+fitting the unsafe member worse, as in NPO (Zhang et al., 2024), with the safe member as its retain
+set. Conditioning on SD-family models is the real embedding of "" (the model forgets the visual
+feature whatever the text); `conditioning="prompt"` conditions both pair members on the unsafe prompt
+(the spec's ablation), the embedded default: on the tiny U-Net no β trained on "" erased without
+breaking other attributes (bench/results/duo_notes.md).
 Several concepts: one LoRA per concept, trained separately from the base model and summed (Edit `+`),
 each with weight 1.
 
@@ -95,6 +100,8 @@ class DuoConfig:
     retain_weight: float = option(0.0, help="weight, in units of λ, of the same output-preserving term on the "
                                             "concept's retain prompts at the unsafe members' noisy latents (0: the "
                                             "spec's DUO)")
+    anchor_weight: float = option(0.0, help="weight μ of μ·β·|Δ⁺|, which holds the adapted model's fit of the safe "
+                                            "member at the reference's (0: plain DPO, the spec)")
     t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
     conditioning: str | None = option(None, help="text both pair members are conditioned on: empty (\"\") or "
                                                  "prompt (the unsafe prompt) (None: the model's default)")
@@ -125,7 +132,7 @@ class DuoConfig:
     def __post_init__(self) -> None:
         for name in ("beta", "lr", "lr_base", "grad_clip", "alpha"):
             check_number(self, name)
-        for name in ("lam", "lam_base", "weight_decay", "pair_guidance", "retain_weight"):
+        for name in ("lam", "lam_base", "weight_decay", "pair_guidance", "retain_weight", "anchor_weight"):
             check_number(self, name, strict=False)
         for name in ("steps", "batch_size", "n_pairs", "rank", "pair_steps", "pair_attempts", "checkpoint_every"):
             check_count(self, name)
@@ -178,7 +185,6 @@ def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.
               t_unsafe: torch.Tensor, t_safe: torch.Tensor, t_reg: int, cond_unsafe: Cond, cond_safe: Cond,
               empty: Cond, beta: float, retain: Cond | None = None) -> dict[str, torch.Tensor]:
     """DPO loss, regulariser and the per-pair Δ⁻ / Δ⁺ for one batch (one ε shared by both members).
-
     One batched call of the adapted U-Net on [x_t⁻, x_t⁺, ε] and one of the reference (adapter off).
     With `retain` (one retain prompt per pair) the calls also take x_t⁻ under the retain prompts, and
     "retain" is the squared distance of the two predictions there (0 without it).
@@ -205,7 +211,15 @@ def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.
     dpo = F.softplus(float(beta) * (d_safe - d_unsafe)).mean()
     reg = (policy[2 * n:3 * n] - reference[2 * n:3 * n]).pow(2).mean()
     keep = (policy[3 * n:] - reference[3 * n:]).pow(2).mean() if retain is not None else torch.zeros(())
-    return {"dpo": dpo, "reg": reg, "retain": keep, "d_safe": d_safe, "d_unsafe": d_unsafe}
+    return {"dpo": dpo, "reg": reg, "retain": keep, "anchor": d_safe.abs().mean(), "d_safe": d_safe,
+            "d_unsafe": d_unsafe}
+
+
+def duo_loss(terms: dict[str, torch.Tensor], settings: dict[str, Any]) -> torch.Tensor:
+    """L_DPO + μ·β·mean |Δ⁺| + λ (R + w · retain): the objective one step minimises."""
+    anchor = float(settings["anchor_weight"]) * float(settings["beta"]) * terms["anchor"]
+    keep = terms["reg"] + settings["retain_weight"] * terms["retain"]
+    return terms["dpo"] + anchor + settings["lam_effective"] * keep
 
 
 class DuoTrainer:
@@ -241,12 +255,13 @@ class DuoTrainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         terms = self.terms(step)
-        loss = terms["dpo"] + self.s["lam_effective"] * (terms["reg"] + self.s["retain_weight"] * terms["retain"])
+        loss = duo_loss(terms, self.s)
         norm = self.tuner.step(loss)
         margin = terms["d_safe"] - terms["d_unsafe"]
         return {"loss": loss.item(), "dpo": terms["dpo"].item(), "reg": terms["reg"].item(),
-                "retain": terms["retain"].item(),
-                "margin": margin.mean().item(), "accuracy": (margin < 0).float().mean().item(), "grad_norm": norm}
+                "retain": terms["retain"].item(), "anchor": terms["anchor"].item(),
+                "margin": margin.mean().item(), "accuracy": (margin < 0).float().mean().item(),
+                "d_safe": terms["d_safe"].mean().item(), "grad_norm": norm}
 
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return {}, {}  # every draw is a function of (seed, step)
@@ -280,7 +295,8 @@ def erase_one(pipe: Any, spec: ConceptSpec, config: DuoConfig, settings: dict[st
         trainer = DuoTrainer(tuner, z_unsafe, z_safe, cond, empty, settings, retain)
         logs = tuner.run(trainer, settings["steps"], desc=f"DUO {spec.name}")
         tail = logs[-max(1, len(logs) // 10):]
-        summary = {k: sum(e[k] for e in tail) / len(tail) for k in ("dpo", "reg", "retain", "margin", "accuracy")}
+        summary = {k: sum(e[k] for e in tail) / len(tail) for k in ("dpo", "reg", "retain", "anchor", "margin",
+                                                                "accuracy", "d_safe")}
         return tuner.edit({"concept": spec.name, "pairs": pairs.report, "final": summary})
 
 
