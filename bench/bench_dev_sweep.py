@@ -6,7 +6,7 @@ bench/results/<method>_dev/<label>/ (rows/*/row.json; reports and runs stay out 
 retention (ratio to the unedited model, every attribute the judge reads), for DUO the pairs kept of
 requested, and the erase wall time (for DUO: pairs + training; pairs are cached on disk after their
 first build, so only the first setting with given pair options pays for them). Writes
-bench/results/<output>.json. DUO's sweeps 1-9 (duo_notes.md) ran this script as bench_duo_sweep.py,
+bench/results/<output>.json after every setting (`complete` is false until the last one). DUO's sweeps 1-9 (duo_notes.md) ran this script as bench_duo_sweep.py,
 when it knew DUO only; `--method duo` (the default) runs them the same way.
 
     OMP_NUM_THREADS=2 python bench/bench_dev_sweep.py --concepts red,circle \\
@@ -71,10 +71,11 @@ def main() -> None:
         print(table([r for r in rows if r["setting"] == label],
                     ["setting", "concept", "tp_anchor_ref", "tp_anchor", "tp_para_ref", "tp_para", "tp_sel", "f",
                      "worst_attribute", "worst_retention", "pairs_kept", "edit_s"]), flush=True)
-    write_json(args.output or f"{method}_dev_sweep", {"rows": rows}, judge="shapes",
-               settings={"method": method, "concepts": concepts, "grid": grid, "protocol": args.protocol,
-                         "evaluation": settings.to_dict()},
-               command=" ".join(["python", "bench/bench_dev_sweep.py", *sys.argv[1:]]))
+        # after every setting, so a sweep stopped early (a rule that can no longer pass) still leaves its file
+        write_json(args.output or f"{method}_dev_sweep", {"rows": rows, "complete": label == list(grid)[-1]},
+                   judge="shapes", settings={"method": method, "concepts": concepts, "grid": grid,
+                                             "protocol": args.protocol, "evaluation": settings.to_dict()},
+                   command=" ".join(["python", "bench/bench_dev_sweep.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
