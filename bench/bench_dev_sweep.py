@@ -7,7 +7,8 @@ retention (ratio to the unedited model, every attribute the judge reads), for DU
 requested, and the erase wall time (for DUO: pairs + training; pairs are cached on disk after their
 first build, so only the first setting with given pair options pays for them). Writes
 bench/results/<output>.json after every setting (`complete` is false until the last one). DUO's sweeps 1-9
-(duo_notes.md) ran this script as bench_duo_sweep.py, when it knew DUO only; `--method duo` (the default) runs them the same way.
+(duo_notes.md) ran this script as bench_duo_sweep.py, when it knew DUO only; `--method duo` (the default)
+runs them the same way.
 
     OMP_NUM_THREADS=2 python bench/bench_dev_sweep.py --concepts red,circle \\
         --grid '{"default": {}, "prompt": {"conditioning": "prompt"}}'
