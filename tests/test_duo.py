@@ -158,8 +158,8 @@ def test_retain_term_is_zero_at_start_and_measures_the_retain_predictions(pipe):
 
 def test_anchor_term_is_zero_at_start_then_mean_abs_safe_delta_weighted_by_mu_beta(pipe):
     """The anchor term holds the safe member's fit at the reference's: 0 while B = 0 (so the loss is
-    log 2 whatever μ); after the weights move it is mean |Δ⁺| by hand, it leaves the DPO term and the
-    regulariser unchanged, and the step's loss is L_DPO + μ·β·anchor + λ·R."""
+    log 2 whatever μ); after the weights move it is mean |Δ⁺| by hand, and the step's loss is
+    L_DPO + μ·β·anchor + λ·R (L_DPO + λ·R at μ 0)."""
     from erasurelab.methods.duo import duo_loss
 
     z_u, z_s = _latents()

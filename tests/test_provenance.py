@@ -15,7 +15,8 @@ def test_provenance_records_the_checkout_commit_command_and_versions() -> None:
     info = runinfo.provenance("erasurelab bench --concept green")
     assert info["command"] == "erasurelab bench --concept green"
     assert info["time_utc"].endswith("Z") and info["versions"]["torch"]
-    assert set(info["machine"]) == {"system", "machine", "cpu_count", "torch_threads"}
+    assert set(info["machine"]) == {"system", "machine", "cpu_count", "torch_threads", "cpu_capability", "cpu_bf16"}
+    assert isinstance(info["machine"]["cpu_capability"], str) and isinstance(info["machine"]["cpu_bf16"], bool)
     package = Path(erasurelab.__file__).resolve().parent
     head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:

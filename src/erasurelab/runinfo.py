@@ -77,15 +77,35 @@ def code_digest() -> str:
     return tree_digest(Path(__file__).resolve().parent, "*.py")
 
 
+@functools.cache
+def cpu_bf16_capable() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:  # pragma: no cover - a torch build without the probe's backend
+            continue
+    return False
+
+
 def machine_facts() -> dict[str, Any]:
-    """Hostname-free facts that change timings: OS, architecture, CPU count, torch threads."""
+    """Hostname-free facts that change timings: OS, architecture, CPU count, torch threads, and the CPU's
+    vector instruction set and native bf16, which made two machines of one kind differ 2.2x in the benches
+    (bench/results/demo.md)."""
     facts: dict[str, Any] = {"system": platform.system(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
     try:
         import torch
 
         facts["torch_threads"] = torch.get_num_threads()
+        facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        facts["cpu_bf16"] = cpu_bf16_capable()
     except ImportError:  # pragma: no cover - torch is a dependency
-        facts["torch_threads"] = None
+        facts.update(torch_threads=None, cpu_capability=None, cpu_bf16=None)
     return facts
 
 

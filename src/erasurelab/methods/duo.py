@@ -185,6 +185,7 @@ def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.
               t_unsafe: torch.Tensor, t_safe: torch.Tensor, t_reg: int, cond_unsafe: Cond, cond_safe: Cond,
               empty: Cond, beta: float, retain: Cond | None = None) -> dict[str, torch.Tensor]:
     """DPO loss, regulariser and the per-pair Δ⁻ / Δ⁺ for one batch (one ε shared by both members).
+
     One batched call of the adapted U-Net on [x_t⁻, x_t⁺, ε] and one of the reference (adapter off).
     With `retain` (one retain prompt per pair) the calls also take x_t⁻ under the retain prompts, and
     "retain" is the squared distance of the two predictions there (0 without it).

@@ -17,7 +17,6 @@ trades those verdicts for speed, e.g. in exploratory runs.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from erasurelab.errors import ErasureLabError
 from erasurelab.models.kv_reuse import reuse_cross_attention_kv
 from erasurelab.models.provenance import base_source_of
+from erasurelab.runinfo import cpu_bf16_capable
 
 
 def is_embedded(pipe: Any) -> bool:
@@ -39,20 +39,6 @@ def is_embedded(pipe: Any) -> bool:
 #: Environment override of generate()'s autocast default: "on", "off" or "auto".
 AUTOCAST_ENV = "ERASURELAB_AUTOCAST"
 _ON, _OFF = {"on", "1", "true", "bf16", "yes"}, {"off", "0", "false", "fp32", "no"}
-
-
-@functools.cache
-def cpu_bf16_capable() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in checks:
-        probe = getattr(torch.cpu, name, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except RuntimeError:  # pragma: no cover - a torch build without the probe's backend
-            continue
-    return False
 
 
 def _unet_param(pipe: Any) -> torch.Tensor | None:
