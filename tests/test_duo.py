@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from erasurelab.errors import ErasureLabError
-from erasurelab.methods.duo import DuoConfig, DuoTrainer, coupled_lambda, coupled_lr, duo_terms, timestep_bounds
+from erasurelab.methods.duo import (
+    DuoConfig,
+    DuoTrainer,
+    coupled_lambda,
+    coupled_lr,
+    duo_loss,
+    duo_terms,
+    timestep_bounds,
+)
 from erasurelab.methods.finetune import encode_prompts
 from erasurelab.methods.lora_engine import LoraTuner, attention_targets
 from erasurelab.models.sampling import noise_scheduler
@@ -160,8 +168,6 @@ def test_anchor_term_is_zero_at_start_then_mean_abs_safe_delta_weighted_by_mu_be
     """The anchor term holds the safe member's fit at the reference's: 0 while B = 0 (so the loss is
     log 2 whatever μ); after the weights move it is mean |Δ⁺| by hand, and the step's loss is
     L_DPO + μ·β·anchor + λ·R (L_DPO + λ·R at μ 0)."""
-    from erasurelab.methods.duo import duo_loss
-
     z_u, z_s = _latents()
     empty = encode_prompts(pipe, [""])
     settings = {**SETTINGS, "anchor_weight": 3.0}

@@ -10,8 +10,8 @@ add or choose cross-attention) and ε_ref the same network with the adapter off.
 spec): `retain_weight` w adds λ·w·mean (ε_θ − ε_ref)² at x_t⁻ under the concept's
 retain prompts, the same preservation at data timesteps, since the t = T−1 term alone constrains only
 the first sampler step; `anchor_weight` μ adds μ·β·mean |Δ⁺|, which holds the adapted model's fit of
-the safe member at the reference's: plain DPO on the embedded model widens its margin mostly by fitting
-the safe images *better* than the reference (Δ⁺ < 0, bench/results/duo_notes.md), i.e. by learning
+the safe member at the reference's: plain DPO on the embedded model widens its margin in large part by
+fitting the safe images *better* than the reference (Δ⁺ < 0, bench/results/duo_notes.md), i.e. by learning
 those images, SDEdit's look included; with μ > 1 that no longer pays, and the margin has to come from
 fitting the unsafe member worse, as in NPO (Zhang et al., 2024), with the safe member as its retain
 set. Conditioning on SD-family models is the real embedding of "" (the model forgets the visual
