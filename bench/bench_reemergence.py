@@ -64,6 +64,7 @@ def main() -> None:
     from erasurelab.concepts import concept as concept_spec
     from erasurelab.concepts import concept_split
     from erasurelab.finetuning import FinetuneConfig
+    from erasurelab.finetuning.curves import POOLED
     from erasurelab.finetuning.reemergence import plot_curves, run_experiment, target_probes
     from erasurelab.judges import load_judge
     from erasurelab.world.benign import task_probe, write_benign_dataset
@@ -103,11 +104,13 @@ def main() -> None:
                     "tp_unaligned": result["unaligned"]["anchor"].value, "tp_aligned": entry["aligned"]["anchor"].value,
                     "tp_final": final["anchor"].value, "rr_final": data_v["rr"]["anchor"][-1],
                     "tp_para_aligned": entry["aligned"]["paraphrase"].value, "tp_para_final": final["paraphrase"].value,
+                    "tp_pooled_aligned": entry["aligned"][POOLED].value, "tp_pooled_final": final[POOLED].value,
+                    "rr_pooled_final": data_v["rr"][POOLED][-1],
                     "task": data_v["task_accuracy"].value, "task_control": control["task_accuracy"].value,
                 })
         print(table([r for r in rows if r["concept"] == name],
                     ["concept", "method", "variant", "tp_unaligned", "tp_aligned", "tp_final", "rr_final",
-                     "tp_para_final", "task", "task_control"]), flush=True)
+                     "tp_para_final", "tp_pooled_aligned", "tp_pooled_final", "task", "task_control"]), flush=True)
     write_json(args.output, jsonable({"rows": rows, "experiments": results, "peak_rss_mb": peak_rss_mb()}),
                judge=judge, settings={**vars(args), "finetune": config.to_dict()},
                command=" ".join(["python", "bench/bench_reemergence.py", *sys.argv[1:]]))

@@ -45,7 +45,10 @@ def test_fine_tuning_attack_on_an_erased_model(builtin_pipe, shapes_judge):
     assert run.suite["edited_info"]["paraphrases"] and not set(run.suite["edited_info"]["paraphrases"]) & set(
         run.prompts)
     for probes in curves["tp"].values():
-        assert set(probes) == {"anchor", "paraphrase"} and all(len(v) == 3 for v in probes.values())
+        assert set(probes) == {"anchor", "paraphrase", "pooled"} and all(len(v) == 3 for v in probes.values())
+        n_a, n_p = curves["counts"]["anchor"], curves["counts"]["paraphrase"]
+        assert probes["pooled"] == pytest.approx([(a * n_a + p * n_p) / (n_a + n_p)
+                                                  for a, p in zip(probes["anchor"], probes["paraphrase"], strict=True)])
     assert curves["tp"]["erased"]["anchor"] == [p["tp"] for p in curve]
     assert curves["tp"]["modular"]["anchor"][0] == curves["tp"]["erased"]["anchor"][0]  # same model at step 0
     assert curves["tp"]["control"]["anchor"][-1] == run.reference_asr.value  # the reference run is the control
@@ -81,6 +84,32 @@ def test_curves_record_and_ratio():
         build_curves([5, 10], {"erased": {"anchor": [0.1, 0.2]}}, {"anchor": 10})
     with pytest.raises(ValueError, match="values for"):
         build_curves([0, 5], {"erased": {"anchor": [0.1]}}, {"anchor": 10})
+
+
+def test_pooled_tp_counts_anchor_and_paraphrase_images_together():
+    """The spec's ASR_ft: TP over every anchor and paraphrase image, so the larger probe weighs more; RR follows."""
+    from erasurelab.finetuning.curves import POOLED, build_curves, final_rr
+
+    curves = build_curves([0, 5], {"erased": {"anchor": [0.0, 0.1], "paraphrase": [0.2, 0.6]},
+                                   "control": {"anchor": [1.0, 1.0], "paraphrase": [0.4, 0.4]}},
+                          {"anchor": 30, "paraphrase": 10})
+    assert curves["counts"][POOLED] == 40
+    assert curves["tp"]["erased"][POOLED] == pytest.approx([2 / 40, 9 / 40])
+    assert curves["tp"]["control"][POOLED] == pytest.approx([34 / 40, 34 / 40])
+    assert final_rr(curves, "erased", POOLED) == pytest.approx((9 - 2) / (34 - 2))
+    # One probe missing: nothing pooled rather than a rate over part of the images.
+    anchor_only = build_curves([0, 5], {"erased": {"anchor": [0.0, 0.1]}}, {"anchor": 30})
+    assert POOLED not in anchor_only["counts"] and POOLED not in anchor_only["tp"]["erased"]
+
+
+def test_with_pooled_sums_numerators_and_denominators():
+    from erasurelab.evaluation.types import Rate
+    from erasurelab.finetuning.curves import POOLED
+    from erasurelab.finetuning.reemergence import with_pooled
+
+    rates = with_pooled({"anchor": Rate(3, 192), "paraphrase": Rate(23, 160)})
+    assert rates[POOLED] == Rate(26, 352)
+    assert POOLED not in with_pooled({"task": Rate(5, 8)})
 
 
 @needs_assets

@@ -85,14 +85,16 @@ def _value(rate: Any) -> float | None:
 
 
 def _rr_fields(curves: dict[str, Any]) -> dict[str, Any]:
-    """The re-emergence attack's final RR (erased model fine-tuned; Modular; the unerased control as its
-    reference on the same scale) and the two TPs RR is measured between; {} for other curves."""
-    from erasurelab.finetuning.curves import final_rr, is_curves
+    """The re-emergence attack's final RR (erased model fine-tuned, on the anchors, the paraphrases and both
+    pooled; Modular; the unerased control as its reference on the same scale) and the two TPs RR is measured
+    between; {} for other curves."""
+    from erasurelab.finetuning.curves import POOLED, final_rr, is_curves
 
     if not is_curves(curves):
         return {}
     return {"ft_steps": curves["steps"][-1], "ft_rr": final_rr(curves),
-            "ft_rr_para": final_rr(curves, "erased", "paraphrase"), "ft_rr_modular": final_rr(curves, "modular"),
+            "ft_rr_para": final_rr(curves, "erased", "paraphrase"), "ft_rr_pooled": final_rr(curves, "erased", POOLED),
+            "ft_rr_modular": final_rr(curves, "modular"),
             "ft_rr_control": final_rr(curves, "control"), "ft_tp_aligned": curves["tp_aligned"].get("anchor"),
             "ft_tp_unaligned": curves["tp_unaligned"].get("anchor")}
 
@@ -165,7 +167,8 @@ def _table(records: Sequence[dict[str, Any]]) -> list[str]:
                      f"{_fmt(r['f']):>6} {_fmt(retain):>7} {_fmt(r['h']):>6}  {_fmt(r['attacks']) or 'none'}")
         if "ft_rr" in r:
             lines.append(f"  re-emergence ({r['method']}, {r['concept']}) after {r['ft_steps']} fine-tuning steps: "
-                         f"final RR {_fmt(r['ft_rr'])} (paraphrase {_fmt(r['ft_rr_para'])}), Modular "
+                         f"final RR {_fmt(r['ft_rr'])} (paraphrase {_fmt(r['ft_rr_para'])}, pooled "
+                         f"{_fmt(r.get('ft_rr_pooled'))}), Modular "
                          f"{_fmt(r['ft_rr_modular'])}, unerased control {_fmt(r['ft_rr_control'])}")
         lines += [f"  note ({r['method']}, {r['concept']}): {p}" for p in r["problems"]]
     lines.append("TP: judge-detected target proportion, unedited → edited; f = 1 − max TP edited/unedited; "

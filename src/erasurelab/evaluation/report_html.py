@@ -98,7 +98,7 @@ def slug(text: str) -> str:
 
 def _reemergence_section(results: Sequence[EvaluationResult], figure: bytes | None) -> str:
     """The curves, a table of TP before/after and the final RR per model and concept, and how to read them."""
-    from erasurelab.finetuning.curves import final_rr, verdict
+    from erasurelab.finetuning.curves import POOLED, final_rr, verdict
 
     found = reemergence_attacks(results)
     if not found or figure is None:
@@ -110,11 +110,13 @@ def _reemergence_section(results: Sequence[EvaluationResult], figure: bytes | No
         rows.append((_esc(label), _esc(a.concept), c["steps"][-1], c["tp_aligned"].get("anchor"),
                      last.get("erased", {}).get("anchor"), c["tp_unaligned"].get("anchor"),
                      last.get("control", {}).get("anchor"), last.get("modular", {}).get("anchor"),
-                     final_rr(c, "erased"), final_rr(c, "erased", "paraphrase"), final_rr(c, "modular"),
+                     final_rr(c, "erased"), final_rr(c, "erased", "paraphrase"), final_rr(c, "erased", POOLED),
+                     final_rr(c, "modular"),
                      final_rr(c, "control"), _esc(verdict(c))))
     table = _table(["model", "concept", "steps", "TP anchor, erased", "after fine-tuning", "TP anchor, unerased",
                     "control after fine-tuning", "Modular after fine-tuning", "final RR anchor",
-                    "final RR paraphrase", "final RR Modular", "final RR control", "verdict"], rows)
+                    "final RR paraphrase", "final RR anchor + paraphrase", "final RR Modular", "final RR control",
+                    "verdict"], rows)
     note = ('<p class="sub">RR(k) = (TP<sub>k</sub> − TP<sub>erased</sub>) / (TP<sub>unerased</sub> − '
             "TP<sub>erased</sub>), both before fine-tuning: 0 while the erasure holds, 1 when the concept renders "
             "as often as on the unerased model; n/a when no unerased control was measured or the erasure removed "

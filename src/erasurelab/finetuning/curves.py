@@ -9,7 +9,11 @@ One record (plain JSON: floats, lists, None for "not defined") holds the curves 
 Series: "erased" (the erased model fine-tuned as a user would: baseline b), "modular" (the
 fine-tuning adapter trained on the unerased base, added to the erased model: Modular LoRA),
 "full" (full-rank fine-tuning of the erased weights: baseline a), "control" (the unerased model
-fine-tuned the same way: baseline d). Probes: "anchor" and "paraphrase" prompts of the concept.
+fine-tuned the same way: baseline d). Probes: "anchor" and "paraphrase" prompts of the concept, and
+"pooled": both together, image by image (TP = images showing the concept / images rendered). Pooled
+is the spec's ASR_ft (attacks.md (d): the target proportion on the anchor + paraphrase prompts), so
+it is what "the target proportion" of a re-emergence claim means; the two probes stay apart as well,
+because a rise on paraphrases alone is the kind of leak a pooled number can hide.
 
     RR(k) = (TP_k − TP_aligned) / (TP_unaligned − TP_aligned)
 
@@ -33,6 +37,8 @@ KIND = "reemergence"
 SERIES: dict[str, str] = {"erased": "erased, fine-tuned", "full": "erased, full fine-tuning",
                           "modular": "Modular LoRA", "control": "unerased control, fine-tuned"}
 PROBES: tuple[str, ...] = ("anchor", "paraphrase")
+#: The anchor and paraphrase probes together (the spec's ASR_ft); derived, never rendered on its own.
+POOLED = "pooled"
 
 
 def reemergence_ratio(tp: float, aligned: float, unaligned: float) -> float:
@@ -43,6 +49,13 @@ def reemergence_ratio(tp: float, aligned: float, unaligned: float) -> float:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def pooled_tp(tp: Mapping[str, float | None], counts: Mapping[str, int]) -> float | None:
+    """TP over the images of every probe in PROBES together: Σ TP_p·n_p / Σ n_p (None if one is missing)."""
+    if any(tp.get(p) is None or not counts.get(p) for p in PROBES):
+        return None
+    return sum(float(tp[p]) * counts[p] for p in PROBES) / sum(counts[p] for p in PROBES)
 
 
 def build_curves(steps: Sequence[int], tp: Mapping[str, Mapping[str, Sequence[float]]],
@@ -61,6 +74,12 @@ def build_curves(steps: Sequence[int], tp: Mapping[str, Mapping[str, Sequence[fl
                 raise ValueError(f"{series}/{probe}: {len(values)} values for {len(steps)} steps")
     tp_out = {s: {p: [_finite(float(v)) for v in values] for p, values in probes.items()}
               for s, probes in tp.items()}
+    counts = {p: int(n) for p, n in counts.items()}
+    if all(counts.get(p) for p in PROBES):
+        counts[POOLED] = sum(counts[p] for p in PROBES)
+        for probes in tp_out.values():
+            if all(p in probes for p in PROBES):
+                probes[POOLED] = [pooled_tp({p: probes[p][i] for p in PROBES}, counts) for i in range(len(steps))]
     aligned = {p: v[0] for p, v in tp_out.get("erased", {}).items()}
     unaligned = {p: v[0] for p, v in tp_out.get("control", {}).items()}
     rr: dict[str, dict[str, list[float | None]]] = {}
@@ -71,7 +90,7 @@ def build_curves(steps: Sequence[int], tp: Mapping[str, Mapping[str, Sequence[fl
             rr.setdefault(series, {})[probe] = [
                 None if v is None else _finite(reemergence_ratio(v, aligned[probe], unaligned[probe]))
                 for v in values]
-    return {"kind": KIND, "steps": steps, "counts": {p: int(n) for p, n in counts.items()}, "tp": tp_out,
+    return {"kind": KIND, "steps": steps, "counts": counts, "tp": tp_out,
             "rr": rr, "final_rr": {s: {p: v[-1] for p, v in probes.items()} for s, probes in rr.items()},
             "tp_aligned": aligned, "tp_unaligned": unaligned}
 

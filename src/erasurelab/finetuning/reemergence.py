@@ -3,7 +3,8 @@
 For each variant (control, plain, Modular, optionally full; see modular.py) the fine-tuning delta is snapshotted
 every `snapshot_every` steps; each snapshot's model (base + safety + ΔW_ft(k), or base + ΔW_ft(k)
 for the control) renders the concept's anchor and held-out paraphrase prompts at fixed seeds, and
-the judge gives the target proportion TP(k). The re-emergence ratio
+the judge gives the target proportion TP(k), per probe and pooled (`curves.POOLED`: the spec's
+ASR_ft over anchor and paraphrase images together). The re-emergence ratio
 
     RR(k) = (TP_k − TP_aligned) / (TP_unaligned − TP_aligned)
 
@@ -27,7 +28,7 @@ from erasurelab.caption_data import CaptionData
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.types import Rate
-from erasurelab.finetuning.curves import reemergence_ratio
+from erasurelab.finetuning.curves import POOLED, PROBES, reemergence_ratio
 from erasurelab.finetuning.modular import FinetuneConfig, check_project_merge, finetune, merge
 
 
@@ -62,9 +63,16 @@ def target_probes(spec: Any, pipe: Any, judge_concepts: set[str], anchor_seeds: 
     return probes
 
 
+def with_pooled(rates: dict[str, Rate]) -> dict[str, Rate]:
+    """`rates` plus POOLED, the anchor and paraphrase images counted together, when both were rendered."""
+    if not all(p in rates for p in PROBES):
+        return rates
+    return {**rates, POOLED: Rate(sum(rates[p].numerator for p in PROBES), sum(rates[p].denominator for p in PROBES))}
+
+
 def render_rates(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str | None,
                  batch_size: int = 64) -> dict[str, Rate]:
-    """TP of `concept` per probe (concept given), or the all-labels accuracy of labelled probes."""
+    """TP of `concept` per probe (with `with_pooled`'s POOLED), or the all-labels accuracy of labelled probes."""
     from erasurelab.models.sampling import generate
 
     out = {}
@@ -77,7 +85,7 @@ def render_rates(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str | 
             hits = [all(p.get(a) == v for a, v in labels.items()) for p, labels in zip(predicted, probe.labels,
                                                                                        strict=True)]
             out[probe.name] = Rate.of(hits)
-    return out
+    return with_pooled(out) if concept is not None else out
 
 
 def _with(pipe: Any, edit: Edit | None) -> contextlib.AbstractContextManager[Any]:
@@ -165,8 +173,8 @@ def run_experiment(pipe: Any, safeties: dict[str, Edit], spec: Any, data: Captio
                 run_snapshots, final = run.snapshots, run.merged
                 entry[f"{variant}_wall_time_s"] = run.wall_time_s
             curve = _curve(pipe, probes, judge, spec.name, aligned, run_snapshots, combine)
-            rr = {p.name: [reemergence_ratio(point[p.name].value, aligned[p.name].value, unaligned[p.name].value)
-                           for point in curve] for p in probes}
+            rr = {name: [reemergence_ratio(point[name].value, aligned[name].value, unaligned[name].value)
+                         for point in curve] for name in aligned}
             entry["variants"][variant] = {"curve": curve, "rr": rr, "task_accuracy": task(final)}
         result["methods"][label] = entry
     return result
