@@ -4,7 +4,8 @@ The line: after benign fine-tuning, Modular LoRA keeps the target proportion wit
 model's, and the downstream task's attribute accuracy is within TOLERANCE of the unerased control's. "The
 target proportion" is the spec's ASR_ft (attacks.md (d)): the anchor and paraphrase images counted together
 (`finetuning.curves.POOLED`). The anchor and paraphrase rises are reported beside it, because a pooled rate
-can hide a rise on one probe. Plain fine-tuning's pooled rise says whether there was anything to hold back.
+can hide a rise on one probe. Plain fine-tuning's pooled rise (from the same run, or from a plain-only run on a
+probe of the same size: the erased model and seeds are the same) says whether there was anything to hold back.
 
 Renders nothing: every number comes from the files given. When a (concept, method) pair is in several files,
 the row with the most target images (then task prompts) is used: the larger probe has the smaller standard
@@ -27,7 +28,8 @@ TOLERANCE = 0.05
 #: Every re-emergence result on the test concepts, older and smaller probes first.
 DEFAULT_FILES = ("reemergence_test", "reemergence_test_task128", "reemergence_test_duo_trust",
                  "reemergence_test_esd_x_strict", "reemergence_test_trust_retain", "reemergence_test_dotted_probe4",
-                 "reemergence_test_probe4_green_triangle", "reemergence_pure_project", "reemergence_test_esd_retain")
+                 "reemergence_test_probe4_green_triangle", "reemergence_pure_project", "reemergence_test_esd_retain",
+                 "reemergence_test_probe4_green_triangle_plain")
 #: Rows measured at a method default that has since changed, under the label of what they measured.
 RELABEL = {("reemergence_test_duo_trust", "trust"): "trust-retain0"}
 
@@ -39,6 +41,26 @@ def rates(stored: dict) -> dict:
     from erasurelab.finetuning.reemergence import with_pooled
 
     return with_pooled({p: Rate(int(stored[p]["numerator"]), int(stored[p]["denominator"])) for p in PROBES})
+
+
+def plain_rates(entry: dict) -> dict | None:
+    """The rates of plain fine-tuning's last checkpoint, or None when the run had no plain variant."""
+    plain = entry["variants"].get("plain")
+    return rates(plain["curve"][-1]) if plain else None
+
+
+def plain_rises(name: str, experiment: dict) -> dict[tuple[str, str, int], float]:
+    """(concept, method, images) -> plain fine-tuning's pooled rise, for runs that measured plain alone."""
+    from erasurelab.finetuning.curves import POOLED
+
+    out = {}
+    for method, entry in experiment["methods"].items():
+        final = plain_rates(entry)
+        if final is not None:
+            erased = rates(entry["aligned"])
+            key = (experiment["concept"], RELABEL.get((name, method), method), erased[POOLED].denominator)
+            out[key] = final[POOLED].value - erased[POOLED].value
+    return out
 
 
 def rows_of(name: str, experiment: dict) -> list[dict]:
@@ -53,8 +75,7 @@ def rows_of(name: str, experiment: dict) -> list[dict]:
             continue
         erased = rates(entry["aligned"])
         held = rates(modular["curve"][-1])
-        plain = entry["variants"].get("plain")
-        plain_final = rates(plain["curve"][-1]) if plain else None
+        plain_final = plain_rates(entry)
         rise = {p: held[p].value - erased[p].value for p in erased}
         task_gap = modular["task_accuracy"]["value"] - control_task["value"]
         out.append({
@@ -79,16 +100,21 @@ def main() -> None:
     parser.add_argument("--output", default="reemergence_line")
     args = parser.parse_args()
     best: dict[tuple[str, str], dict] = {}
+    plain: dict[tuple[str, str, int], float] = {}
     for name in [f for f in args.files.split(",") if f]:
         for experiment in json.loads((RESULTS / f"{name}.json").read_text())["experiments"]:
             if experiment.get("split", "test") != "test":
                 continue
+            plain.update(plain_rises(name, experiment))
             for row in rows_of(name, experiment):
                 key = (row["concept"], row["method"])
                 size = (row["images"], row["task_prompts"])
                 if key not in best or size > (best[key]["images"], best[key]["task_prompts"]):
                     best[key] = row
     rows = sorted(best.values(), key=lambda r: (r["method"], r["concept"]))
+    for row in rows:  # a plain run made apart from the Modular one, on the same probe, same model and seeds
+        if row["plain_rise_pooled"] is None:
+            row["plain_rise_pooled"] = plain.get((row["concept"], row["method"], row["images"]))
     print(table(rows, ["method", "concept", "images", "erased_pooled", "rise_pooled", "rise_anchor", "rise_paraphrase",
                        "plain_rise_pooled", "task_gap", "meets", "meets_each_probe", "file"]))
     concepts = sorted({r["concept"] for r in rows})
