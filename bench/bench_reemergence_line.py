@@ -68,6 +68,7 @@ def rows_of(name: str, experiment: dict) -> list[dict]:
     from erasurelab.finetuning.curves import POOLED
 
     control_task = experiment["control"]["task_accuracy"]
+    plain = plain_rises(name, experiment)
     out = []
     for method, entry in experiment["methods"].items():
         modular = entry["variants"].get("modular")
@@ -75,15 +76,15 @@ def rows_of(name: str, experiment: dict) -> list[dict]:
             continue
         erased = rates(entry["aligned"])
         held = rates(modular["curve"][-1])
-        plain_final = plain_rates(entry)
         rise = {p: held[p].value - erased[p].value for p in erased}
         task_gap = modular["task_accuracy"]["value"] - control_task["value"]
+        label = RELABEL.get((name, method), method)
         out.append({
-            "file": name, "concept": experiment["concept"], "method": RELABEL.get((name, method), method),
+            "file": name, "concept": experiment["concept"], "method": label,
             "images": erased[POOLED].denominator, "task_prompts": modular["task_accuracy"]["denominator"],
             "erased_pooled": erased[POOLED].value, "modular_pooled": held[POOLED].value,
             "rise_pooled": rise[POOLED], "rise_anchor": rise["anchor"], "rise_paraphrase": rise["paraphrase"],
-            "plain_rise_pooled": None if plain_final is None else plain_final[POOLED].value - erased[POOLED].value,
+            "plain_rise_pooled": plain.get((experiment["concept"], label, erased[POOLED].denominator)),
             "task_modular": modular["task_accuracy"]["value"], "task_control": control_task["value"],
             "task_gap": task_gap,
             "meets": rise[POOLED] <= TOLERANCE and abs(task_gap) <= TOLERANCE,
