@@ -37,8 +37,7 @@ RELABEL = {("reemergence_test_duo_trust", "trust"): "trust-retain0"}
 def rates(stored: dict) -> dict:
     """The stored {probe: {numerator, denominator}} as Rates, with the pooled rate added."""
     from erasurelab.evaluation.types import Rate
-    from erasurelab.finetuning.curves import PROBES
-    from erasurelab.finetuning.reemergence import with_pooled
+    from erasurelab.finetuning.curves import PROBES, with_pooled
 
     return with_pooled({p: Rate(int(stored[p]["numerator"]), int(stored[p]["denominator"])) for p in PROBES})
 

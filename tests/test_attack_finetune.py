@@ -104,8 +104,7 @@ def test_pooled_tp_counts_anchor_and_paraphrase_images_together():
 
 def test_with_pooled_sums_numerators_and_denominators():
     from erasurelab.evaluation.types import Rate
-    from erasurelab.finetuning.curves import POOLED
-    from erasurelab.finetuning.reemergence import with_pooled
+    from erasurelab.finetuning.curves import POOLED, with_pooled
 
     rates = with_pooled({"anchor": Rate(3, 192), "paraphrase": Rate(23, 160)})
     assert rates[POOLED] == Rate(26, 352)

@@ -32,6 +32,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from erasurelab.results import Rate
+
 KIND = "reemergence"
 #: Series in plotting order, with their labels in reports.
 SERIES: dict[str, str] = {"erased": "erased, fine-tuned", "full": "erased, full fine-tuning",
@@ -56,6 +58,13 @@ def pooled_tp(tp: Mapping[str, float | None], counts: Mapping[str, int]) -> floa
     if any(tp.get(p) is None or not counts.get(p) for p in PROBES):
         return None
     return sum(float(tp[p]) * counts[p] for p in PROBES) / sum(counts[p] for p in PROBES)
+
+
+def with_pooled(rates: dict[str, Rate]) -> dict[str, Rate]:
+    """`rates` (Rates per probe) plus POOLED, both probes' images counted together, when both were rendered."""
+    if not all(p in rates for p in PROBES):
+        return rates
+    return {**rates, POOLED: Rate(sum(rates[p].numerator for p in PROBES), sum(rates[p].denominator for p in PROBES))}
 
 
 def build_curves(steps: Sequence[int], tp: Mapping[str, Mapping[str, Sequence[float]]],

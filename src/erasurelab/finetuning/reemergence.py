@@ -28,7 +28,7 @@ from erasurelab.caption_data import CaptionData
 from erasurelab.edits import Edit
 from erasurelab.errors import ErasureLabError
 from erasurelab.evaluation.types import Rate
-from erasurelab.finetuning.curves import POOLED, PROBES, reemergence_ratio
+from erasurelab.finetuning.curves import reemergence_ratio, with_pooled
 from erasurelab.finetuning.modular import FinetuneConfig, check_project_merge, finetune, merge
 
 
@@ -61,13 +61,6 @@ def target_probes(spec: Any, pipe: Any, judge_concepts: set[str], anchor_seeds: 
         prompts, seeds = suite.requests()
         probes.append(Probe(suite.name, tuple(prompts), tuple(seeds)))
     return probes
-
-
-def with_pooled(rates: dict[str, Rate]) -> dict[str, Rate]:
-    """`rates` plus POOLED, the anchor and paraphrase images counted together, when both were rendered."""
-    if not all(p in rates for p in PROBES):
-        return rates
-    return {**rates, POOLED: Rate(sum(rates[p].numerator for p in PROBES), sum(rates[p].denominator for p in PROBES))}
 
 
 def render_rates(pipe: Any, probes: Sequence[Probe], judge: Any, concept: str | None,
