@@ -62,12 +62,12 @@ def plain_rises(name: str, experiment: dict) -> dict[tuple[str, str, int], float
     return out
 
 
-def rows_of(name: str, experiment: dict) -> list[dict]:
-    """One row per method of one concept: erased, Modular and (when run) plain TPs, their rises, the task."""
+def rows_of(name: str, experiment: dict, plain: dict[tuple[str, str, int], float]) -> list[dict]:
+    """One row per method of one concept: erased and Modular TPs, their rises, the task; plain fine-tuning's
+    pooled rise from `plain` (this experiment's `plain_rises`), None when it ran no plain variant."""
     from erasurelab.finetuning.curves import POOLED
 
     control_task = experiment["control"]["task_accuracy"]
-    plain = plain_rises(name, experiment)
     out = []
     for method, entry in experiment["methods"].items():
         modular = entry["variants"].get("modular")
@@ -105,8 +105,9 @@ def main() -> None:
         for experiment in json.loads((RESULTS / f"{name}.json").read_text())["experiments"]:
             if experiment.get("split", "test") != "test":
                 continue
-            plain.update(plain_rises(name, experiment))
-            for row in rows_of(name, experiment):
+            own = plain_rises(name, experiment)
+            plain.update(own)
+            for row in rows_of(name, experiment, own):
                 key = (row["concept"], row["method"])
                 size = (row["images"], row["task_prompts"])
                 if key not in best or size > (best[key]["images"], best[key]["task_prompts"]):
