@@ -74,18 +74,22 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def result_payload(payload: dict, *, pipe: Any | None = None, judge: Any | str | None = None,
-                   settings: dict | None = None, command: str | None = None) -> dict:
-    """payload plus provenance, model_hash, judge and settings (existing keys of payload win for settings)."""
+                   settings: dict | None = None, command: str | None = None, model_hash: str | None = None) -> dict:
+    """payload plus provenance, model_hash, judge and settings (existing keys of payload win for settings).
+
+    model_hash: for a bench that renders nothing and summarises other result files, the hash those files
+    record (so no pipeline is loaded just to hash it); otherwise the hash of `pipe`.
+    """
     out = dict(payload)
     out["provenance"] = provenance(command)
-    out["model_hash"] = pipeline_hash(pipe)
+    out["model_hash"] = model_hash or pipeline_hash(pipe)
     out["judge"] = judge_info(judge if judge is not None else payload.get("judge"))
     out["settings"] = settings if settings is not None else payload.get("settings", {})
     return out
 
 
 def write_json(name: str, payload: dict, *, pipe: Any | None = None, judge: Any | str | None = None,
-               settings: dict | None = None, command: str | None = None) -> Path:
+               settings: dict | None = None, command: str | None = None, model_hash: str | None = None) -> Path:
     """Write bench/results/NAME.json atomically, with the provenance keys of `result_payload`.
 
     pipe: the (unedited) pipeline the bench used, None for builtin:shapes; judge: instance or id.
@@ -93,7 +97,7 @@ def write_json(name: str, payload: dict, *, pipe: Any | None = None, judge: Any 
     from erasurelab.runinfo import write_json_atomic
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    full = result_payload(payload, pipe=pipe, judge=judge, settings=settings, command=command)
+    full = result_payload(payload, pipe=pipe, judge=judge, settings=settings, command=command, model_hash=model_hash)
     return write_json_atomic(RESULTS / f"{name}.json", full)
 
 

@@ -7,9 +7,11 @@ target proportion" is the spec's ASR_ft (attacks.md (d)): the anchor and paraphr
 can hide a rise on one probe. Plain fine-tuning's pooled rise (from the same run, or from a plain-only run on a
 probe of the same size: the erased model and seeds are the same) says whether there was anything to hold back.
 
-Renders nothing: every number comes from the files given. When a (concept, method) pair is in several files,
-the row with the most target images (then task prompts) is used: the larger probe has the smaller standard
-error. Test concepts only (the split each file records). Prints a table and writes bench/results/reemergence_line.json.
+Renders nothing and loads no model: every number comes from the files given, and the model hash and judge it
+records are theirs (it refuses files measured on different models or judges). When a (concept, method) pair
+is in several files, the row with the most target images (then task prompts) is used: the larger probe has
+the smaller standard error. Test concepts only (the split each file records). Prints a table and writes
+bench/results/reemergence_line.json.
 
     python bench/bench_reemergence_line.py
 """
@@ -101,8 +103,11 @@ def main() -> None:
     args = parser.parse_args()
     best: dict[tuple[str, str], dict] = {}
     plain: dict[tuple[str, str, int], float] = {}
+    sources: dict[str, tuple[str, dict]] = {}
     for name in [f for f in args.files.split(",") if f]:
-        for experiment in json.loads((RESULTS / f"{name}.json").read_text())["experiments"]:
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        sources[name] = (result["model_hash"], result["judge"])
+        for experiment in result["experiments"]:
             if experiment.get("split", "test") != "test":
                 continue
             own = plain_rises(name, experiment)
@@ -128,8 +133,13 @@ def main() -> None:
                            and all(r["meets_each_probe"] for r in mine.values())}
         print(f"{method}: pooled line on all of {', '.join(concepts)}: {methods[method]['meets_all']}; "
               f"on each probe: {methods[method]['meets_all_each_probe']}")
+    (model_hash, judge), *others = sources.values()
+    if any(h != model_hash or j["id"] != judge["id"] for h, j in others):
+        parser.error("the files were measured on different models or judges: " + ", ".join(
+            f"{n} ({h[:12]}, {j['id']})" for n, (h, j) in sources.items()))
     payload = {"rows": rows, "methods": methods, "tolerance": TOLERANCE}
-    print(f"wrote {write_json(args.output, payload, judge='shapes', settings={'files': args.files.split(',')})}")
+    path = write_json(args.output, payload, judge=judge, model_hash=model_hash, settings={"files": list(sources)})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
