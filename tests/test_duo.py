@@ -24,8 +24,8 @@ from erasurelab.methods.lora_engine import LoraTuner, attention_targets
 from erasurelab.models.sampling import noise_scheduler
 from tiny_bert_pipeline import tiny_bert_pipeline
 
-SETTINGS = {"seed": 0, "batch_size": 3, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6, "retain_weight": 0.0,
-            "anchor_weight": 0.0}
+SETTINGS = {"seed": 0, "batch_size": 3, "t_min": 0.0, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6,
+            "retain_weight": 0.0, "anchor_weight": 0.0}
 
 
 @pytest.fixture
@@ -48,6 +48,7 @@ def test_coupling_values():
 
 @pytest.mark.parametrize("options,match", [({"beta": 0}, "beta"), ({"beta": -1}, "beta"), ({"rank": 0}, "rank"),
                                            ({"conditioning": "text"}, "conditioning"), ({"t_max": 2}, "t_max"),
+                                           ({"t_min": 0.8}, "t_min"), ({"t_min": -0.1}, "t_min"),
                                            ({"layers": "mlp"}, "layers")])
 def test_bad_config_is_one_line_error(options, match):
     with pytest.raises(ErasureLabError, match=match) as info:
@@ -110,7 +111,21 @@ def test_batch_shares_eps_and_draws_independent_timesteps_below_t_max(pipe):
     assert eps.shape == (64, 4, 8, 8)  # one ε per pair, used for both members
     assert sorted(index[:4].tolist()) == [0, 1, 2, 3] and int(index.max()) < 4  # every pair before repeats
     assert t_u.min() >= 0 and t_u.max() < 750 and t_s.max() < 750 and not torch.equal(t_u, t_s)
-    assert timestep_bounds(noise_scheduler(pipe)) == (750, 999)
+    assert timestep_bounds(noise_scheduler(pipe)) == (0, 750, 999)
+
+
+def test_t_min_raises_the_lowest_dpo_timestep_and_keeps_the_default_stream(pipe):
+    """t_min 0 draws exactly what the spec's [0, t_max·T) draws; t_min > 0 moves every draw into [t_min·T, t_max·T)."""
+    z_u, z_s = _latents()
+    empty = encode_prompts(pipe, [""])
+    with LoraTuner(pipe, attention_targets(pipe.unet), rank=4, lr=1e-3) as tuner:
+        spec = DuoTrainer(tuner, z_u, z_s, None, empty, {**SETTINGS, "batch_size": 64}).batch(3)
+        high = DuoTrainer(tuner, z_u, z_s, None, empty, {**SETTINGS, "batch_size": 64, "t_min": 0.5,
+                                                         "t_max": 1.0}).batch(3)
+    assert torch.equal(spec[0], high[0]) and torch.equal(spec[1], high[1])  # same pairs and ε
+    assert high[2].min() >= 500 and high[2].max() < 1000 and high[3].min() >= 500
+    assert spec[2].min() < 500  # the spec's range reaches below it
+    assert timestep_bounds(noise_scheduler(pipe), 1.0, 0.5) == (500, 1000, 999)
 
 
 def test_sign_one_sgd_step_lowers_safe_minus_unsafe(pipe):

@@ -1,7 +1,7 @@
 """DUO: Direct Unlearning Optimization — Diffusion-DPO on SDEdit pairs with an output-preserving regulariser.
 
 In short: for pairs (x⁻ shows the concept, x⁺ its SDEdit without it; `methods.pairs`), one
-noise ε per pair and independent t⁺, t⁻ ∈ [0, 0.75·T),
+noise ε per pair and independent t⁺, t⁻ ∈ [t_min·T, t_max·T) (the spec: [0, 0.75·T)),
     Δ^± = e(θ; x₀^±, t^±, ε) − e(ref; x₀^±, t^±, ε),  e = mean over (C, H, W) of the squared error,
     L = mean softplus(β (Δ⁺ − Δ⁻)) + λ · mean (ε_θ(ε, T−1, c_∅) − ε_ref(ε, T−1, c_∅))²,
 with ε_θ the U-Net plus a LoRA on the self-attention projections (`attn1` q/k/v/out; `layers` can
@@ -75,7 +75,8 @@ class DuoConfig:
     """DUO's settings. None means the SD-family or embedded default (DEFAULTS); lr / lam None use the coupling.
 
     beta: DPO temperature β (> 0). lr_base, lam_base: bases of the coupling. steps, batch_size (pairs per
-    step), n_pairs, rank / alpha (LoRA; alpha None = rank, scale 1), t_max (DPO timesteps below t_max·T),
+    step), n_pairs, rank / alpha (LoRA; alpha None = rank, scale 1), t_min / t_max (DPO timesteps in
+    [t_min·T, t_max·T)),
     conditioning: empty | prompt. layers: self | cross | attention (the LoRA's blocks). weight_decay, grad_clip:
     AdamW and norm clipping. judge: filters the pairs. safe_prompt / prompts: override the pair prompts.
     pair_*: SDEdit settings (methods.pairs).
@@ -102,6 +103,7 @@ class DuoConfig:
                                             "spec's DUO)")
     anchor_weight: float = option(0.0, help="weight μ of μ·β·|Δ⁺|, which holds the adapted model's fit of the safe "
                                             "member at the reference's (0: plain DPO, the spec)")
+    t_min: float = option(0.0, help="DPO timesteps are drawn at or above t_min·T, in [0, t_max) (0: the spec)")
     t_max: float = option(0.75, help="DPO timesteps are drawn below t_max·T, in (0, 1]")
     conditioning: str | None = option(None, help="text both pair members are conditioned on: empty (\"\") or "
                                                  "prompt (the unsafe prompt) (None: the model's default)")
@@ -139,6 +141,9 @@ class DuoConfig:
         check_number(self, "t_max")
         if self.t_max > 1:
             raise ErasureLabError(f"t_max must be in (0, 1], got {self.t_max!r}")
+        check_number(self, "t_min", strict=False)
+        if self.t_min >= self.t_max:
+            raise ErasureLabError(f"t_min must be below t_max ({self.t_max!r}), got {self.t_min!r}")
         if self.layers not in ATTENTION_BLOCKS:
             raise ErasureLabError(f"unknown LoRA layers {self.layers!r}; valid: {', '.join(ATTENTION_BLOCKS)}")
         if self.conditioning is not None and self.conditioning not in CONDITIONINGS:
@@ -175,10 +180,11 @@ class DuoConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def timestep_bounds(scheduler: Any, t_max: float = 0.75) -> tuple[int, int]:
-    """(exclusive upper bound of the DPO timesteps, regulariser timestep): 750 and 999 when T = 1000."""
+def timestep_bounds(scheduler: Any, t_max: float = 0.75, t_min: float = 0.0) -> tuple[int, int, int]:
+    """(lowest DPO timestep, exclusive upper bound, regulariser timestep): 0, 750 and 999 when T = 1000."""
     T = int(scheduler.config.num_train_timesteps)
-    return max(1, round(t_max * T)), T - 1
+    high = max(1, round(t_max * T))
+    return min(round(t_min * T), high - 1), high, T - 1
 
 
 def duo_terms(tuner: Any, scheduler: Any, z_unsafe: torch.Tensor, z_safe: torch.Tensor, eps: torch.Tensor,
@@ -232,7 +238,7 @@ class DuoTrainer:
         self.retain = retain
         self.s = settings
         self.scheduler = noise_scheduler(tuner.pipe)
-        self.t_high, self.t_reg = timestep_bounds(self.scheduler, settings["t_max"])
+        self.t_low, self.t_high, self.t_reg = timestep_bounds(self.scheduler, settings["t_max"], settings["t_min"])
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pair indices, ε, t⁻, t⁺): pairs without replacement within a step, independent timesteps."""
@@ -242,8 +248,8 @@ class DuoTrainer:
         if size > n_pairs:
             index = torch.cat([index, torch.randint(0, n_pairs, (size - n_pairs,), generator=generator)])
         eps = torch.randn((size, *self.z_unsafe.shape[1:]), generator=generator)
-        t_unsafe = torch.randint(0, self.t_high, (size,), generator=generator)
-        t_safe = torch.randint(0, self.t_high, (size,), generator=generator)
+        t_unsafe = torch.randint(self.t_low, self.t_high, (size,), generator=generator)
+        t_safe = torch.randint(self.t_low, self.t_high, (size,), generator=generator)
         return index, eps, t_unsafe, t_safe
 
     def terms(self, step: int) -> dict[str, torch.Tensor]:
