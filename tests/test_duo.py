@@ -11,6 +11,7 @@ import torch
 
 from erasurelab.errors import ErasureLabError
 from erasurelab.methods.duo import (
+    STREAM_DUO,
     DuoConfig,
     DuoTrainer,
     coupled_lambda,
@@ -21,7 +22,7 @@ from erasurelab.methods.duo import (
 )
 from erasurelab.methods.finetune import encode_prompts
 from erasurelab.methods.lora_engine import LoraTuner, attention_targets
-from erasurelab.models.sampling import noise_scheduler
+from erasurelab.models.sampling import noise_scheduler, seeded
 from tiny_bert_pipeline import tiny_bert_pipeline
 
 SETTINGS = {"seed": 0, "batch_size": 3, "t_min": 0.0, "t_max": 0.75, "beta": 500.0, "lam_effective": 5e6,
@@ -122,6 +123,11 @@ def test_t_min_raises_the_lowest_dpo_timestep_and_keeps_the_default_stream(pipe)
         spec = DuoTrainer(tuner, z_u, z_s, None, empty, {**SETTINGS, "batch_size": 64}).batch(3)
         high = DuoTrainer(tuner, z_u, z_s, None, empty, {**SETTINGS, "batch_size": 64, "t_min": 0.5,
                                                          "t_max": 1.0}).batch(3)
+    generator = seeded(SETTINGS["seed"], STREAM_DUO, 3)  # the spec's draw, written out
+    torch.randperm(4, generator=generator)
+    torch.randint(0, 4, (60,), generator=generator)
+    torch.randn((64, 4, 8, 8), generator=generator)
+    assert torch.equal(spec[2], torch.randint(0, 750, (64,), generator=generator))
     assert torch.equal(spec[0], high[0]) and torch.equal(spec[1], high[1])  # same pairs and ε
     assert high[2].min() >= 500 and high[2].max() < 1000 and high[3].min() >= 500
     assert spec[2].min() < 500  # the spec's range reaches below it
