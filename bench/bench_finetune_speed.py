@@ -28,6 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, run_worker, table, write_json
 
 
+def pool_from_cache(edit) -> bool | None:
+    """Whether the run loaded its trajectory pool from the disk cache (ESD: `pool_from_cache`, TRuST:
+    `forget_set_from_cache`); None for a method without one."""
+    return edit.meta.get("pool_from_cache", edit.meta.get("forget_set_from_cache"))
+
+
 def erase_and_measure(pipe, judge, method: str, label: str, steps: int, options: dict) -> dict:
     """Erase `label` with `method` (options as given), time it, then measure the edited model and revert it.
 
@@ -50,7 +56,7 @@ def erase_and_measure(pipe, judge, method: str, label: str, steps: int, options:
                 "anchor": target_rate(pipe, judge, label, anchor_items(label), 5),
                 "retention": retention(pipe, judge, retain_items((label,)), 1),
                 "touched_fraction": edit.meta.get("touched_fraction", 1.0),
-                "pool_from_cache": edit.meta.get("pool_from_cache", edit.meta.get("forget_set_from_cache"))}
+                "pool_from_cache": pool_from_cache(edit)}
 
 
 def worker(method: str, label: str, steps: int, options: dict) -> dict:

@@ -74,6 +74,7 @@ def component_timers() -> Iterator[dict[str, float]]:
 
 def measure(pipe: Any, method: str, concept: str, steps: int) -> dict[str, Any]:
     """One erase at `steps` steps, its wall time split by component (seconds and ms per step)."""
+    from bench_finetune_speed import pool_from_cache
     from erasurelab.api import erase
 
     with component_timers() as seconds:
@@ -81,7 +82,7 @@ def measure(pipe: Any, method: str, concept: str, steps: int) -> dict[str, Any]:
         edit = erase(pipe, [concept], method, steps=steps)
         wall = time.perf_counter() - start
     row: dict[str, Any] = {"method": method, "concept": concept, "steps": steps, "wall_s": wall,
-                           "pool_from_cache": edit.meta.get("pool_from_cache", edit.meta.get("forget_set_from_cache"))}
+                           "pool_from_cache": pool_from_cache(edit)}
     row.update({label: seconds.get(label, 0.0) for label in COMPONENTS})
     row["other"] = wall - sum(seconds.values())
     row["ms_per_step"] = 1000 * (wall - seconds.get("setup", 0.0)) / steps
@@ -100,7 +101,6 @@ def main() -> None:
 
     from erasurelab.models import load_pipeline
 
-    torch.manual_seed(0)
     pipe = load_pipeline("builtin:shapes")
     rows = [measure(pipe, method, concept, args.steps) for concept in args.concepts.split(",")
             for method in args.methods.split(",")]
